@@ -1,0 +1,54 @@
+"""IntroLLM model core: the LM, its learned temperature head, the sampler,
+reference decoding and the checkpoint format. Knows nothing of HTTP or
+training loops."""
+
+from model.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    CheckpointError,
+    Manifest,
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+)
+from model.controllers import EntropyTemperature, FixedTemperature, LearnedTemperature, TemperatureController
+from model.decode import Generation, SamplingParams, StepOutput, StepResult, decode_step, generate, prefill, sample_step
+from model.lm import LMOutput, forward, lm_hidden_size, new_cache
+from model.sampling import sample, token_log_probs
+from model.temperature_head import ActionDistribution, HeadConfig, TemperatureAction, TemperatureHead
+from model.tiny import TinyLMConfig, build_char_tokenizer, build_tiny_lm
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ActionDistribution",
+    "Checkpoint",
+    "CheckpointError",
+    "EntropyTemperature",
+    "FixedTemperature",
+    "Generation",
+    "HeadConfig",
+    "LMOutput",
+    "LearnedTemperature",
+    "Manifest",
+    "SamplingParams",
+    "StepOutput",
+    "StepResult",
+    "TemperatureAction",
+    "TemperatureController",
+    "TemperatureHead",
+    "TinyLMConfig",
+    "build_char_tokenizer",
+    "build_tiny_lm",
+    "decode_step",
+    "forward",
+    "generate",
+    "lm_hidden_size",
+    "load_checkpoint",
+    "new_cache",
+    "prefill",
+    "read_manifest",
+    "sample",
+    "sample_step",
+    "save_checkpoint",
+    "token_log_probs",
+]

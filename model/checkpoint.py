@@ -1,0 +1,179 @@
+"""The checkpoint format: save, load and validate a served model.
+
+A checkpoint is a directory:
+
+    config.json, model.safetensors[, ...]   the LM, as `save_pretrained` writes it
+    tokenizer.json, tokenizer_config.json   the tokenizer, likewise
+    temperature_head.safetensors            the head's weights
+    introllm.json                           the manifest: format version, head
+                                            config (tau range included), base
+                                            model name, training summary
+
+What it does: writes that directory, and loads it back after checking
+everything, failing with a `CheckpointError` that names the problem. Weights
+are read from safetensors only: a directory holding pickled weights (.bin,
+.pt, ...) is refused outright, nothing is ever unpickled, and
+`trust_remote_code` stays off unless the caller turns it on.
+
+What it does not do: decide where checkpoints live or download anything; the
+path is the operator's, never a request's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from model.lm import lm_hidden_size
+from model.temperature_head import HeadConfig, TemperatureHead
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "introllm.json"
+HEAD_FILE = "temperature_head.safetensors"
+LM_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message says why."""
+
+
+@dataclass
+class Manifest:
+    format_version: int
+    head: HeadConfig
+    base_model: str
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "base_model": self.base_model,
+            "head": self.head.to_dict(),
+            "tau_range": [self.head.tau_min, self.head.tau_max],
+            "training": self.training,
+        }
+
+
+@dataclass
+class Checkpoint:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    head: TemperatureHead
+    manifest: Manifest
+    path: Path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    head: TemperatureHead,
+    *,
+    base_model: str,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write the checkpoint directory (created if needed) and return its path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in head.state_dict().items()}
+    save_file(state, str(path / HEAD_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+    manifest = Manifest(FORMAT_VERSION, head.config, base_model, training or {})
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    # save_pretrained writes weights with mode 0600; a server running as
+    # another user (the container's) must be able to read them.
+    for item in path.iterdir():
+        if item.is_file():
+            item.chmod(0o644)
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Parse and check the manifest alone (cheap: no weights are read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise CheckpointError(f"missing file {MANIFEST_FILE} in checkpoint {path}")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"unsupported checkpoint format version {version!r} in {manifest_path} (this code reads {FORMAT_VERSION})"
+        )
+    try:
+        head = HeadConfig.from_dict(data["head"])
+        return Manifest(version, head, str(data["base_model"]), dict(data.get("training", {})))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"invalid manifest {manifest_path}: {exc}") from exc
+
+
+def _check_files(path: Path) -> None:
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise CheckpointError(
+            f"refusing non-safetensors weights in {path}: {', '.join(pickled)} (only .safetensors files are loaded)"
+        )
+    for name in ("config.json", HEAD_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"missing file {name} in checkpoint {path}")
+    if not any((path / name).is_file() for name in LM_WEIGHT_FILES):
+        raise CheckpointError(f"missing file {LM_WEIGHT_FILES[0]} in checkpoint {path}: no LM weights")
+
+
+def _load_head(path: Path, config: HeadConfig, device: torch.device | str) -> TemperatureHead:
+    head = TemperatureHead(config)
+    expected = {name: tuple(t.shape) for name, t in head.state_dict().items()}
+    try:
+        state = load_file(str(path / HEAD_FILE))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {path / HEAD_FILE}: {exc}") from exc
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if found != expected:
+        raise CheckpointError(
+            f"{HEAD_FILE} does not match the manifest's head config (hidden_size={config.hidden_size}): "
+            f"expected tensors {expected}, found {found}"
+        )
+    head.load_state_dict(state)
+    return head.to(device).eval()
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    trust_remote_code: bool = False,
+) -> Checkpoint:
+    """Load and validate a checkpoint. The LM gets `dtype`; the head stays float32."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    _check_files(path)
+    head = _load_head(path, manifest.head, device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the LM or tokenizer from {path}: {exc}") from exc
+    lm_width = lm_hidden_size(model)
+    if lm_width != manifest.head.hidden_size:
+        raise CheckpointError(
+            f"temperature head hidden_size {manifest.head.hidden_size} does not match the LM's hidden size {lm_width}"
+        )
+    model = model.to(device).eval()
+    return Checkpoint(model=model, tokenizer=tokenizer, head=head, manifest=manifest, path=path)

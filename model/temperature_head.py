@@ -1,0 +1,249 @@
+"""The learned temperature policy: an MLP head on the LM's last hidden state.
+
+What it does: maps a hidden state h_t (B, d) to a hybrid action, following
+IntroLLM (arXiv 2602.13035):
+
+    u_t = W2 . ReLU(W1 . h_t + b1) + b2,     u_t = [u_gate, u_alpha, u_beta]
+    c_t ~ Bernoulli(sigmoid(u_gate))                  "update the temperature?"
+    z_t ~ Beta(softplus(u_alpha) + eps, softplus(u_beta) + eps)
+    tau_t = tau_min + z_t (tau_max - tau_min)  if c_t = 1,  else tau_{t-1}
+
+and gives the log-probability GRPO differentiates,
+log P(c_t) + c_t log Beta(z_t; alpha_t, beta_t). It also offers a
+deterministic choice for serving without noise (gate by probability > 0.5,
+Beta mean).
+
+What it does not do: touch logits or tokens (see `sampling.py`), or know about
+batching, requests or training loops. Its arithmetic runs in float32 whatever
+the LM's dtype, so bf16 serving gets the same temperatures as fp32 training.
+
+Guards: head outputs are made finite and clamped before use, z is kept inside
+(z_margin, 1 - z_margin) so log_prob is finite, and tau is always clamped into
+[tau_min, tau_max].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Raw head outputs are clamped into [-LOGIT_CLAMP, LOGIT_CLAMP]: sigmoid and
+# softplus are saturated far before, and this keeps alpha/beta finite when the
+# hidden state is huge or the head has diverged.
+LOGIT_CLAMP = 30.0
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Everything needed to rebuild a head; stored in the checkpoint manifest.
+
+    eps: added to both Beta concentrations. 1.0 keeps the Beta unimodal (no mass
+        piled at z = 0 or 1), so "confidently hot/cold" is alpha >> beta or the
+        reverse and the log-density stays bounded; smaller values allow U shapes.
+    tau_init: tau_0, the temperature before the first gate fires, and the mean
+        of the initial Beta prior.
+    init_gate_prob / init_concentration: the prior at initialisation. The last
+        layer starts at zero weight, so every state gets P(update) =
+        init_gate_prob and Beta(alpha, beta) with mean at tau_init and
+        alpha + beta = init_concentration.
+    z_margin: z is clamped into [z_margin, 1 - z_margin].
+    """
+
+    hidden_size: int
+    tau_min: float = 0.1
+    tau_max: float = 2.0
+    tau_init: float = 1.0
+    eps: float = 1.0
+    init_gate_prob: float = 0.5
+    init_concentration: float = 8.0
+    z_margin: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.hidden_size <= 1:
+            raise ValueError(f"hidden_size must be > 1, got {self.hidden_size}")
+        if not 0.0 < self.tau_min < self.tau_max:
+            raise ValueError(f"need 0 < tau_min < tau_max, got {self.tau_min}, {self.tau_max}")
+        if not self.tau_min <= self.tau_init <= self.tau_max:
+            raise ValueError(f"tau_init {self.tau_init} outside [{self.tau_min}, {self.tau_max}]")
+        if self.eps <= 0 or not 0.0 < self.init_gate_prob < 1.0 or not 0.0 < self.z_margin < 0.5:
+            raise ValueError("need eps > 0, 0 < init_gate_prob < 1, 0 < z_margin < 0.5")
+        if self.init_concentration <= 2 * self.eps:
+            raise ValueError("init_concentration must exceed 2 * eps")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HeadConfig:
+        return cls(**data)
+
+    def tau_to_z(self, tau: torch.Tensor) -> torch.Tensor:
+        return (tau - self.tau_min) / (self.tau_max - self.tau_min)
+
+    def z_to_tau(self, z: torch.Tensor) -> torch.Tensor:
+        return self.tau_min + z * (self.tau_max - self.tau_min)
+
+
+@dataclass
+class ActionDistribution:
+    """The head's action distribution for a batch; all tensors (B, 1), float32."""
+
+    gate_logit: torch.Tensor
+    alpha: torch.Tensor
+    beta: torch.Tensor
+
+    @property
+    def gate_prob(self) -> torch.Tensor:
+        return torch.sigmoid(self.gate_logit)
+
+    @property
+    def beta_mean(self) -> torch.Tensor:
+        return self.alpha / (self.alpha + self.beta)
+
+
+@dataclass
+class TemperatureAction:
+    """One temperature decision per row; all tensors (B, 1), float32.
+
+    tau: the temperature applied to this step's logits.
+    gate: 1.0 where the temperature was updated, 0.0 where tau_{t-1} was kept.
+    z: the Beta draw in (0, 1) (drawn for every row so that a request's random
+        stream never depends on its gate outcomes; only used where gate = 1).
+    log_prob: log P(gate) + gate * log Beta(z), the temperature policy's
+        log-probability of this action (0 for controllers without a policy).
+    """
+
+    tau: torch.Tensor
+    gate: torch.Tensor
+    z: torch.Tensor
+    log_prob: torch.Tensor
+
+
+def beta_log_prob(z: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """log Beta(z; alpha, beta), elementwise."""
+    log_norm = torch.lgamma(alpha + beta) - torch.lgamma(alpha) - torch.lgamma(beta)
+    return (alpha - 1) * torch.log(z) + (beta - 1) * torch.log1p(-z) + log_norm
+
+
+def _softplus_inverse(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class TemperatureHead(nn.Module):
+    """MLP d -> d/2 -> 3 with ReLU; see the module docstring for the action."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.fc1 = nn.Linear(d, d // 2)
+        self.fc2 = nn.Linear(d // 2, 3)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Start as the prior in the config: zero last-layer weights, biases set the prior."""
+        cfg = self.config
+        nn.init.kaiming_uniform_(self.fc1.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.fc1.bias)
+        nn.init.zeros_(self.fc2.weight)
+        mean = float(cfg.tau_to_z(torch.tensor(cfg.tau_init)))
+        mean = min(max(mean, 0.05), 0.95)
+        alpha = max(mean * cfg.init_concentration - cfg.eps, 1e-3)
+        beta = max((1 - mean) * cfg.init_concentration - cfg.eps, 1e-3)
+        gate_logit = math.log(cfg.init_gate_prob / (1 - cfg.init_gate_prob))
+        self.fc2.bias.copy_(torch.tensor([gate_logit, _softplus_inverse(alpha), _softplus_inverse(beta)]))
+
+    def raw_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """u_t for hidden states (..., d): (..., 3), float32, finite and clamped."""
+        weight_dtype = self.fc1.weight.dtype
+        u = self.fc2(F.relu(self.fc1(hidden.to(weight_dtype)))).float()
+        return torch.nan_to_num(u, nan=0.0).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+
+    def distribution(self, hidden: torch.Tensor) -> ActionDistribution:
+        """The action distribution for hidden states (..., d); fields shaped (..., 1)."""
+        u = self.raw_outputs(hidden)
+        eps = self.config.eps
+        return ActionDistribution(
+            gate_logit=u[..., 0:1],
+            alpha=F.softplus(u[..., 1:2]) + eps,
+            beta=F.softplus(u[..., 2:3]) + eps,
+        )
+
+    def _act(
+        self, dist: ActionDistribution, tau_prev: torch.Tensor, gate: torch.Tensor, z: torch.Tensor
+    ) -> TemperatureAction:
+        cfg = self.config
+        z = z.clamp(cfg.z_margin, 1 - cfg.z_margin)
+        tau_prev = torch.nan_to_num(tau_prev.float(), nan=cfg.tau_init).clamp(cfg.tau_min, cfg.tau_max)
+        tau = torch.where(gate > 0.5, cfg.z_to_tau(z), tau_prev).clamp(cfg.tau_min, cfg.tau_max)
+        return TemperatureAction(tau=tau, gate=gate, z=z, log_prob=_action_log_prob(dist, gate, z))
+
+    def sample(
+        self,
+        hidden: torch.Tensor,
+        tau_prev: torch.Tensor,
+        generators: torch.Generator | Sequence[torch.Generator] | None = None,
+    ) -> TemperatureAction:
+        """Draw c_t and z_t for hidden (B, d) given tau_prev (B, 1).
+
+        `generators` is one generator for the whole batch or one per row; each
+        row draws from its own in a fixed order (gate uniform, then the two
+        Gamma variates of the Beta) whatever its gate outcome, so a seed fixes
+        the temperatures of a request regardless of what else is in the batch.
+        """
+        dist = self.distribution(hidden)
+        uniform, gamma_a, gamma_b = _draw_gate_and_beta(dist.alpha, dist.beta, generators)
+        gate = (uniform < dist.gate_prob).float()
+        # Beta(a, b) = Ga / (Ga + Gb). Both Gammas can underflow to 0 for small
+        # concentrations: fall back to the mean rather than 0/0.
+        total = gamma_a + gamma_b
+        z = torch.where(total > 0, gamma_a / total.clamp_min(1e-30), dist.beta_mean)
+        return self._act(dist, tau_prev, gate, z)
+
+    def choose_deterministic(self, hidden: torch.Tensor, tau_prev: torch.Tensor) -> TemperatureAction:
+        """Noise-free choice for serving: update where P(update) > 0.5, to the Beta mean."""
+        dist = self.distribution(hidden)
+        gate = (dist.gate_prob > 0.5).float()
+        return self._act(dist, tau_prev, gate, dist.beta_mean)
+
+    def log_prob(self, hidden: torch.Tensor, gate: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log P(c) + c * log Beta(z; alpha, beta) for hidden (..., d), gate and z (..., 1)."""
+        z = z.float().clamp(self.config.z_margin, 1 - self.config.z_margin)
+        return _action_log_prob(self.distribution(hidden), gate.float(), z)
+
+
+def _action_log_prob(dist: ActionDistribution, gate: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    log_p_gate = gate * F.logsigmoid(dist.gate_logit) + (1 - gate) * F.logsigmoid(-dist.gate_logit)
+    return log_p_gate + gate * beta_log_prob(z, dist.alpha, dist.beta)
+
+
+def _draw_gate_and_beta(
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    generators: torch.Generator | Sequence[torch.Generator] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A uniform and Gamma(alpha), Gamma(beta) draws per row, (B, 1) each.
+
+    With one generator (or None) the batch shares it; with a sequence, row i
+    draws from generators[i] exactly as a batch of one would from it alone.
+    """
+    concentrations = torch.cat([alpha, beta], dim=-1)  # (B, 2)
+    if generators is None or isinstance(generators, torch.Generator):
+        uniform = torch.rand(alpha.shape, generator=generators, device=alpha.device)
+        gammas = torch._standard_gamma(concentrations, generator=generators)
+    else:
+        if len(generators) != alpha.shape[0]:
+            raise ValueError(f"got {len(generators)} generators for a batch of {alpha.shape[0]}")
+        uniform = torch.cat(
+            [torch.rand((1, 1), generator=gen, device=alpha.device) for gen in generators]
+        )
+        gammas = torch.cat(
+            [torch._standard_gamma(concentrations[i : i + 1], generator=gen) for i, gen in enumerate(generators)]
+        )
+    return uniform, gammas[:, 0:1], gammas[:, 1:2]

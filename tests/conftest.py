@@ -1,0 +1,37 @@
+"""Shared fixtures: one tiny random model, tokenizer and head for the whole session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import HeadConfig, TemperatureHead, TinyLMConfig, build_char_tokenizer, build_tiny_lm
+
+# Small enough that a decode of a few dozen tokens takes milliseconds.
+TEST_LM = TinyLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tokenizer):
+    return build_tiny_lm(tokenizer, TEST_LM, seed=0)
+
+
+@pytest.fixture()
+def head():
+    torch.manual_seed(0)
+    head = TemperatureHead(HeadConfig(hidden_size=TEST_LM.hidden_size))
+    # A head that actually depends on the hidden state (the prior's last layer
+    # is zero, which would hide bugs in how hidden states reach it).
+    with torch.no_grad():
+        head.fc2.weight.normal_(0, 0.5)
+    return head.eval()

@@ -1,0 +1,113 @@
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from model import (
+    FORMAT_VERSION,
+    CheckpointError,
+    HeadConfig,
+    LearnedTemperature,
+    SamplingParams,
+    TemperatureHead,
+    generate,
+    load_checkpoint,
+    save_checkpoint,
+)
+from model.checkpoint import HEAD_FILE, MANIFEST_FILE
+
+
+@pytest.fixture()
+def checkpoint_dir(tmp_path, tiny_lm, tokenizer, head):
+    return save_checkpoint(tmp_path / "ckpt", tiny_lm, tokenizer, head, base_model="tiny-test",
+                           training={"steps": 3})
+
+
+def _decode(model, head, tokenizer):
+    prompt = torch.tensor([tokenizer("12 34>56\n")["input_ids"]])
+    return generate(model, LearnedTemperature(head), prompt, SamplingParams(max_new_tokens=20),
+                    torch.Generator().manual_seed(11), keep_logits=True)
+
+
+def test_round_trip_reproduces_outputs_bit_for_bit(checkpoint_dir, tiny_lm, tokenizer, head):
+    loaded = load_checkpoint(checkpoint_dir)
+    before, after = _decode(tiny_lm, head, tokenizer), _decode(loaded.model, loaded.head, loaded.tokenizer)
+    assert torch.equal(before.tokens, after.tokens)
+    assert torch.equal(before.taus, after.taus)
+    for a, b in zip(before.logits, after.logits, strict=True):
+        assert torch.equal(a, b)
+    assert loaded.manifest.head == head.config
+    assert loaded.manifest.base_model == "tiny-test" and loaded.manifest.training == {"steps": 3}
+    assert loaded.tokenizer.decode(loaded.tokenizer("a+b=c\n")["input_ids"]) == "a+b=c\n"
+
+
+def test_manifest_records_version_and_tau_range(checkpoint_dir, head):
+    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["tau_range"] == [head.config.tau_min, head.config.tau_max]
+
+
+@pytest.mark.parametrize("missing", [MANIFEST_FILE, HEAD_FILE, "model.safetensors", "config.json"])
+def test_missing_file_is_named(checkpoint_dir, missing):
+    (checkpoint_dir / missing).unlink()
+    with pytest.raises(CheckpointError, match=f"missing file {missing}"):
+        load_checkpoint(checkpoint_dir)
+
+
+def test_missing_directory_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint directory not found"):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_wrong_format_version_is_refused(checkpoint_dir):
+    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    manifest["format_version"] = FORMAT_VERSION + 1
+    (checkpoint_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="unsupported checkpoint format version 2"):
+        load_checkpoint(checkpoint_dir)
+
+
+def test_head_hidden_size_not_matching_the_lm_is_refused(tmp_path, tiny_lm, tokenizer):
+    wrong = TemperatureHead(HeadConfig(hidden_size=tiny_lm.config.hidden_size * 2))
+    path = save_checkpoint(tmp_path / "wrong", tiny_lm, tokenizer, wrong, base_model="tiny-test")
+    with pytest.raises(CheckpointError, match="hidden_size 128 does not match the LM's hidden size 64"):
+        load_checkpoint(path)
+
+
+def test_head_weights_not_matching_the_manifest_are_refused(checkpoint_dir, tmp_path, tiny_lm, tokenizer):
+    other = save_checkpoint(tmp_path / "other", tiny_lm, tokenizer,
+                            TemperatureHead(HeadConfig(hidden_size=32)), base_model="x")
+    shutil.copy(other / HEAD_FILE, checkpoint_dir / HEAD_FILE)
+    with pytest.raises(CheckpointError, match="does not match the manifest's head config"):
+        load_checkpoint(checkpoint_dir)
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "temperature_head.pt"])
+def test_non_safetensors_weights_are_refused_without_unpickling(checkpoint_dir, name, monkeypatch):
+    (checkpoint_dir / name).write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint load must never unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError, match=f"refusing non-safetensors weights .*{name}"):
+        load_checkpoint(checkpoint_dir)
+
+
+def test_load_does_not_unpickle_anything(checkpoint_dir, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint load must never unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert load_checkpoint(checkpoint_dir).head is not None
+
+
+def test_saved_files_are_readable_by_other_users(checkpoint_dir):
+    for item in checkpoint_dir.iterdir():
+        assert item.stat().st_mode & 0o044 == 0o044, item.name
