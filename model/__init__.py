@@ -10,6 +10,7 @@ from model.checkpoint import (
     load_checkpoint,
     read_manifest,
     save_checkpoint,
+    write_manifest,
 )
 from model.controllers import EntropyTemperature, FixedTemperature, LearnedTemperature, TemperatureController
 from model.decode import Generation, SamplingParams, StepOutput, StepResult, decode_step, generate, prefill, sample_step
@@ -51,4 +52,5 @@ __all__ = [
     "sample_step",
     "save_checkpoint",
     "token_log_probs",
+    "write_manifest",
 ]

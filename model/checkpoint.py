@@ -87,14 +87,20 @@ def save_checkpoint(
     tokenizer.save_pretrained(path)
     state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in head.state_dict().items()}
     save_file(state, str(path / HEAD_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-    manifest = Manifest(FORMAT_VERSION, head.config, base_model, training or {})
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    write_manifest(path, Manifest(FORMAT_VERSION, head.config, base_model, training or {}))
     # save_pretrained writes weights with mode 0600; a server running as
     # another user (the container's) must be able to read them.
     for item in path.iterdir():
         if item.is_file():
             item.chmod(0o644)
     return path
+
+
+def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
+    """(Re)write a checkpoint's manifest, e.g. to record an evaluation of its weights."""
+    target = Path(path) / MANIFEST_FILE
+    target.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    target.chmod(0o644)
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
