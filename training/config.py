@@ -1,0 +1,175 @@
+"""Dataclass configs for each training command, and their command-line form.
+
+What it does: one dataclass per command (`SFTConfig`, `GRPOConfig`,
+`EvalConfig`), nested dataclasses for the task, the tiny model's shape and the
+head's prior, and `parse_config` turning `--group-size 8 --task-max-target 50`
+style flags into them. The resolved config is saved in every checkpoint.
+
+What it does not do: read environment variables or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from model import TinyLMConfig
+from training.tasks.countdown import CountdownConfig
+
+
+@dataclass(frozen=True)
+class HeadPrior:
+    """The temperature head's range and its prior at initialisation (see model.HeadConfig)."""
+
+    tau_min: float = 0.1
+    tau_max: float = 2.0
+    tau_init: float = 1.0
+    eps: float = 1.0
+    init_gate_prob: float = 0.5
+    init_concentration: float = 8.0
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Warm start: next-token training on solved problems."""
+
+    out: str = "runs/sft"
+    init: str = ""  # a local HF causal LM or checkpoint directory; empty = tiny model from scratch
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    n_train: int = 20000
+    n_heldout: int = 500
+    split_seed: int = 1234
+    eval_every: int = 500
+    eval_problems: int = 100
+    log_every: int = 25
+    threads: int = 0  # 0 = torch's default
+    task: CountdownConfig = field(default_factory=CountdownConfig)
+    model: TinyLMConfig = field(default_factory=TinyLMConfig)
+    head: HeadPrior = field(default_factory=HeadPrior)
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Joint GRPO by coordinate ascent, starting from a checkpoint.
+
+    schedule: "lm:2,tau:1" runs 2 steps updating the LM (head frozen), then 1
+    updating the head (LM frozen), and repeats.
+    """
+
+    init: str = "runs/sft"
+    out: str = "runs/grpo"
+    seed: int = 0
+    steps: int = 200
+    prompts_per_step: int = 32
+    group_size: int = 8
+    schedule: str = "lm:1,tau:1"
+    lm_lr: float = 3e-5
+    head_lr: float = 3e-4
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0
+    updates_per_rollout: int = 1
+    grad_clip: float = 1.0
+    max_new_tokens: int = 0  # 0 = the task's longest valid completion + EOS
+    n_train: int = 20000
+    n_heldout: int = 500
+    split_seed: int = 1234
+    eval_every: int = 50
+    eval_problems: int = 100
+    save_every: int = 50
+    threads: int = 0
+    task: CountdownConfig = field(default_factory=CountdownConfig)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation of several temperature controllers through one decode path."""
+
+    checkpoint: str = "runs/grpo"
+    out: str = ""  # report folder; empty = <checkpoint>/eval
+    problems: int = 200
+    samples: int = 8
+    controllers: str = "fixed:0.3,fixed:0.6,fixed:1.0,fixed:1.2,entropy,learned"
+    seed: int = 0
+    batch_rows: int = 512
+    plot_samples: int = 4
+    write_manifest: bool = True  # record the table in the checkpoint's manifest and model card
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class CardConfig:
+    """Write a checkpoint's model card (README.md) from its manifest and logs."""
+
+    checkpoint: str = "runs/grpo"
+    command: str = ""  # the command that produced the checkpoint, quoted in the card
+
+
+T = TypeVar("T")
+
+
+def _resolve(hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = _resolve(hints[f.name])
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        if dataclasses.is_dataclass(hint):
+            _add_arguments(parser, hint, prefix=f"{prefix}{f.name}_")
+        elif hint is bool:
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                                metavar="BOOL")
+        else:
+            parser.add_argument(flag, type=hint, default=None)
+
+
+def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        hint = _resolve(hints[f.name])
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, values, prefix=f"{prefix}{f.name}_")
+        elif values.get(prefix + f.name) is not None:
+            kwargs[f.name] = values[prefix + f.name]
+    return cls(**kwargs)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per (nested) field, all optional: unset flags keep the dataclass default."""
+    _add_arguments(parser, cls)
+
+
+def config_from_namespace(cls: type[T], namespace: argparse.Namespace) -> T:
+    return _build(cls, vars(namespace))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config saved with `config_to_dict`; unknown keys are ignored."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        hint = _resolve(hints[f.name])
+        kwargs[f.name] = config_from_dict(hint, data[f.name]) if dataclasses.is_dataclass(hint) else data[f.name]
+    return cls(**kwargs)

@@ -1,0 +1,280 @@
+"""Held-out evaluation: learned temperature vs fixed and heuristic temperatures.
+
+What it does: on the checkpoint's held-out Countdown problems, samples k
+completions per problem for each temperature controller (fixed tau values,
+the entropy heuristic EDT, the learned head) through the same decode path and
+the same per-row seeds, and reports
+  - avg@k (mean accuracy over the k samples) and pass@k (any of k correct),
+    each with a 95% interval over problems (normal for avg@k, Wilson for
+    pass@k), and the learned policy's paired difference to the best fixed tau;
+  - the interpretability analysis: the learned policy's mean tau and gate rate
+    by token class (choice / compute / answer / format / eos);
+  - a PNG of tau along a few sampled solutions.
+It writes report.json and report.md, and can record the table in the
+checkpoint's manifest.
+
+What it does not do: train, or compare across different checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from model import (
+    EntropyTemperature,
+    FixedTemperature,
+    LearnedTemperature,
+    TemperatureController,
+    TemperatureHead,
+    load_checkpoint,
+    read_manifest,
+    write_manifest,
+)
+from training.common import set_threads
+from training.config import EvalConfig, config_to_dict
+from training.rollout import RolloutBatch, sample_completions
+from training.tasks.countdown import CountdownConfig, max_completion_chars, split, token_classes
+
+Z_95 = 1.959964
+
+
+@dataclass
+class ControllerResult:
+    name: str
+    problems: int
+    samples: int
+    avg_at_k: float
+    avg_at_k_ci: tuple[float, float]
+    pass_at_k: float
+    pass_at_k_ci: tuple[float, float]
+    mean_tau: float
+    gate_rate: float
+    per_problem_accuracy: list[float] = field(repr=False, default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    results: list[ControllerResult]
+    token_classes: dict[str, dict[str, float]]
+    learned_vs_best_fixed: dict[str, float]
+    plot: str
+    markdown: str
+
+    def to_dict(self) -> dict:
+        rows = [{k: v for k, v in asdict(r).items() if k != "per_problem_accuracy"} for r in self.results]
+        return {"results": rows, "token_classes": self.token_classes,
+                "learned_vs_best_fixed": self.learned_vs_best_fixed, "plot": self.plot}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """95% normal interval for the mean of per-problem values."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return (mean, mean)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = Z_95 * sd / math.sqrt(n)
+    return (mean - half, mean + half)
+
+
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + Z_95**2 / n
+    centre = (p + Z_95**2 / (2 * n)) / denom
+    half = Z_95 * math.sqrt(p * (1 - p) / n + Z_95**2 / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def build_controllers(spec: str, head: TemperatureHead) -> list[tuple[str, TemperatureController]]:
+    """"fixed:0.3,entropy,learned" -> named controllers; EDT clamped to the head's tau range."""
+    controllers: list[tuple[str, TemperatureController]] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        kind, _, value = item.partition(":")
+        if kind == "fixed":
+            controllers.append((f"fixed {value}", FixedTemperature(float(value))))
+        elif kind == "entropy":
+            controllers.append(("entropy (EDT)", EntropyTemperature(tau_min=head.config.tau_min,
+                                                                     tau_max=head.config.tau_max)))
+        elif kind == "learned":
+            controllers.append(("learned", LearnedTemperature(head)))
+        else:
+            raise ValueError(f"unknown controller {item!r}: use fixed:<tau>, entropy or learned")
+    return controllers
+
+
+def summarise(name: str, batches: list[RolloutBatch], n_problems: int, samples: int) -> ControllerResult:
+    correct = torch.zeros(n_problems)
+    tau_sum = gate_sum = tokens = 0.0
+    for b in batches:
+        for row, i in enumerate(b.problem_index):
+            correct[i] += float(b.rewards[row] >= 1.0)
+        mask = b.generation.mask
+        tau_sum += float(b.generation.taus[mask].sum())
+        gate_sum += float(b.generation.gates[mask].sum())
+        tokens += float(mask.sum())
+    per_problem = (correct / samples).tolist()
+    solved = int((correct > 0).sum())
+    return ControllerResult(
+        name=name, problems=n_problems, samples=samples,
+        avg_at_k=sum(per_problem) / n_problems, avg_at_k_ci=mean_interval(per_problem),
+        pass_at_k=solved / n_problems, pass_at_k_ci=wilson_interval(solved, n_problems),
+        mean_tau=tau_sum / max(tokens, 1.0), gate_rate=gate_sum / max(tokens, 1.0),
+        per_problem_accuracy=per_problem,
+    )
+
+
+def token_labels(tokenizer, token_ids: list[int]) -> tuple[list[str], list[str]]:
+    """Per generated token: its text and its class. A token's class is that of
+    its first character in the completion text; special tokens get "eos" or
+    "special" (their text is not part of the completion)."""
+    special = set(tokenizer.all_special_ids)
+    pieces = [tokenizer.decode([i]) for i in token_ids]
+    text = "".join(p for i, p in zip(token_ids, pieces, strict=True) if i not in special)
+    char_labels = token_classes(text)
+    labels, offset = [], 0
+    for i, piece in zip(token_ids, pieces, strict=True):
+        if i in special:
+            labels.append("eos" if i == tokenizer.eos_token_id else "special")
+            continue
+        labels.append(char_labels[offset] if offset < len(char_labels) else "format")
+        offset += len(piece)
+    return pieces, labels
+
+
+def _rows(batches: list[RolloutBatch]):
+    for b in batches:
+        for row in range(len(b.texts)):
+            yield b, row, b.generation.tokens[row, : int(b.generation.lengths[row])].tolist()
+
+
+def tau_by_token_class(batches: list[RolloutBatch], tokenizer) -> dict[str, dict[str, float]]:
+    """Mean tau and gate rate of the learned policy by the class of the token it sampled."""
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # tau, gate, count
+    for b, row, ids in _rows(batches):
+        _, labels = token_labels(tokenizer, ids)
+        for t, label in enumerate(labels):
+            acc = sums[label]
+            acc[0] += float(b.generation.taus[row, t])
+            acc[1] += float(b.generation.gates[row, t])
+            acc[2] += 1
+    return {label: {"mean_tau": s[0] / s[2], "gate_rate": s[1] / s[2], "tokens": int(s[2])}
+            for label, s in sorted(sums.items())}
+
+
+def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, count: int, path: Path) -> str:
+    """One panel per sampled completion: tau at each generated token, coloured by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.tasks.countdown import format_prompt
+
+    rows = [(b, r, ids) for b, r, ids in _rows(batches) if b.sample_index[r] == 0][:count]
+    colours = {"choice": "tab:orange", "compute": "tab:blue", "answer": "tab:green", "format": "tab:gray",
+               "eos": "tab:red", "special": "black"}
+    fig, axes = plt.subplots(len(rows), 1, figsize=(11, 2.2 * len(rows)), squeeze=False)
+    for ax, (b, r, ids) in zip(axes[:, 0], rows, strict=True):
+        pieces, labels = token_labels(tokenizer, ids)
+        n = len(ids)
+        taus = b.generation.taus[r, :n].tolist()
+        ax.plot(range(n), taus, color="black", linewidth=0.8)
+        ax.scatter(range(n), taus, c=[colours[lab] for lab in labels], s=28, zorder=3)
+        ax.set_xticks(range(n))
+        ax.set_xticklabels([repr(p)[1:-1] for p in pieces], fontsize=7, family="monospace")
+        verdict = "correct" if float(b.rewards[r]) >= 1 else b.reasons[r]
+        prompt = format_prompt(problems[b.problem_index[r]]).strip()
+        ax.set_title(f"prompt {prompt!r}  ({verdict})", fontsize=9)
+        ax.set_ylabel("tau")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=k) for k, c in colours.items()]
+    fig.legend(handles=handles, loc="upper right", ncol=6, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def to_markdown(report: EvalReport, n: int, k: int) -> str:
+    lines = [f"Held-out problems: {n}, samples per problem: {k}; 95% intervals over problems.", "",
+             f"| controller | avg@{k} | 95% CI | pass@{k} | 95% CI | mean tau | gate rate |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report.results:
+        lines.append(f"| {r.name} | {r.avg_at_k:.3f} | [{r.avg_at_k_ci[0]:.3f}, {r.avg_at_k_ci[1]:.3f}] | "
+                     f"{r.pass_at_k:.3f} | [{r.pass_at_k_ci[0]:.3f}, {r.pass_at_k_ci[1]:.3f}] | "
+                     f"{r.mean_tau:.3f} | {r.gate_rate:.3f} |")
+    d = report.learned_vs_best_fixed
+    if d:
+        lines += ["", f"Learned minus best fixed tau ({d['best_fixed_avg']}) on avg@{k}, paired over problems: "
+                  f"{d['avg_diff']:+.3f} [{d['avg_diff_ci'][0]:+.3f}, {d['avg_diff_ci'][1]:+.3f}]; "
+                  f"minus best fixed ({d['best_fixed_pass']}) on pass@{k}: {d['pass_diff']:+.3f} "
+                  f"[{d['pass_diff_ci'][0]:+.3f}, {d['pass_diff_ci'][1]:+.3f}]."]
+    lines += ["", "Learned policy by token class:", "",
+              "| class | tokens | mean tau | gate rate |", "|---|---|---|---|"]
+    for label, s in report.token_classes.items():
+        lines.append(f"| {label} | {s['tokens']} | {s['mean_tau']:.3f} | {s['gate_rate']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_comparison(results: list[ControllerResult]) -> dict:
+    learned = next((r for r in results if r.name == "learned"), None)
+    fixed = [r for r in results if r.name.startswith("fixed")]
+    if learned is None or not fixed:
+        return {}
+    best_avg = max(fixed, key=lambda r: r.avg_at_k)
+    best_pass = max(fixed, key=lambda r: r.pass_at_k)
+    avg_diff = [a - b for a, b in zip(learned.per_problem_accuracy, best_avg.per_problem_accuracy, strict=True)]
+    pass_diff = [float(a > 0) - float(b > 0)
+                 for a, b in zip(learned.per_problem_accuracy, best_pass.per_problem_accuracy, strict=True)]
+    return {
+        "best_fixed_avg": best_avg.name, "avg_diff": sum(avg_diff) / len(avg_diff),
+        "avg_diff_ci": mean_interval(avg_diff),
+        "best_fixed_pass": best_pass.name, "pass_diff": sum(pass_diff) / len(pass_diff),
+        "pass_diff_ci": mean_interval(pass_diff),
+    }
+
+
+def run_evaluation(cfg: EvalConfig) -> EvalReport:
+    set_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(cfg.checkpoint, device=device)
+    training = ckpt.manifest.training
+    task = CountdownConfig(**training["task"]) if "task" in training else CountdownConfig()
+    _, heldout = split(task, 0, int(training.get("n_heldout", max(cfg.problems, 500))),
+                       int(training.get("split_seed", 1234)))
+    problems = heldout[: cfg.problems]
+    out = Path(cfg.out or Path(cfg.checkpoint) / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    max_new = max_completion_chars(task) + 1
+    results, learned_batches = [], None
+    for name, controller in build_controllers(cfg.controllers, ckpt.head):
+        # Same seed for every controller: each (problem, sample) row draws the
+        # same random numbers, which makes the comparison paired.
+        batches = sample_completions(ckpt.model, ckpt.tokenizer, controller, problems, samples=cfg.samples,
+                                     task=task, max_new_tokens=max_new, seed=cfg.seed, batch_rows=cfg.batch_rows)
+        results.append(summarise(name, batches, len(problems), cfg.samples))
+        if name == "learned":
+            learned_batches = batches
+    classes = tau_by_token_class(learned_batches, ckpt.tokenizer) if learned_batches else {}
+    plot = ""
+    if learned_batches and cfg.plot_samples:
+        plot = plot_tau_along_solutions(learned_batches, ckpt.tokenizer, problems, cfg.plot_samples,
+                                        out / "tau_along_solutions.png")
+    report = EvalReport(results=results, token_classes=classes, learned_vs_best_fixed=paired_comparison(results),
+                        plot=plot, markdown="")
+    report.markdown = to_markdown(report, len(problems), cfg.samples)
+    (out / "report.json").write_text(json.dumps({"config": config_to_dict(cfg), **report.to_dict()}, indent=2) + "\n")
+    (out / "report.md").write_text(report.markdown)
+    if cfg.write_manifest:
+        manifest = read_manifest(cfg.checkpoint)
+        manifest.training["evaluation"] = {"config": config_to_dict(cfg), **report.to_dict()}
+        write_manifest(cfg.checkpoint, manifest)
+    return report

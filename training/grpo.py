@@ -1,0 +1,252 @@
+"""Joint GRPO by coordinate ascent: the token policy and the temperature policy in turns.
+
+What it does, per step:
+  1. rollout: G completions for each of P training prompts, sampled with the
+     learned per-token tau; per token the tau, gate, Beta draw and both
+     log-probs are recorded (training/rollout.py);
+  2. advantages: reward normalised within each prompt's group;
+  3. update one policy, by the schedule ("lm:2,tau:1" = two LM steps, one head
+     step): phase `lm` trains the LM on log softmax(logits_t / tau_t) with the
+     head frozen; phase `tau` trains the head on log P(c_t) + c_t log Beta(z_t)
+     with the LM frozen. Both use the clipped policy-ratio objective with
+     token-level normalisation (DAPO-style, as TRL's default) and, for the LM,
+     an optional KL penalty to the starting model (k3 estimator).
+It logs reward, accuracy, mean tau, gate rate, entropy and KL per step
+(JSONL), evaluates on held-out prompts now and then, saves checkpoints, and
+resumes from one.
+
+What it does not do: top-k/top-p in rollouts (the log-probs would no longer
+match), value functions, or sequence packing.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import trange
+
+from model import LearnedTemperature, TemperatureHead, load_checkpoint, save_checkpoint
+from training import distributed
+from training.common import JsonlLog, code_version, set_threads
+from training.config import GRPOConfig, config_to_dict
+from training.rollout import RolloutBatch, ScoreFn, recompute_log_probs, sample_completions
+from training.tasks.countdown import max_completion_chars, split
+
+PHASES = ("lm", "tau")
+
+
+def parse_schedule(schedule: str) -> list[str]:
+    """"lm:2,tau:1" -> ["lm", "lm", "tau"]: the phase of each step in one cycle."""
+    phases: list[str] = []
+    for part in schedule.split(","):
+        name, _, count = part.strip().partition(":")
+        if name not in PHASES:
+            raise ValueError(f"unknown phase {name!r} in schedule {schedule!r} (phases: {', '.join(PHASES)})")
+        n = int(count) if count else 1
+        if n < 0:
+            raise ValueError(f"negative count in schedule {schedule!r}")
+        phases += [name] * n
+    if not phases:
+        raise ValueError(f"empty schedule {schedule!r}")
+    return phases
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """(r - mean_group) / (std_group + eps) for rewards (P, G); a group of equal rewards gets zeros."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+    return (rewards - mean) / (std + eps)
+
+
+def clipped_policy_loss(
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    normalizer: float,
+) -> torch.Tensor:
+    """Summed clipped surrogate over the masked tokens, divided by `normalizer`.
+
+    logp_* and mask (R, N); advantages (R,), broadcast over the row's tokens.
+    Token-level normalisation: `normalizer` is the number of tokens in the
+    whole batch (every rank), so long and short completions weigh per token.
+    """
+    ratio = torch.exp(logp_new - logp_old)
+    adv = advantages.unsqueeze(1)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    return -(surrogate * mask).sum() / normalizer
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+def batch_advantages(batches: list[RolloutBatch], n_problems: int, group_size: int) -> list[torch.Tensor]:
+    """Group-normalised advantage of every row of every batch."""
+    device = batches[0].rewards.device
+    rewards = torch.zeros(n_problems, group_size, device=device)
+    for b in batches:
+        rewards[b.problem_index, b.sample_index] = b.rewards
+    adv = group_advantages(rewards)
+    return [adv[b.problem_index, b.sample_index] for b in batches]
+
+
+def set_phase(model: torch.nn.Module, head: TemperatureHead, phase: str) -> list[torch.nn.Parameter]:
+    """Freeze the policy not being trained; return the parameters being trained."""
+    for p in model.parameters():
+        p.requires_grad_(phase == "lm")
+    for p in head.parameters():
+        p.requires_grad_(phase == "tau")
+    return list((model if phase == "lm" else head).parameters())
+
+
+def update(
+    model, head, ref_model, batches: list[RolloutBatch], advantages: list[torch.Tensor], phase: str,
+    cfg: GRPOConfig, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], device: torch.device,
+) -> dict[str, float]:
+    """One optimiser step of `phase` over all rollout batches; returns loss, entropy and KL."""
+    n_tokens = distributed.all_reduce_sum(float(sum(b.generation.mask.sum() for b in batches)), device)
+    world = distributed.world_size()
+    optimizer.zero_grad(set_to_none=True)
+    totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0}
+    for batch, adv in zip(batches, advantages, strict=True):
+        mask = batch.generation.mask.float()
+        new = recompute_log_probs(model, head, batch)
+        if phase == "lm":
+            logp_new, logp_old = new.token_logprobs, batch.generation.token_logprobs
+        else:
+            logp_new, logp_old = new.temperature_logprobs, batch.generation.temperature_logprobs
+        # Each rank's loss is scaled by world so that averaging gradients over
+        # ranks gives the sum over all tokens / all tokens.
+        loss = clipped_policy_loss(logp_new, logp_old, adv, mask, cfg.clip_eps, n_tokens / world)
+        if ref_model is not None and phase == "lm":
+            with torch.no_grad():
+                ref = recompute_log_probs(ref_model, head, batch).token_logprobs
+            kl = k3_kl(new.token_logprobs, ref)
+            loss = loss + cfg.kl_coef * (kl * mask).sum() / (n_tokens / world)
+            totals["kl"] += float((kl.detach() * mask).sum())
+        loss.backward()
+        totals["loss"] += float(loss.detach())
+        totals["entropy"] += float((new.entropy * mask).sum())
+    distributed.average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    local_tokens = float(sum(b.generation.mask.sum() for b in batches))
+    return {
+        "loss": totals["loss"],
+        "entropy": totals["entropy"] / max(local_tokens, 1.0),
+        "kl": totals["kl"] / max(local_tokens, 1.0),
+    }
+
+
+def rollout_metrics(batches: list[RolloutBatch]) -> dict[str, float]:
+    mask = torch.cat([b.generation.mask.flatten() for b in batches]).float()
+    taus = torch.cat([b.generation.taus.flatten() for b in batches])
+    gates = torch.cat([b.generation.gates.flatten() for b in batches])
+    rewards = torch.cat([b.rewards for b in batches])
+    lengths = torch.cat([b.generation.lengths for b in batches]).float()
+    return {
+        "reward": float(rewards.mean()),
+        "accuracy": float((rewards >= 1.0).float().mean()),
+        "mean_tau": float((taus * mask).sum() / mask.sum()),
+        "gate_rate": float((gates * mask).sum() / mask.sum()),
+        "completion_tokens": float(lengths.mean()),
+    }
+
+
+@dataclass
+class TrainResult:
+    """Where the checkpoint went, and this rank's final policies."""
+
+    out: Path
+    model: torch.nn.Module
+    head: TemperatureHead
+
+
+def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
+    """Run GRPO from `cfg.init`; `score` replaces the task's reward (tests use a trivial one)."""
+    rank, world, device = distributed.init()
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    start = load_checkpoint(cfg.init, device=device)
+    model, head, tokenizer = start.model, start.head, start.tokenizer
+    distributed.broadcast_parameters([model, head])
+    previous = start.manifest.training
+    # Resuming: a GRPO checkpoint records how far it got.
+    first_step = int(previous.get("grpo_step", 0)) if previous.get("task") == asdict(cfg.task) else 0
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    train_problems, heldout = split(cfg.task, cfg.n_train, cfg.n_heldout, cfg.split_seed)
+    max_new = cfg.max_new_tokens or max_completion_chars(cfg.task) + 1
+    phases = parse_schedule(cfg.schedule)
+    optimizers = {
+        "lm": torch.optim.AdamW(model.parameters(), lr=cfg.lm_lr, betas=(0.9, 0.99), weight_decay=0.0),
+        "tau": torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, betas=(0.9, 0.99), weight_decay=0.0),
+    }
+    out = Path(cfg.out)
+    log = JsonlLog(out / "grpo_log.jsonl", enabled=rank == 0)
+    # Carry the warm start's log along so the final folder holds the whole history.
+    sft_log = Path(cfg.init) / "sft_log.jsonl"
+    if rank == 0 and sft_log.is_file() and not (out / "sft_log.jsonl").exists():
+        shutil.copy(sft_log, out / "sft_log.jsonl")
+    prompts_per_rank = max(1, cfg.prompts_per_step // world)
+    model.eval()  # no dropout in rollouts or in the recomputation: the log-probs must match
+    history: list[dict] = []
+    started = time.time()
+
+    def save(step: int) -> None:
+        if rank != 0:
+            return
+        stage = {"stage": "grpo", "config": config_to_dict(cfg), "seed": cfg.seed, "code_version": code_version(),
+                 "steps": step, "seconds": round(time.time() - started, 1), "world_size": world,
+                 "final": history[-1] if history else {}}
+        stages = [s for s in previous.get("stages", []) if s.get("stage") != "grpo"] + [stage]
+        training = {**previous, "stages": stages, "task": asdict(cfg.task), "split_seed": cfg.split_seed,
+                    "n_heldout": cfg.n_heldout, "grpo_step": step}
+        training.pop("evaluation", None)  # stale once the weights move
+        save_checkpoint(out, model, tokenizer, head, base_model=start.manifest.base_model, training=training)
+
+    progress = trange(first_step, cfg.steps, desc="grpo", disable=rank != 0)
+    for step in progress:
+        phase = phases[step % len(phases)]
+        rng = random.Random((cfg.seed * 1_000_003 + step) * 101 + rank)
+        problems = rng.sample(train_problems, prompts_per_rank)
+        t0 = time.time()
+        batches = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=cfg.group_size,
+                                     task=cfg.task, max_new_tokens=max_new, seed=cfg.seed, step=step * world + rank,
+                                     score=score)
+        advantages = batch_advantages(batches, len(problems), cfg.group_size)
+        params = set_phase(model, head, phase)
+        for _ in range(cfg.updates_per_rollout):
+            stats = update(model, head, ref_model, batches, advantages, phase, cfg, optimizers[phase], params, device)
+        set_phase(model, head, "none")
+        record = {"stage": "grpo", "step": step, "phase": phase, **rollout_metrics(batches), **stats,
+                  "seconds": round(time.time() - t0, 3)}
+        if rank == 0 and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
+            eval_batches = sample_completions(model, tokenizer, LearnedTemperature(head),
+                                              heldout[: cfg.eval_problems], samples=1, task=cfg.task,
+                                              max_new_tokens=max_new, seed=cfg.seed + 1, score=score)
+            record["heldout_accuracy"] = float(torch.cat([b.rewards for b in eval_batches]).mean())
+        history.append(record)
+        log.write(record)
+        progress.set_postfix(reward=f"{record['reward']:.3f}", tau=f"{record['mean_tau']:.2f}", phase=phase)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save(step + 1)
+    # Data parallelism must leave every rank with the same weights; check it
+    # rather than trust it, and say so in the log.
+    in_sync = distributed.ranks_in_sync([model, head])
+    log.write({"stage": "grpo", "event": "done", "world_size": world, "ranks_in_sync": in_sync,
+               "weights_digest": distributed.weights_digest([model, head])})
+    if not in_sync:
+        raise RuntimeError("data-parallel ranks ended with different weights")
+    save(cfg.steps)
+    distributed.shutdown()
+    return TrainResult(out=out, model=model, head=head)

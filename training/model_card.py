@@ -1,0 +1,85 @@
+"""The model card (README.md) of a trained checkpoint, rendered from what training recorded.
+
+What it does: reads the manifest (stages, configs, seeds, code versions, the
+evaluation table) and the JSONL logs in the checkpoint folder, and writes a
+README.md with the command that produced the checkpoint, a summary of the
+training curves (windows of the GRPO log; SFT held-out accuracy points) and
+the evaluation tables. Nothing in it is typed by hand.
+
+What it does not do: evaluate (see `evaluate.py`) or judge the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model import read_manifest
+
+CURVE_FIELDS = ("reward", "accuracy", "mean_tau", "gate_rate", "entropy", "kl")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def grpo_curve(records: list[dict], windows: int = 8) -> list[str]:
+    steps = [r for r in records if "reward" in r]
+    if not steps:
+        return ["(no GRPO log in this folder)"]
+    size = max(1, len(steps) // windows)
+    lines = ["| steps | " + " | ".join(CURVE_FIELDS) + " | held-out acc |", "|---" * (len(CURVE_FIELDS) + 2) + "|"]
+    for start in range(0, len(steps), size):
+        chunk = steps[start : start + size]
+        means = [sum(r.get(f, 0.0) for r in chunk) / len(chunk) for f in CURVE_FIELDS]
+        heldout = [r["heldout_accuracy"] for r in chunk if "heldout_accuracy" in r]
+        acc = f"{heldout[-1]:.3f}" if heldout else ""
+        lines.append(f"| {chunk[0]['step']}-{chunk[-1]['step']} | " + " | ".join(f"{m:.3f}" for m in means)
+                     + f" | {acc} |")
+    return lines
+
+
+def render(checkpoint: str | Path, command: str) -> str:
+    path = Path(checkpoint)
+    manifest = read_manifest(path)
+    training = manifest.training
+    head = manifest.head
+    lines = [
+        f"# {path.name}", "",
+        "A tiny character-level Llama that solves Countdown problems (reach a target from four numbers with",
+        "+ - * /, writing every intermediate result, digits reversed) and chooses its own sampling temperature",
+        "at every token with a learned head (IntroLLM). Trained here from scratch by this repository's",
+        "`training/` code; every number below was written by that code.", "",
+        "## How it was made", "", "```", command, "```", "",
+        f"Base model: `{manifest.base_model}`. Temperature range [{head.tau_min}, {head.tau_max}], "
+        f"tau_0 = {head.tau_init}, Beta eps = {head.eps}.", "",
+        "| stage | steps | seconds | seed | code version | world size |", "|---|---|---|---|---|---|",
+    ]
+    for stage in training.get("stages", []):
+        lines.append(f"| {stage['stage']} | {stage['steps']} | {stage.get('seconds', '')} | {stage['seed']} | "
+                     f"`{stage['code_version']}` | {stage.get('world_size', 1)} |")
+    task = training.get("task", {})
+    lines += ["", f"Task config: `{json.dumps(task)}`; held-out split seed {training.get('split_seed')}.", ""]
+    sft_points = [r for r in _read_jsonl(path / "sft_log.jsonl") if "heldout_accuracy_tau1" in r]
+    if sft_points:
+        lines += ["## Training curves", "", "SFT held-out accuracy (one sample per problem, tau = 1.0):", "",
+                  "| step | loss | held-out acc |", "|---|---|---|"]
+        lines += [f"| {r['step']} | {r['loss']:.4f} | {r['heldout_accuracy_tau1']:.3f} |" for r in sft_points]
+        lines.append("")
+    lines += ["GRPO (means over windows of steps; reward and accuracy of the training rollouts):", ""]
+    lines += grpo_curve(_read_jsonl(path / "grpo_log.jsonl"))
+    evaluation = training.get("evaluation")
+    if evaluation:
+        report = (path / "eval" / "report.md")
+        lines += ["", "## Evaluation", "", report.read_text() if report.is_file() else json.dumps(evaluation)]
+        if (path / "eval" / "tau_along_solutions.png").is_file():
+            lines += ["![tau along sampled solutions](eval/tau_along_solutions.png)", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_model_card(checkpoint: str | Path, command: str) -> Path:
+    target = Path(checkpoint) / "README.md"
+    target.write_text(render(checkpoint, command))
+    return target

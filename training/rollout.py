@@ -1,0 +1,130 @@
+"""Sampling groups of completions and recomputing their log-probabilities.
+
+What it does: for a list of problems, samples `samples` completions each
+through the model core's reference decode (`model.generate`) with any
+temperature controller, recording per token the tau, gate, Beta draw and both
+log-probs, and scores each completion with the task's reward. Rows are
+batched by prompt length (no padding, so no position bookkeeping) and each
+row draws from its own generator seeded by (seed, step, problem, sample), so a
+rollout is reproducible and independent of how rows were batched.
+`recompute_log_probs` runs the trainer's forward over prompt + completion and
+returns the same log-probs from the same per-token tau, gate and z.
+
+What it does not do: top-k/top-p (training rollouts never filter, or the
+trainer's log-probs would not match the sampler's), or compute losses.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from model import Generation, SamplingParams, TemperatureController, TemperatureHead, forward, generate, token_log_probs
+from training.common import seeded_generator
+from training.data import decode_completion, encode_prompt
+from training.tasks.countdown import CountdownConfig, Problem, Verdict, check
+
+# Scores one completion of one problem; the default is the Countdown checker.
+ScoreFn = Callable[[Problem, str], Verdict]
+
+
+@dataclass
+class RolloutBatch:
+    """Rows sharing one prompt length: prompt_ids (R, T), the generation (R, N), and per row
+    the problem index, sample index, completion text, reward and the verdict's reason."""
+
+    prompt_ids: torch.Tensor
+    generation: Generation
+    problem_index: list[int]
+    sample_index: list[int]
+    texts: list[str]
+    rewards: torch.Tensor
+    reasons: list[str]
+
+
+@torch.no_grad()
+def sample_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    controller: TemperatureController,
+    problems: Sequence[Problem],
+    *,
+    samples: int,
+    task: CountdownConfig,
+    max_new_tokens: int,
+    seed: int,
+    step: int = 0,
+    batch_rows: int = 512,
+    greedy: bool = False,
+    score: ScoreFn | None = None,
+) -> list[RolloutBatch]:
+    score = score or (lambda problem, text: check(problem, text, task))
+    device = next(model.parameters()).device
+    by_length: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    prompts = [encode_prompt(tokenizer, p) for p in problems]
+    for i, prompt in enumerate(prompts):
+        for s in range(samples):
+            by_length[len(prompt)].append((i, s))
+    params = SamplingParams(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, greedy=greedy)
+    batches = []
+    for _, rows in sorted(by_length.items()):
+        for start in range(0, len(rows), batch_rows):
+            chunk = rows[start : start + batch_rows]
+            prompt_ids = torch.tensor([prompts[i] for i, _ in chunk], device=device)
+            generators = [seeded_generator(device, seed, step, i, s) for i, s in chunk]
+            generation = generate(model, controller, prompt_ids, params, generators,
+                                  pad_token_id=tokenizer.pad_token_id)
+            texts = [
+                decode_completion(tokenizer, generation.tokens[r, : generation.lengths[r]].tolist())
+                for r in range(len(chunk))
+            ]
+            verdicts = [score(problems[i], text) for (i, _), text in zip(chunk, texts, strict=True)]
+            batches.append(
+                RolloutBatch(
+                    prompt_ids=prompt_ids,
+                    generation=generation,
+                    problem_index=[i for i, _ in chunk],
+                    sample_index=[s for _, s in chunk],
+                    texts=texts,
+                    rewards=torch.tensor([v.reward for v in verdicts], device=device),
+                    reasons=[v.reason for v in verdicts],
+                )
+            )
+    return batches
+
+
+@dataclass
+class Recomputed:
+    """Per completion token, (R, N): token log-prob, temperature-action log-prob, entropy at tau."""
+
+    token_logprobs: torch.Tensor
+    temperature_logprobs: torch.Tensor
+    entropy: torch.Tensor
+
+
+def recompute_log_probs(model: PreTrainedModel, head: TemperatureHead, batch: RolloutBatch) -> Recomputed:
+    """The trainer's view of a rollout, from one forward over prompt + completion.
+
+    Position T - 1 + t of the sequence predicts completion token t, from the
+    hidden state the sampler's head read at that step; the token log-prob uses
+    the tau the sampler applied there.
+    """
+    gen = batch.generation
+    prompt_len = batch.prompt_ids.shape[1]
+    sequence = torch.cat([batch.prompt_ids, gen.tokens], dim=1)[:, :-1]  # (R, T + N - 1)
+    out = forward(model, sequence)
+    logits = out.logits[:, prompt_len - 1 :]  # (R, N, V)
+    hidden = out.hidden[:, prompt_len - 1 :]  # (R, N, d)
+    # Padding positions carry tau = 0 (zeroed by generate); any positive value
+    # keeps their (masked) log-probs finite.
+    taus = torch.where(gen.mask, gen.taus, torch.ones_like(gen.taus))
+    token_logprobs = token_log_probs(logits, gen.tokens, taus)
+    temperature_logprobs = head.log_prob(hidden, gen.gates.unsqueeze(-1), gen.z.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        scaled = torch.log_softmax(logits.float() / taus.unsqueeze(-1), dim=-1)
+        entropy = -(scaled.exp() * scaled).sum(-1)
+    return Recomputed(token_logprobs, temperature_logprobs, entropy)

@@ -1,0 +1,131 @@
+"""Warm start: next-token training on solved Countdown problems.
+
+What it does: trains the tiny LM from scratch (or any local Hugging Face
+causal LM given by path) on `<bos> prompt solution <eos>`, the loss on the
+solution only, each example with a solution drawn at random among all valid
+ones (so the model learns the choice points as choices). The temperature head
+is created as its prior around tau_init and saved with the LM as a checkpoint.
+
+What it does not do: touch the head's weights (RL does that), or evaluate
+beyond a quick held-out accuracy at tau = 1 (see `evaluate.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import trange
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from model import (
+    FixedTemperature,
+    HeadConfig,
+    TemperatureHead,
+    build_char_tokenizer,
+    build_tiny_lm,
+    lm_hidden_size,
+    save_checkpoint,
+)
+from model.checkpoint import MANIFEST_FILE
+from training import distributed
+from training.common import JsonlLog, code_version, set_threads
+from training.config import SFTConfig, config_to_dict
+from training.data import SolvedExamples
+from training.rollout import sample_completions
+from training.tasks.countdown import max_completion_chars, split
+
+
+def _load_start(cfg: SFTConfig):
+    if not cfg.init:
+        tokenizer = build_char_tokenizer()
+        return build_tiny_lm(tokenizer, cfg.model, seed=cfg.seed), tokenizer, "tiny-llama-char"
+    path = Path(cfg.init)
+    # A local folder only, safetensors only, no remote code.
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                                 local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    base = str(path.name) if not (path / MANIFEST_FILE).exists() else f"{path.name} (continued)"
+    return model, tokenizer, base
+
+
+def quick_accuracy(model, tokenizer, problems, task, seed: int, tau: float = 1.0) -> float:
+    """Fraction of held-out problems solved by one sample at a fixed tau."""
+    batches = sample_completions(model, tokenizer, FixedTemperature(tau), problems, samples=1, task=task,
+                                 max_new_tokens=max_completion_chars(task) + 1, seed=seed)
+    rewards = torch.cat([b.rewards for b in batches])
+    return float(rewards.mean())
+
+
+def lr_at(step: int, cfg: SFTConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    rank, world, device = distributed.init()
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, base_model = _load_start(cfg)
+    model.to(device).train()
+    distributed.broadcast_parameters([model])
+    train_problems, heldout = split(cfg.task, cfg.n_train, cfg.n_heldout, cfg.split_seed)
+    examples = SolvedExamples(train_problems, cfg.task, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    rng = random.Random(cfg.seed * 7919 + rank)
+    out = Path(cfg.out)
+    log = JsonlLog(out / "sft_log.jsonl", enabled=rank == 0)
+    per_rank = max(1, cfg.batch_size // world)
+    metrics: dict = {}
+    started = time.time()
+    progress = trange(cfg.steps, desc="sft", disable=rank != 0)
+    for step in progress:
+        inputs, labels = examples.batch(rng, per_rank)
+        inputs, labels = inputs.to(device), labels.to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = model(input_ids=inputs, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(model.parameters())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            metrics = {"stage": "sft", "step": step, "loss": round(loss.item(), 5), "lr": lr_at(step, cfg)}
+            if rank == 0 and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps - 1):
+                model.eval()
+                metrics["heldout_accuracy_tau1"] = quick_accuracy(
+                    model, tokenizer, heldout[: cfg.eval_problems], cfg.task, seed=cfg.seed)
+                model.train()
+            log.write(metrics)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+
+    model.eval()
+    hidden = lm_hidden_size(model)
+    head = TemperatureHead(HeadConfig(hidden_size=hidden, **asdict(cfg.head))).to(device)
+    if rank == 0:
+        summary = {
+            "stages": [{
+                "stage": "sft",
+                "config": config_to_dict(cfg),
+                "seed": cfg.seed,
+                "code_version": code_version(),
+                "steps": cfg.steps,
+                "seconds": round(time.time() - started, 1),
+                "world_size": world,
+                "final": metrics,
+            }],
+            "task": asdict(cfg.task),
+            "split_seed": cfg.split_seed,
+            "n_heldout": cfg.n_heldout,
+        }
+        save_checkpoint(out, model.cpu(), tokenizer, head.cpu(), base_model=base_model, training=summary)
+    distributed.shutdown()
+    return out
