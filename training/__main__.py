@@ -8,6 +8,7 @@ nested ones prefixed: `--task-max-target 50`, `--model-hidden-size 128`,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from training.config import (
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args._subcommand == "grpo":
         from training.grpo import train_grpo
 
-        print(train_grpo(config).out)
+        result = train_grpo(config)
+        if os.environ.get("RANK", "0") == "0":
+            print(result.out)
     elif args._subcommand == "eval":
         from training.evaluate import run_evaluation
 

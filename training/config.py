@@ -86,6 +86,9 @@ class GRPOConfig:
     eval_every: int = 50
     eval_problems: int = 100
     save_every: int = 50
+    # "bfloat16" halves the checkpoint (the bundled model ships so); training
+    # itself stays float32, and resuming continues from the rounded weights.
+    save_dtype: str = "float32"
     threads: int = 0
     task: CountdownConfig = field(default_factory=CountdownConfig)
 

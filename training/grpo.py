@@ -11,9 +11,12 @@ What it does, per step:
      with the LM frozen. Both use the clipped policy-ratio objective with
      token-level normalisation (DAPO-style, as TRL's default) and, for the LM,
      an optional KL penalty to the starting model (k3 estimator).
-It logs reward, accuracy, mean tau, gate rate, entropy and KL per step
-(JSONL), evaluates on held-out prompts now and then, saves checkpoints, and
-resumes from one.
+It logs reward, accuracy, mean tau, gate rate (over all ranks), entropy and KL
+(rank 0's share) per step (JSONL), evaluates on held-out prompts now and then,
+saves checkpoints, and resumes from one: a GRPO checkpoint of the same task
+records its step and the run continues from there. On resume the optimiser
+moments start afresh (they are not saved), and the KL reference is the
+checkpoint the run (re)starts from.
 
 What it does not do: top-k/top-p in rollouts (the log-probs would no longer
 match), value functions, or sequence packing.
@@ -148,18 +151,27 @@ def update(
     }
 
 
-def rollout_metrics(batches: list[RolloutBatch]) -> dict[str, float]:
+def rollout_metrics(batches: list[RolloutBatch], device: torch.device) -> dict[str, float]:
+    """Reward, accuracy, mean tau, gate rate and length over every rank's rollouts."""
     mask = torch.cat([b.generation.mask.flatten() for b in batches]).float()
     taus = torch.cat([b.generation.taus.flatten() for b in batches])
     gates = torch.cat([b.generation.gates.flatten() for b in batches])
     rewards = torch.cat([b.rewards for b in batches])
-    lengths = torch.cat([b.generation.lengths for b in batches]).float()
+    sums = {
+        "reward": float(rewards.sum()),
+        "accuracy": float((rewards >= 1.0).float().sum()),
+        "tau": float((taus * mask).sum()),
+        "gate": float((gates * mask).sum()),
+        "tokens": float(mask.sum()),
+        "rows": float(rewards.numel()),
+    }
+    sums = {k: distributed.all_reduce_sum(v, device) for k, v in sums.items()}
     return {
-        "reward": float(rewards.mean()),
-        "accuracy": float((rewards >= 1.0).float().mean()),
-        "mean_tau": float((taus * mask).sum() / mask.sum()),
-        "gate_rate": float((gates * mask).sum() / mask.sum()),
-        "completion_tokens": float(lengths.mean()),
+        "reward": sums["reward"] / sums["rows"],
+        "accuracy": sums["accuracy"] / sums["rows"],
+        "mean_tau": sums["tau"] / sums["tokens"],
+        "gate_rate": sums["gate"] / sums["tokens"],
+        "completion_tokens": sums["tokens"] / sums["rows"],
     }
 
 
@@ -212,7 +224,8 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         training = {**previous, "stages": stages, "task": asdict(cfg.task), "split_seed": cfg.split_seed,
                     "n_heldout": cfg.n_heldout, "grpo_step": step}
         training.pop("evaluation", None)  # stale once the weights move
-        save_checkpoint(out, model, tokenizer, head, base_model=start.manifest.base_model, training=training)
+        saved = model if cfg.save_dtype == "float32" else copy.deepcopy(model).to(getattr(torch, cfg.save_dtype))
+        save_checkpoint(out, saved, tokenizer, head, base_model=start.manifest.base_model, training=training)
 
     progress = trange(first_step, cfg.steps, desc="grpo", disable=rank != 0)
     for step in progress:
@@ -228,7 +241,7 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         for _ in range(cfg.updates_per_rollout):
             stats = update(model, head, ref_model, batches, advantages, phase, cfg, optimizers[phase], params, device)
         set_phase(model, head, "none")
-        record = {"stage": "grpo", "step": step, "phase": phase, **rollout_metrics(batches), **stats,
+        record = {"stage": "grpo", "step": step, "phase": phase, **rollout_metrics(batches, device), **stats,
                   "seconds": round(time.time() - t0, 3)}
         if rank == 0 and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
             eval_batches = sample_completions(model, tokenizer, LearnedTemperature(head),
