@@ -1,0 +1,96 @@
+"""The console command: `introllm-serve` (or `python -m service`).
+
+What it does: reads `Settings` from the environment (`INTROLLM_*`), builds the
+app and runs uvicorn on `host:port`. SIGTERM (or a first Ctrl-C) starts a
+graceful drain: readiness fails and new requests get 503 at once, requests in
+flight get `drain_grace_s` to finish (then end with finish_reason `timeout`),
+and the process exits with status 0. A second signal exits at once. A failed
+start-up (bad checkpoint, port in use) exits with status 3.
+
+What it does not do: parse command-line flags (settings come from the
+environment only, like the container's), or reload code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app, drain
+from service.settings import Settings
+
+log = logging.getLogger("service")
+STARTUP_FAILURE = 3  # uvicorn's own exit code for this
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with SIGTERM meaning "drain, then exit" instead of "close the listener now".
+
+    Keeping the listener open while draining lets load balancers see the
+    readiness probe fail and lets late requests get a clean 503.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, grace_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._grace_s = grace_s
+        self._drain_requested = False
+        self._draining: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in uvicorn's captured signals on purpose: uvicorn would
+        # re-raise it after shutdown and the process would die by the signal
+        # instead of exiting 0 after a clean drain.
+        if self._drain_requested or self._loop is None or not self.started:
+            self.force_exit = self._drain_requested
+            self.should_exit = True
+            return
+        self._drain_requested = True
+        log.info("signal %s: draining", signal.Signals(sig).name)
+        # A signal handler may interrupt the loop anywhere: only hand it work.
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            idle = await drain(self._app, self._grace_s)
+            log.info("drain finished (%s); exiting", "idle" if idle else "requests still running")
+        finally:
+            self.should_exit = True
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # After the drain only finished responses are left to flush.
+        timeout_graceful_shutdown=5,
+        proxy_headers=True,
+    )
+    server = DrainingServer(config, app, settings.drain_grace_s)
+    server.run()
+    if not server.started:  # start-up failed (bad checkpoint, port in use): say so to the supervisor
+        sys.exit(STARTUP_FAILURE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The FastAPI application: `create_app(settings)` and its lifespan.
+
+What it does: builds the app (routes, error handlers, body-size limit), and in
+its lifespan loads the checkpoint off the event loop, starts the engine
+thread, runs one warm-up request through it, and serves; on shutdown it
+drains (no new requests, in-flight ones get `drain_grace_s` to finish, then
+time out) and stops the engine. Every error leaves as JSON of one shape (see
+errors.py), pydantic's validation errors included.
+
+What it does not do: bind sockets or handle signals (`__main__.py`), or any
+per-request logic (routes.py, scheduler.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import service
+from model import Checkpoint, Manifest, load_checkpoint
+from service.engine import Engine
+from service.errors import ServiceError, error_body
+from service.metrics import ServiceMetrics
+from service.routes import api, ops
+from service.scheduler import Limits, Scheduler
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    scheduler: Scheduler
+    manifest: Manifest
+
+
+def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
+    """Read the checkpoint and build engine + scheduler (blocking: run it in a thread)."""
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+    checkpoint: Checkpoint = load_checkpoint(
+        settings.checkpoint, settings.torch_device(), settings.torch_dtype(),
+        trust_remote_code=settings.trust_remote_code,
+    )
+    tokenizer, head = checkpoint.tokenizer, checkpoint.head
+    context = getattr(checkpoint.model.config, "max_position_embeddings", None)
+    limits = Limits(
+        max_prompt_tokens=min(settings.max_prompt_tokens, context or settings.max_prompt_tokens),
+        max_new_tokens=settings.max_new_tokens,
+        default_max_new_tokens=settings.default_max_new_tokens,
+        context_length=context,
+        default_timeout_s=settings.default_timeout_s,
+        max_timeout_s=settings.max_timeout_s,
+        retry_after_s=settings.retry_after_s,
+        tau_range=(head.config.tau_min, head.config.tau_max),
+    )
+    engine = Engine(
+        checkpoint.model,
+        head,
+        eos_token_ids=_eos_ids(checkpoint),
+        max_running=settings.max_running_requests,
+        max_waiting=settings.max_waiting_requests,
+        prefill_token_budget=settings.prefill_token_budget,
+        metrics=metrics,
+    )
+    return Loaded(Scheduler(engine, tokenizer, head, limits, metrics), checkpoint.manifest)
+
+
+def _eos_ids(checkpoint: Checkpoint) -> set[int]:
+    ids: set[int] = set()
+    if checkpoint.tokenizer.eos_token_id is not None:
+        ids.add(checkpoint.tokenizer.eos_token_id)
+    configured = getattr(checkpoint.model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics(settings.served_model_name)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = await asyncio.to_thread(load, settings, metrics)
+        scheduler = loaded.scheduler
+        scheduler.engine.start()
+        try:
+            if settings.warm_up:
+                await scheduler.warm_up()
+            app.state.manifest = loaded.manifest
+            app.state.scheduler = scheduler
+            log.info("serving %s on %s", settings.served_model_name, scheduler.engine.device)
+            yield
+        finally:
+            await drain(app, settings.drain_grace_s)
+            scheduler.engine.stop(timeout=10.0)
+            app.state.scheduler = None
+
+    app = FastAPI(
+        title="IntroLLM Serve",
+        version=service.__version__,
+        summary="Generation with a learned per-token sampling temperature.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.scheduler = None
+    app.include_router(api)
+    app.include_router(ops)
+    _install_error_handlers(app, metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    return app
+
+
+async def drain(app: FastAPI, grace_s: float) -> bool:
+    """Stop admitting and wait for in-flight requests (at most `grace_s`, then they time out)."""
+    scheduler: Scheduler | None = app.state.scheduler
+    if scheduler is None:
+        return True
+    first = not scheduler.draining
+    scheduler.begin_drain(grace_s)
+    if first:  # logged once readiness already fails: a watcher may act on this line
+        log.info("draining: readiness fails, %d running, %d waiting, grace %.1f s", *scheduler.engine.load(), grace_s)
+    return await scheduler.wait_drained(grace_s + 10.0)
+
+
+def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.failed("validation")
+        errors = exc.errors()
+        message = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+        param = _where(errors[0]["loc"]) if errors else None
+        return JSONResponse(error_body("validation_error", message, param or None), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        metrics.failed("internal")
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
+def _where(loc: tuple) -> str:
+    """('body', 'tau_min') -> 'tau_min'."""
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts)
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse bodies over `max_bytes` with 413 before the app sees them.
+
+    The body is read here (bounded) and replayed to the app; later receives
+    (the disconnect notice) pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        self.metrics.failed("validation")
+        response = JSONResponse(
+            error_body("payload_too_large", f"request body exceeds max_body_bytes={self.max_bytes}"), status_code=413
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

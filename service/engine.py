@@ -1,0 +1,553 @@
+"""The decode engine: one thread doing continuous batching over `model/`.
+
+What it does: owns the model and a running batch (`kv.PaddedBatch`). Its loop,
+between two decode steps:
+  1. takes cancelled and expired requests out of the waiting queue;
+  2. drops cancelled rows from the batch;
+  3. admits waiting requests while there is a free slot (up to a prefill token
+     budget per iteration): each is prefilled alone, its first token sampled,
+     and it joins the batch as a new row;
+  4. runs one decode step for every row and samples the next token per row
+     (`sampling.sample_rows`), then emits one `TokenEvent` per row and a
+     `FinishEvent` for rows that hit EOS, a stop string, their token budget or
+     their deadline; those rows leave the batch at once.
+Every event is handed to the request's `Sink`, which must not block (the
+service's sink posts it to the event loop with `call_soon_threadsafe`).
+
+Bounds: at most `max_running` rows decode together; `submit` refuses a
+request (`EngineFull`) when running + waiting would exceed max_running +
+max_waiting, so nothing queues without limit. A failure while prefilling one
+request fails that request; a failure in a batched step fails the rows of
+that batch; the engine then carries on with an empty batch. A request never
+stays half-done: each gets exactly one terminal event (`FinishEvent` or
+`ErrorEvent`).
+
+What it does not do: HTTP, JSON, asyncio, tokenization or validation. Text
+comes from the request's `TextStream` (token ids in, text and "stop string
+hit" out); limits are checked by the scheduler before `submit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+from transformers import PreTrainedModel
+
+from model import StepResult, TemperatureHead
+from service.kv import PaddedBatch, prefill_alone
+from service.metrics import RequestMetrics, ServiceMetrics
+from service.sampling import ControllerSpec, RowSampler, sample_rows
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["length", "eos", "stop", "timeout", "cancelled"]
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token. `text` is the text it released (possibly empty: a
+    partial character, or text held back while it may begin a stop string)."""
+
+    index: int
+    token_id: int
+    text: str
+    tau: float
+    updated: bool
+    logprob: float
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The last event of a request that ran (or timed out / was cancelled while waiting)."""
+
+    reason: FinishReason
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    tau_mean: float | None
+    tau_min: float | None
+    tau_max: float | None
+    tau_updates: int
+    queue_s: float
+    ttft_s: float | None
+    total_s: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The last event of a request the engine could not complete."""
+
+    kind: Literal["internal", "unavailable"]
+    message: str
+
+
+Event = TokenEvent | FinishEvent | ErrorEvent
+
+
+class Sink(Protocol):
+    """Where a request's events go. Called from the engine thread; must not block."""
+
+    def push(self, events: list[Event]) -> None: ...
+
+
+class TextStream(Protocol):
+    """Incremental detokenizer with stop strings (see scheduler.TextStream)."""
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """Text released by this token, and whether a stop string is now complete."""
+        ...
+
+    def flush(self) -> str:
+        """Text still held back, released at the end of the request."""
+        ...
+
+    @property
+    def text(self) -> str:
+        """All text released so far."""
+        ...
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    max_new_tokens: int
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    ignore_eos: bool = False
+
+
+@dataclass
+class EngineRequest:
+    """One admitted request, everything checked. `deadline` is on `time.monotonic()`."""
+
+    prompt_ids: list[int]
+    controller: ControllerSpec
+    params: DecodeParams
+    seed: int
+    deadline: float
+    text: TextStream
+    sink: Sink
+    metrics: RequestMetrics | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+class EngineFull(Exception):
+    """No room: running + waiting is at its bound."""
+
+
+class EngineUnavailable(Exception):
+    """The engine is stopping or its thread has died."""
+
+
+class Ticket:
+    """The caller's handle on a submitted request: it can only cancel it."""
+
+    def __init__(self, engine: Engine, sequence: _Sequence) -> None:
+        self._engine = engine
+        self._sequence = sequence
+
+    def cancel(self) -> None:
+        """Ask for removal at the next step boundary; a no-op once the request has finished."""
+        self._engine._cancel(self._sequence)
+
+
+@dataclass
+class _Sequence:
+    """Engine-side state of one request, touched only by the engine thread
+    (except `cancel_requested`, a flag set under the engine's lock)."""
+
+    request: EngineRequest
+    row: RowSampler | None = None  # built in the engine thread at admission
+    tokens: list[int] = field(default_factory=list)
+    taus: list[float] = field(default_factory=list)
+    updates: int = 0
+    started_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    cancel_requested: bool = False
+    done: bool = False
+
+    @property
+    def sampler(self) -> RowSampler:
+        assert self.row is not None, "a running sequence has its sampler"
+        return self.row
+
+
+# ---------------------------------------------------------------- engine
+
+
+class Engine:
+    """Continuous batching in a dedicated thread; see the module docstring."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        head: TemperatureHead,
+        *,
+        eos_token_ids: Collection[int],
+        max_running: int,
+        max_waiting: int,
+        prefill_token_budget: int = 2048,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.model = model
+        self.head = head
+        self.device = next(model.parameters()).device
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.max_running = max_running
+        self.max_waiting = max_waiting
+        self.prefill_token_budget = prefill_token_budget
+        self.metrics = metrics
+
+        self._cond = threading.Condition()
+        # Guarded by _cond:
+        self._waiting: deque[_Sequence] = deque()
+        self._in_system = 0  # submitted and not yet finished (waiting + running)
+        self._stopping = False
+        self._deadline_cap = math.inf
+        # Engine thread only; rows of `_batch`, in order, with their (B, 1)
+        # previous tau and (B,) next input token.
+        self._rows: list[_Sequence] = []
+        self._batch = PaddedBatch(self.device)
+        self._tau = torch.zeros((0, 1), dtype=torch.float32, device=self.device)
+        self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
+        self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
+
+    # ------------------------------------------------------------ control (any thread)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._thread = threading.Thread(target=self._run, name="introllm-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the loop; requests still in the engine get an `ErrorEvent` ('unavailable')."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def submit(self, request: EngineRequest) -> Ticket:
+        """Queue a request; raises EngineFull or EngineUnavailable instead of waiting."""
+        sequence = _Sequence(request=request)
+        with self._cond:
+            if not self.alive:
+                raise EngineUnavailable("the engine is not running")
+            if self._in_system >= self.max_running + self.max_waiting:
+                raise EngineFull(f"{self._in_system} requests in flight (bound {self.max_running + self.max_waiting})")
+            self._waiting.append(sequence)
+            self._in_system += 1
+            self._publish_load()
+            self._cond.notify_all()
+        return Ticket(self, sequence)
+
+    def cap_deadlines(self, deadline: float) -> None:
+        """Make every request, present and future, end by `deadline` (monotonic): the drain."""
+        with self._cond:
+            self._deadline_cap = min(self._deadline_cap, deadline)
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no request is waiting or running; False on timeout."""
+        return self.wait_until(lambda running, waiting: running + waiting == 0, timeout)
+
+    def wait_until(self, predicate: Callable[[int, int], bool], timeout: float | None = None) -> bool:
+        """Block until predicate(running, waiting) holds; False on timeout. Woken on every change."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(*self._load_locked()), timeout)
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) right now; admitted requests count as running."""
+        with self._cond:
+            return self._load_locked()
+
+    def _load_locked(self) -> tuple[int, int]:
+        waiting = len(self._waiting)
+        return self._in_system - waiting, waiting
+
+    def _cancel(self, sequence: _Sequence) -> None:
+        with self._cond:
+            sequence.cancel_requested = True
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ the loop (engine thread)
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    work = self._next_work()
+                    if work is None:
+                        break
+                    admitted, dropped = work
+                    for sequence, reason in dropped:
+                        self._finish(sequence, reason)
+                    self._drop_cancelled_rows()
+                    for sequence in admitted:
+                        self._start(sequence)
+                    if self._rows:
+                        self._step()
+        except BaseException as exc:  # the thread must never die silently
+            self.failure = exc
+            log.exception("engine thread failed")
+        finally:
+            self._fail_everything("unavailable", "the engine stopped")
+
+    def _next_work(self) -> tuple[list[_Sequence], list[tuple[_Sequence, FinishReason]]] | None:
+        """Wait for something to do; pop admissible and dead waiting requests. None: stop."""
+        with self._cond:
+            while not self._stopping and not self._waiting and not self._rows:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            now = time.monotonic()
+            dropped: list[tuple[_Sequence, FinishReason]] = []
+            for sequence in list(self._waiting):
+                if sequence.cancel_requested:
+                    dropped.append((sequence, "cancelled"))
+                elif now >= self._deadline(sequence):
+                    dropped.append((sequence, "timeout"))
+            for sequence, _ in dropped:
+                self._waiting.remove(sequence)
+            admitted: list[_Sequence] = []
+            budget = self.prefill_token_budget
+            while self._waiting and len(self._rows) + len(admitted) < self.max_running:
+                cost = len(self._waiting[0].request.prompt_ids)
+                if admitted and cost > budget:
+                    break  # the rest join after the next decode step
+                admitted.append(self._waiting.popleft())
+                budget -= cost
+            if admitted:
+                self._publish_load()
+                self._cond.notify_all()  # waiting -> running is a change wait_until may look for
+            return admitted, dropped
+
+    def _deadline(self, sequence: _Sequence) -> float:
+        return min(sequence.request.deadline, self._deadline_cap)
+
+    def _start(self, sequence: _Sequence) -> None:
+        """Prefill alone, sample the first token, and join the batch unless already finished."""
+        request = sequence.request
+        sequence.started_at = time.monotonic()
+        if request.metrics is not None:
+            request.metrics.started(sequence.started_at - request.submitted_at, len(request.prompt_ids))
+        try:
+            sequence.row = self._row_sampler(request)
+            prompt = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)  # (1, T)
+            step, cache = prefill_alone(self.model, prompt)
+            tau0 = sequence.sampler.controller.initial_tau(1, self.device).float()  # (1, 1)
+            result = sample_rows([sequence.sampler], step, tau0)
+        except Exception as exc:
+            log.exception("prefill failed")
+            self._error(sequence, "internal", f"prefill failed: {exc}")
+            return
+        if self._emit_or_fail(sequence, *_host_values(result)[0]):
+            return
+        self._batch.add(cache, len(request.prompt_ids))
+        self._rows.append(sequence)
+        self._tau = torch.cat([self._tau, result.action.tau.float()])
+        self._next_tokens = torch.cat([self._next_tokens, result.tokens])
+
+    def _row_sampler(self, request: EngineRequest) -> RowSampler:
+        params = request.params
+        return RowSampler(
+            spec=request.controller,
+            controller=request.controller.build(self.head),
+            # On the engine's device: the head and the sampler draw there.
+            generator=torch.Generator(device=self.device).manual_seed(request.seed),
+            top_k=params.top_k,
+            top_p=params.top_p,
+            greedy=params.greedy,
+        )
+
+    def _step(self) -> None:
+        """One decode step for every row; finished rows leave the batch."""
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(self._rows))
+        try:
+            step = self._batch.decode(self.model, self._next_tokens)
+            result = sample_rows([s.sampler for s in self._rows], step, self._tau)
+            values = _host_values(result)
+        except Exception as exc:
+            log.exception("decode step failed")
+            rows, self._rows = self._rows, []
+            self._reset_batch()
+            for sequence in rows:
+                self._error(sequence, "internal", f"decode step failed: {exc}")
+            return
+        self._tau = result.action.tau.float()
+        self._next_tokens = result.tokens
+        keep = [i for i, sequence in enumerate(self._rows) if not self._emit_or_fail(sequence, *values[i])]
+        self._keep_rows(keep)
+
+    def _emit_or_fail(self, sequence: _Sequence, token: int, tau: float, updated: bool, logprob: float) -> bool:
+        """`_emit`, but a failure there (detokenizer, stop rule) fails this request only. True: it is done."""
+        try:
+            return self._emit(sequence, token, tau, updated, logprob)
+        except Exception as exc:
+            log.exception("emitting a token failed")
+            self._error(sequence, "internal", f"emitting a token failed: {exc}")
+            return True
+
+    def _emit(self, sequence: _Sequence, token: int, tau: float, updated: bool, logprob: float) -> bool:
+        """Record one token, send its event (and the finish event); True if the request is done."""
+        now = time.monotonic()
+        request = sequence.request
+        previous = sequence.last_token_at
+        sequence.tokens.append(token)
+        sequence.taus.append(tau)
+        sequence.updates += int(updated)
+        sequence.last_token_at = now
+        if sequence.first_token_at is None:
+            sequence.first_token_at = now
+        text, stop_hit = request.text.push(token)
+        reason: FinishReason | None = None
+        if token in self.eos_token_ids and not request.params.ignore_eos:
+            reason = "eos"
+        elif stop_hit:
+            reason = "stop"
+        elif len(sequence.tokens) >= request.params.max_new_tokens:
+            reason = "length"
+        elif now >= self._deadline(sequence):
+            reason = "timeout"
+        if reason is not None and reason != "stop":
+            text += request.text.flush()  # held-back text belongs to the output unless a stop string cut it
+        if request.metrics is not None:
+            first = previous is None
+            request.metrics.token(
+                tau, updated, ttft_s=now - request.submitted_at if first else None,
+                itl_s=None if first else now - previous,
+            )
+        events: list[Event] = [
+            TokenEvent(len(sequence.tokens) - 1, token, text, tau, updated, logprob)
+        ]
+        if reason is None:
+            self._push(sequence, events)
+            return False
+        self._finish(sequence, reason, events)
+        return True
+
+    def _finish(self, sequence: _Sequence, reason: FinishReason, events: list[Event] | None = None) -> None:
+        """Terminal event for a request that ran or was dropped while waiting."""
+        request = sequence.request
+        now = time.monotonic()
+        taus = sequence.taus
+        mean_tau = sum(taus) / len(taus) if taus else None
+        finish = FinishEvent(
+            reason=reason,
+            text=request.text.text,
+            prompt_tokens=len(request.prompt_ids),
+            completion_tokens=len(sequence.tokens),
+            tau_mean=mean_tau,
+            tau_min=min(taus) if taus else None,
+            tau_max=max(taus) if taus else None,
+            tau_updates=sequence.updates,
+            queue_s=(sequence.started_at or now) - request.submitted_at,
+            ttft_s=None if sequence.first_token_at is None else sequence.first_token_at - request.submitted_at,
+            total_s=now - request.submitted_at,
+            seed=request.seed,
+        )
+        # Metrics first: whoever reads the response can rely on them being counted.
+        if request.metrics is not None:
+            if reason == "cancelled":
+                request.metrics.owner.failed("cancelled")
+            else:
+                request.metrics.finished(reason, finish.total_s, len(sequence.tokens), mean_tau)
+        self._retire(sequence)
+        self._push(sequence, [*(events or []), finish])
+
+    def _error(self, sequence: _Sequence, kind: Literal["internal", "unavailable"], message: str) -> None:
+        if sequence.request.metrics is not None:
+            sequence.request.metrics.owner.failed(kind)
+        self._retire(sequence)
+        self._push(sequence, [ErrorEvent(kind, message)])
+
+    def _retire(self, sequence: _Sequence) -> None:
+        with self._cond:
+            if sequence.done:
+                return
+            sequence.done = True
+            self._in_system -= 1
+            self._publish_load()
+            self._cond.notify_all()
+
+    def _push(self, sequence: _Sequence, events: list[Event]) -> None:
+        try:
+            sequence.request.sink.push(events)
+        except Exception:
+            # The receiver is gone (its event loop closed): nobody will read
+            # this request's output, so stop decoding it.
+            log.warning("dropping a request whose receiver is gone", exc_info=True)
+            sequence.cancel_requested = True
+
+    def _drop_cancelled_rows(self) -> None:
+        with self._cond:
+            cancelled = [i for i, s in enumerate(self._rows) if s.cancel_requested]
+        if not cancelled:
+            return
+        for i in cancelled:
+            self._finish(self._rows[i], "cancelled")
+        gone = set(cancelled)
+        self._keep_rows([i for i in range(len(self._rows)) if i not in gone])
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._reset_batch()
+            return
+        self._batch.keep(keep)
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self._tau = self._tau[index]
+        self._next_tokens = self._next_tokens[index]
+
+    def _reset_batch(self) -> None:
+        self._batch.clear()
+        self._tau = torch.zeros((0, 1), dtype=torch.float32, device=self.device)
+        self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
+
+    def _fail_everything(self, kind: Literal["internal", "unavailable"], message: str) -> None:
+        with self._cond:
+            self._stopping = True
+            waiting, self._waiting = list(self._waiting), deque()
+        rows, self._rows = self._rows, []
+        self._reset_batch()
+        for sequence in [*waiting, *rows]:
+            self._error(sequence, kind, message)
+
+    def _publish_load(self) -> None:
+        """Update the gauges; caller holds the lock. Admitted requests count as running."""
+        if self.metrics is not None:
+            self.metrics.set_load(*self._load_locked())
+
+
+def _host_values(result: StepResult) -> list[tuple[int, float, bool, float]]:
+    """(token, tau, gate fired, token log-prob) per row, one device-to-host copy each."""
+    tokens = result.tokens.tolist()
+    taus = result.action.tau.squeeze(-1).tolist()
+    gates = (result.action.gate.squeeze(-1) > 0.5).tolist()
+    logprobs = result.token_logprobs.tolist()
+    return list(zip(tokens, taus, gates, logprobs, strict=True))

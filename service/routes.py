@@ -1,0 +1,269 @@
+"""HTTP routes: thin handlers from JSON to the scheduler and back.
+
+What it does: parses the body (schemas.py), admits the request (the
+scheduler raises 422/429/503 before anything is sent, streams included),
+then either awaits the result or streams Server-Sent Events. A client that
+goes away is noticed by awaiting the ASGI `http.disconnect` message (no
+polling): its request is cancelled and leaves the batch at the next step.
+
+Stream framing: one `data: {json}` event per token, a final event (ours:
+type "done" with finish reason, usage, temperature summary and timing;
+OpenAI: a chunk with finish_reason), then `data: [DONE]`. If the engine
+fails a request mid-stream, an `event: error` carrying the error body is
+sent instead of the final event, and the stream closes without [DONE].
+
+What it does not do: tensor work, tokenization or limits (scheduler.py),
+error rendering (app.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+import service
+from service.engine import FinishEvent, TokenEvent
+from service.errors import ServiceError, error_body, unauthorized, unavailable
+from service.scheduler import Completed, RequestHandle, Scheduler
+from service.schemas import (
+    CompletionRequest,
+    CompletionResponse,
+    GenerateRequest,
+    GenerateResponse,
+    StreamToken,
+    completion_choice,
+    completion_response,
+    generate_response,
+    openai_finish_reason,
+    stream_done,
+    temperature_summary,
+    token_info,
+    usage,
+)
+from service.settings import Settings
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, it only shows in access logs
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": text}
+    for code, text in {
+        401: "missing or wrong API key",
+        413: "body too large",
+        422: "invalid request or a server limit exceeded (the message names it)",
+        429: "queue full; retry after Retry-After seconds",
+        503: "draining or engine down",
+    }.items()
+}
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def get_scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler | None = getattr(request.app.state, "scheduler", None)
+    if scheduler is None:
+        raise unavailable("the model is not loaded", retry_after_s=1)
+    return scheduler
+
+
+def require_api_key(request: Request) -> None:
+    """Bearer auth when `api_key` is set; constant-time comparison."""
+    settings: Settings = request.app.state.settings
+    if settings.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        request.app.state.metrics.failed("unauthorized")
+        raise unauthorized("missing or wrong API key (send 'Authorization: Bearer <key>')")
+
+
+SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+ops = APIRouter()
+
+
+# ---------------------------------------------------------------- generation
+
+
+@api.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
+async def generate(body: GenerateRequest, request: Request, scheduler: SchedulerDep) -> Any:
+    """Generate with a per-token temperature; `stream=true` for Server-Sent Events."""
+    handle = scheduler.submit(body.to_input())
+    model = request.app.state.settings.served_model_name
+    if body.stream:
+        return _sse(handle, _generate_events(handle, model, body), exclude_none=True)
+    result = await _result_unless_disconnected(handle, request)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return generate_response(handle, model, result, body)
+
+
+async def _generate_events(handle: RequestHandle, model: str, body: GenerateRequest) -> AsyncIterator[BaseModel]:
+    async for event in handle.events():
+        if isinstance(event, TokenEvent):
+            info = token_info(event, body.return_temperatures, body.return_logprobs)
+            yield StreamToken(index=event.index, token=info)
+        else:
+            yield stream_done(handle, model, event)
+
+
+@api.post("/completions", response_model=CompletionResponse)
+async def completions(body: CompletionRequest, request: Request, scheduler: SchedulerDep) -> Any:
+    """OpenAI-compatible completions (one prompt, n=1); per-token `temperatures` as an extra field."""
+    model = request.app.state.settings.served_model_name
+    if body.model != model:
+        raise ServiceError(404, "not_found", f"model {body.model!r} is not served here (this server: {model!r})",
+                           param="model")
+    handle = scheduler.submit(body.to_input())
+    if body.stream:
+        return _sse(handle, _completion_chunks(handle, model, body), exclude_none=False)
+    result = await _result_unless_disconnected(handle, request)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return completion_response(handle, model, result, logprobs=body.logprobs is not None)
+
+
+async def _completion_chunks(
+    handle: RequestHandle, model: str, body: CompletionRequest
+) -> AsyncIterator[BaseModel]:
+    chunk_id = handle.request_id.replace("gen-", "cmpl-", 1)
+    offset = 0
+
+    def chunk(choices: list, **extra: Any) -> CompletionResponse:
+        return CompletionResponse(id=chunk_id, created=handle.created, model=model, choices=choices, **extra)
+
+    async for event in handle.events():
+        if isinstance(event, TokenEvent):
+            yield chunk([completion_choice([event], event.text, None, body.logprobs is not None, offset)])
+            offset += len(event.text)
+            continue
+        assert isinstance(event, FinishEvent)
+        last = completion_choice([], "", openai_finish_reason(event.reason), False)
+        yield chunk([last], temperature=temperature_summary(event, handle.mode))
+        if body.stream_options is not None and body.stream_options.include_usage:
+            yield chunk([], usage=usage(event))
+
+
+@api.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    """The served model, in OpenAI's list shape."""
+    name = request.app.state.settings.served_model_name
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "introllm"}]}
+
+
+# ---------------------------------------------------------------- operations
+
+
+@ops.get("/health/live")
+async def live(request: Request) -> Response:
+    """200 while the process answers and its engine thread runs (a restart is the cure otherwise)."""
+    scheduler: Scheduler | None = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None and scheduler.engine.failure is not None:
+        return _status(503, "engine thread died")
+    return _status(200, "live")
+
+
+@ops.get("/health/ready")
+async def ready(request: Request) -> Response:
+    """200 when the model is loaded, the engine runs and the server is not draining."""
+    scheduler: Scheduler | None = getattr(request.app.state, "scheduler", None)
+    if scheduler is None:
+        return _status(503, "loading")
+    if scheduler.draining:
+        return _status(503, "draining")
+    if not scheduler.engine.alive:
+        return _status(503, "engine not running")
+    return _status(200, "ready")
+
+
+@ops.get("/info")
+async def info(request: Request, scheduler: SchedulerDep) -> dict[str, Any]:
+    """Model, tau range, limits, device and version."""
+    settings: Settings = request.app.state.settings
+    limits = scheduler.limits
+    running, waiting = scheduler.engine.load()
+    return {
+        "model": settings.served_model_name,
+        "version": service.__version__,
+        "base_model": request.app.state.manifest.base_model,
+        "device": str(scheduler.engine.device),
+        "dtype": str(next(scheduler.engine.model.parameters()).dtype).removeprefix("torch."),
+        "temperature_modes": ["learned", "fixed", "entropy"],
+        "tau_range": list(limits.tau_range),
+        "tau_init": scheduler.head.config.tau_init,
+        "limits": {
+            "max_running_requests": settings.max_running_requests,
+            "max_waiting_requests": settings.max_waiting_requests,
+            "max_prompt_tokens": limits.max_prompt_tokens,
+            "max_new_tokens": limits.max_new_tokens,
+            "default_max_new_tokens": limits.default_max_new_tokens,
+            "context_length": limits.context_length,
+            "max_body_bytes": settings.max_body_bytes,
+            "default_timeout_s": limits.default_timeout_s,
+            "max_timeout_s": limits.max_timeout_s,
+        },
+        "load": {"running": running, "waiting": waiting, "draining": scheduler.draining},
+        "auth": settings.api_key is not None,
+    }
+
+
+@ops.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _status(code: int, status: str) -> Response:
+    return PlainTextResponse(status, status_code=code)
+
+
+async def _result_unless_disconnected(handle: RequestHandle, request: Request) -> Completed | None:
+    """The result, or None (request cancelled) if the client disconnects first."""
+    result = asyncio.ensure_future(handle.result())
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if result.done():
+            return result.result()  # re-raises a ServiceError from the engine
+        return None
+    finally:
+        result.cancel()
+        gone.cancel()
+        handle.cancel()  # no-op when finished
+
+
+async def _disconnected(receive: Callable) -> None:
+    # After the body, the server's next message is http.disconnect (sent when
+    # the client goes away, or after the response is complete).
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _sse(handle: RequestHandle, events: AsyncIterator[BaseModel], *, exclude_none: bool) -> StreamingResponse:
+    return StreamingResponse(
+        _frame(handle, events, exclude_none), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+async def _frame(handle: RequestHandle, events: AsyncIterator[BaseModel], exclude_none: bool) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield f"data: {event.model_dump_json(exclude_none=exclude_none)}\n\n"
+        yield "data: [DONE]\n\n"
+    except ServiceError as exc:
+        yield f"event: error\ndata: {json.dumps(error_body(exc.type, exc.message))}\n\n"
+    finally:
+        # Runs when the stream ends and when the client leaves (Starlette
+        # cancels the response task): either way the request leaves the engine.
+        handle.cancel()

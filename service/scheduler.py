@@ -1,0 +1,360 @@
+"""Admission and per-request plumbing between the HTTP routes and the engine.
+
+What it does:
+  - `Scheduler.submit` turns a transport-neutral `GenerationInput` into an
+    engine request: encodes the prompt (BOS first when the tokenizer has one,
+    as the checkpoints are trained on `<bos> prompt`), checks every limit
+    (prompt tokens, new tokens, context length, tau range, timeout) and raises
+    a 422 `ServiceError` naming the limit, or 429 when the engine is full, or
+    503 while draining. A refused request never reaches the engine, so it
+    holds no slot.
+  - `TextStream`: incremental detokenization with stop strings. Text that
+    could be the start of a stop string is held back until it cannot be, so
+    the texts of the token events always concatenate to the final text.
+  - `AsyncSink` / `RequestHandle`: the engine thread posts events with
+    `loop.call_soon_threadsafe` into a per-request asyncio queue, bounded by
+    the request's own token budget (it can never fill up); the route reads
+    them from the handle and cancels through it.
+  - Deadlines: every request gets one (its `timeout_s` or the server
+    default); `drain` caps them all at now + grace.
+
+What it does not do: HTTP (no FastAPI here), JSON, or any tensor work (the
+engine builds each request's generator and controller in its own thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from model import TemperatureHead
+from service.engine import (
+    DecodeParams,
+    Engine,
+    EngineFull,
+    EngineRequest,
+    EngineUnavailable,
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    Ticket,
+    TokenEvent,
+)
+from service.errors import ServiceError, internal_error, overloaded, unavailable, validation_error
+from service.metrics import ServiceMetrics
+from service.sampling import ControllerSpec, TemperatureMode
+
+MAX_SEED = 2**63 - 1
+# Prompt tokens decoded in front of the generated ones so the first generated
+# token's text is right for tokenizers whose pieces depend on what precedes
+# them (SentencePiece's leading space).
+DETOKENIZE_CONTEXT = 5
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of `text`, with the tokenizer's BOS in front when it has one."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return ids if bos is None else [bos, *ids]
+
+
+# ---------------------------------------------------------------- text
+
+
+class TextStream:
+    """Token ids in, released text out; stops at the first stop string (excluded from the text)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str] = (), context: Sequence[int] = ()):
+        self._tokenizer = tokenizer
+        self._stop = tuple(s for s in stop if s)
+        self._longest_stop = max((len(s) for s in self._stop), default=0)
+        self._ids = list(context)
+        self._prefix = 0  # decode window start
+        self._read = len(self._ids)  # ids[:read] already turned into text
+        self._decoded = ""  # all text decoded from generated ids (stop strings not yet cut)
+        self._released = 0  # characters of _decoded handed out
+
+    @property
+    def text(self) -> str:
+        return self._decoded[: self._released]
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        self._ids.append(token_id)
+        self._decoded += self._decode_new()
+        start = self._released
+        if self._stop:
+            cut = self._find_stop(start)
+            if cut is not None:
+                self._decoded = self._decoded[:cut]
+                self._released = cut
+                return self._decoded[start:], True
+            self._released = len(self._decoded) - self._held_back()
+        else:
+            self._released = len(self._decoded)
+        return self._decoded[start : self._released], False
+
+    def flush(self) -> str:
+        start = self._released
+        self._released = len(self._decoded)
+        return self._decoded[start:]
+
+    def _decode_new(self) -> str:
+        # The offsets method (as in TGI): decode a short window twice and keep
+        # the difference, waiting while the tail is an incomplete character.
+        decode = self._tokenizer.decode
+        before = decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
+        after = decode(self._ids[self._prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before) :]
+        return ""
+
+    def _find_stop(self, start: int) -> int | None:
+        # A stop string cannot begin before `start`: such a beginning would
+        # have been held back.
+        hits = [i for s in self._stop if (i := self._decoded.find(s, start)) >= 0]
+        return min(hits) if hits else None
+
+    def _held_back(self) -> int:
+        """Length of the longest unreleased suffix that is a proper prefix of a stop string."""
+        pending = len(self._decoded) - self._released
+        for size in range(min(pending, self._longest_stop - 1), 0, -1):
+            tail = self._decoded[-size:]
+            if any(s.startswith(tail) for s in self._stop):
+                return size
+        return 0
+
+
+# ---------------------------------------------------------------- delivery
+
+
+class AsyncSink:
+    """Engine thread -> event loop. Bounded: `capacity` is the most events a request can produce."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=capacity)
+
+    def push(self, events: list[Event]) -> None:  # engine thread
+        self._loop.call_soon_threadsafe(self._put, events)
+
+    def _put(self, events: list[Event]) -> None:  # event loop
+        for event in events:
+            self._queue.put_nowait(event)
+
+    async def get(self) -> Event:
+        return await self._queue.get()
+
+
+@dataclass(frozen=True)
+class Completed:
+    tokens: list[TokenEvent]
+    finish: FinishEvent
+
+
+class RequestHandle:
+    """What a route holds for one admitted request."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        seed: int,
+        mode: TemperatureMode,
+        sink: AsyncSink,
+        ticket: Ticket,
+        retry_after_s: int = 1,
+    ) -> None:
+        self.request_id = request_id
+        self.created = int(time.time())
+        self.prompt_tokens = prompt_tokens
+        self.seed = seed
+        self.mode = mode
+        self._sink = sink
+        self._ticket = ticket
+        self._retry_after_s = retry_after_s
+
+    async def events(self) -> AsyncIterator[TokenEvent | FinishEvent]:
+        """Token events, then the finish event; raises ServiceError if the engine failed the request."""
+        while True:
+            event = await self._sink.get()
+            if isinstance(event, ErrorEvent):
+                if event.kind == "unavailable":
+                    raise unavailable(event.message, self._retry_after_s)
+                raise internal_error(event.message)
+            yield event
+            if isinstance(event, FinishEvent):
+                return
+
+    async def result(self) -> Completed:
+        tokens: list[TokenEvent] = []
+        async for event in self.events():
+            if isinstance(event, FinishEvent):
+                return Completed(tokens, event)
+            tokens.append(event)
+        raise internal_error("the request ended without a finish event")
+
+    def cancel(self) -> None:
+        """Remove the request from the engine (no-op once finished)."""
+        self._ticket.cancel()
+
+
+# ---------------------------------------------------------------- admission
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    """One generation request, as both APIs describe it once their schemas are parsed."""
+
+    prompt: str
+    max_new_tokens: int | None = None
+    mode: TemperatureMode = "learned"
+    temperature: float | None = None
+    tau_min: float | None = None
+    tau_max: float | None = None
+    deterministic: bool = False
+    greedy: bool = False
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    timeout_s: float | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_tokens: int
+    max_new_tokens: int
+    default_max_new_tokens: int
+    context_length: int | None
+    default_timeout_s: float
+    max_timeout_s: float
+    retry_after_s: int
+    tau_range: tuple[float, float]
+
+
+class Scheduler:
+    """Checks and admits requests, and drains the engine on shutdown."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: PreTrainedTokenizerBase,
+        head: TemperatureHead,
+        limits: Limits,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.head = head
+        self.limits = limits
+        self.metrics = metrics
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.alive and not self.draining
+
+    def submit(self, request: GenerationInput, *, record_metrics: bool = True) -> RequestHandle:
+        """Admit a request or raise a ServiceError (422, 429, 503); never waits."""
+        if self.draining or not self.engine.alive:
+            reason = "the server is draining" if self.draining else "the engine is not running"
+            self._count("unavailable", record_metrics)
+            raise unavailable(reason, self.limits.retry_after_s)
+        try:
+            prompt_ids = encode_prompt(self.tokenizer, request.prompt)
+            max_new_tokens = self._check(request, prompt_ids)
+            spec = self._controller_spec(request)
+        except ServiceError:
+            self._count("validation", record_metrics)
+            raise
+        seed = secrets.randbits(63) if request.seed is None else request.seed
+        sink = AsyncSink(asyncio.get_running_loop(), capacity=max_new_tokens + 2)
+        timeout_s = request.timeout_s or self.limits.default_timeout_s
+        engine_request = EngineRequest(
+            prompt_ids=prompt_ids,
+            controller=spec,
+            params=DecodeParams(max_new_tokens, request.top_k, request.top_p, request.greedy, request.ignore_eos),
+            seed=seed,
+            deadline=time.monotonic() + timeout_s,
+            text=TextStream(self.tokenizer, request.stop, context=prompt_ids[-DETOKENIZE_CONTEXT:]),
+            sink=sink,
+            metrics=self.metrics.for_request(spec.mode) if record_metrics else None,
+        )
+        try:
+            ticket = self.engine.submit(engine_request)
+        except EngineFull as exc:
+            self._count("overloaded", record_metrics)
+            raise overloaded(f"server at capacity: {exc}; retry later", self.limits.retry_after_s) from exc
+        except EngineUnavailable as exc:
+            self._count("unavailable", record_metrics)
+            raise unavailable(str(exc), self.limits.retry_after_s) from exc
+        return RequestHandle(
+            f"gen-{uuid.uuid4().hex}", len(prompt_ids), seed, spec.mode, sink, ticket, self.limits.retry_after_s
+        )
+
+    async def warm_up(self) -> Completed:
+        """One short request through the whole engine path, not counted in metrics."""
+        handle = self.submit(GenerationInput(prompt="warm up", max_new_tokens=2, seed=0), record_metrics=False)
+        return await handle.result()
+
+    def begin_drain(self, grace_s: float) -> None:
+        """Stop admitting (readiness fails, requests get 503); in-flight requests end within `grace_s`."""
+        self.draining = True
+        self.engine.cap_deadlines(time.monotonic() + grace_s)
+
+    async def wait_drained(self, timeout_s: float) -> bool:
+        """Wait (off the event loop) until no request is in the engine; False on timeout."""
+        return await asyncio.to_thread(self.engine.wait_idle, timeout_s)
+
+    def _count(self, reason: str, record: bool) -> None:
+        if record:
+            self.metrics.failed(reason)
+
+    def _check(self, request: GenerationInput, prompt_ids: list[int]) -> int:
+        """Validate against the server's limits; returns the effective max_new_tokens."""
+        limits = self.limits
+        if len(prompt_ids) > limits.max_prompt_tokens:
+            raise validation_error(
+                f"prompt is {len(prompt_ids)} tokens; the limit is max_prompt_tokens={limits.max_prompt_tokens}",
+                "prompt",
+            )
+        max_new_tokens = request.max_new_tokens or limits.default_max_new_tokens
+        if max_new_tokens > limits.max_new_tokens:
+            raise validation_error(
+                f"max_new_tokens={max_new_tokens} exceeds the limit max_new_tokens={limits.max_new_tokens}",
+                "max_new_tokens",
+            )
+        if limits.context_length is not None and len(prompt_ids) + max_new_tokens > limits.context_length:
+            raise validation_error(
+                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                f"context length {limits.context_length}",
+                "max_new_tokens",
+            )
+        if request.timeout_s is not None and request.timeout_s > limits.max_timeout_s:
+            raise validation_error(
+                f"timeout_s={request.timeout_s} exceeds the limit max_timeout_s={limits.max_timeout_s}", "timeout_s"
+            )
+        return max_new_tokens
+
+    def _controller_spec(self, request: GenerationInput) -> ControllerSpec:
+        low, high = self.limits.tau_range
+        if request.mode == "fixed":
+            return ControllerSpec("fixed", temperature=request.temperature)
+        if request.tau_min is None and request.tau_max is None:
+            return ControllerSpec(request.mode, deterministic=request.deterministic)
+        narrow_low = low if request.tau_min is None else request.tau_min
+        narrow_high = high if request.tau_max is None else request.tau_max
+        for name, value in (("tau_min", narrow_low), ("tau_max", narrow_high)):
+            if not low <= value <= high:
+                raise validation_error(f"{name}={value} is outside the trained tau range [{low}, {high}]", name)
+        if narrow_low > narrow_high:
+            raise validation_error(f"tau_min={narrow_low} exceeds tau_max={narrow_high}", "tau_min")
+        return ControllerSpec(request.mode, tau_range=(narrow_low, narrow_high), deterministic=request.deterministic)

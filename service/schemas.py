@@ -1,0 +1,377 @@
+"""Request, response and stream-event models of the HTTP API.
+
+What it does: the pydantic models of `POST /v1/generate` (ours) and
+`POST /v1/completions` (the OpenAI subset), with every bound that does not
+depend on the loaded model (ranges, list sizes; unknown fields rejected),
+their conversion to the transport-neutral `GenerationInput`, and the
+rendering of engine results into responses and SSE events.
+
+Temperature fields of /v1/generate:
+  temperature_mode  learned (default) | fixed | entropy; `temperature` alone implies fixed
+  temperature       the fixed tau (fixed mode only)
+  tau_min, tau_max  narrow the trained range (learned, entropy)
+  greedy            argmax tokens; the controller still picks and reports tau
+/v1/completions: `temperature` absent -> learned; 0 -> greedy (taus still
+reported); > 0 -> fixed at that tau; `temperature_mode` and the other
+IntroLLM fields may be sent as extras (the OpenAI client's `extra_body`).
+Its finish_reason maps eos and stop to "stop"; "timeout" is passed through.
+
+What it does not do: check limits that depend on the server (prompt tokens,
+max_new_tokens limit, tau range of the checkpoint); see scheduler.py.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.engine import FinishEvent, TokenEvent
+from service.sampling import TemperatureMode
+from service.scheduler import MAX_SEED, Completed, GenerationInput, RequestHandle
+
+MAX_STOP_STRINGS = 8
+MAX_STOP_LENGTH = 64
+MAX_TEMPERATURE = 100.0
+
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+Tau = Annotated[float, Field(gt=0, le=MAX_TEMPERATURE, allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- /v1/generate
+
+
+class GenerateRequest(Strict):
+    prompt: str = Field(min_length=1, description="text to continue; BOS is added when the tokenizer has one")
+    max_new_tokens: int | None = Field(None, ge=1, description="default and upper bound: see /info")
+    temperature_mode: TemperatureMode | None = Field(None, description="learned (default), fixed or entropy")
+    temperature: Tau | None = Field(None, description="the tau of fixed mode")
+    tau_min: Tau | None = Field(None, description="narrow the trained tau range from below (learned, entropy)")
+    tau_max: Tau | None = Field(None, description="narrow the trained tau range from above (learned, entropy)")
+    deterministic_temperature: bool = Field(
+        False, description="learned mode: noise-free temperature choice (gate if p > 0.5, Beta mean)"
+    )
+    greedy: bool = Field(False, description="argmax tokens (tau is still chosen and reported)")
+    top_k: int = Field(0, ge=0, le=1_000_000, description="0 disables")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="1 disables")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="fixes tokens and temperatures; random if absent")
+    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+    stream: bool = False
+    return_temperatures: bool = Field(False, description="per-token temperature and temperature_updated")
+    return_logprobs: bool = Field(False, description="per-token log-probability under the applied tau")
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="deadline; server default if absent")
+    ignore_eos: bool = Field(False, description="keep generating after EOS (benchmarks)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerateRequest:
+        mode = self.mode
+        if mode == "fixed" and self.temperature is None:
+            raise ValueError("temperature_mode 'fixed' needs a temperature")
+        if mode != "fixed" and self.temperature is not None:
+            raise ValueError(f"temperature applies to temperature_mode 'fixed' only, not {mode!r}")
+        if mode == "fixed" and (self.tau_min is not None or self.tau_max is not None):
+            raise ValueError("tau_min and tau_max narrow the learned or entropy range; not used with 'fixed'")
+        if self.tau_min is not None and self.tau_max is not None and self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
+        if self.deterministic_temperature and mode != "learned":
+            raise ValueError("deterministic_temperature applies to temperature_mode 'learned' only")
+        return self
+
+    @property
+    def mode(self) -> TemperatureMode:
+        if self.temperature_mode is not None:
+            return self.temperature_mode
+        return "fixed" if self.temperature is not None else "learned"
+
+    def to_input(self) -> GenerationInput:
+        return GenerationInput(
+            prompt=self.prompt,
+            max_new_tokens=self.max_new_tokens,
+            mode=self.mode,
+            temperature=self.temperature,
+            tau_min=self.tau_min,
+            tau_max=self.tau_max,
+            deterministic=self.deterministic_temperature,
+            greedy=self.greedy,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=tuple(self.stop),
+            timeout_s=self.timeout_s,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+class TokenInfo(BaseModel):
+    id: int
+    text: str
+    temperature: float | None = None
+    temperature_updated: bool | None = None
+    logprob: float | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TemperatureSummary(BaseModel):
+    mode: TemperatureMode
+    mean: float | None = Field(description="mean tau over generated tokens (None when none were)")
+    min: float | None
+    max: float | None
+    updates: int = Field(description="tokens at which the temperature was (re)chosen")
+
+
+class Timing(BaseModel):
+    queue_s: float
+    ttft_s: float | None
+    total_s: float
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    model: str
+    text: str
+    finish_reason: Literal["length", "eos", "stop", "timeout"]
+    seed: int
+    usage: Usage
+    temperature: TemperatureSummary
+    timing: Timing
+    tokens: list[TokenInfo] | None = None
+
+
+class StreamToken(BaseModel):
+    """One SSE event per token."""
+
+    type: Literal["token"] = "token"
+    index: int
+    token: TokenInfo
+
+
+class StreamDone(BaseModel):
+    """The last SSE event before `data: [DONE]`."""
+
+    type: Literal["done"] = "done"
+    id: str
+    model: str
+    text: str
+    finish_reason: Literal["length", "eos", "stop", "timeout"]
+    seed: int
+    usage: Usage
+    temperature: TemperatureSummary
+    timing: Timing
+
+
+def token_info(event: TokenEvent, temperatures: bool, logprobs: bool) -> TokenInfo:
+    return TokenInfo(
+        id=event.token_id,
+        text=event.text,
+        temperature=event.tau if temperatures else None,
+        temperature_updated=event.updated if temperatures else None,
+        logprob=event.logprob if logprobs else None,
+    )
+
+
+def usage(finish: FinishEvent) -> Usage:
+    return Usage(
+        prompt_tokens=finish.prompt_tokens,
+        completion_tokens=finish.completion_tokens,
+        total_tokens=finish.prompt_tokens + finish.completion_tokens,
+    )
+
+
+def temperature_summary(finish: FinishEvent, mode: TemperatureMode) -> TemperatureSummary:
+    return TemperatureSummary(
+        mode=mode, mean=finish.tau_mean, min=finish.tau_min, max=finish.tau_max, updates=finish.tau_updates
+    )
+
+
+def timing(finish: FinishEvent) -> Timing:
+    return Timing(queue_s=finish.queue_s, ttft_s=finish.ttft_s, total_s=finish.total_s)
+
+
+def generate_response(
+    handle: RequestHandle, model: str, result: Completed, request: GenerateRequest
+) -> GenerateResponse:
+    finish = result.finish
+    tokens = None
+    if request.return_temperatures or request.return_logprobs:
+        tokens = [token_info(t, request.return_temperatures, request.return_logprobs) for t in result.tokens]
+    return GenerateResponse(
+        id=handle.request_id,
+        model=model,
+        text=finish.text,
+        finish_reason=finish.reason,  # type: ignore[arg-type]  # never "cancelled": nobody is listening then
+        seed=finish.seed,
+        usage=usage(finish),
+        temperature=temperature_summary(finish, handle.mode),
+        timing=timing(finish),
+        tokens=tokens,
+    )
+
+
+def stream_done(handle: RequestHandle, model: str, finish: FinishEvent) -> StreamDone:
+    return StreamDone(
+        id=handle.request_id,
+        model=model,
+        text=finish.text,
+        finish_reason=finish.reason,  # type: ignore[arg-type]
+        seed=finish.seed,
+        usage=usage(finish),
+        temperature=temperature_summary(finish, handle.mode),
+        timing=timing(finish),
+    )
+
+
+# ---------------------------------------------------------------- /v1/completions (OpenAI subset)
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class CompletionRequest(Strict):
+    model: str
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    max_tokens: int = Field(16, ge=1)  # OpenAI's default
+    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=5, description="chosen tokens' log-probs only (no alternatives)")
+    n: Literal[1] = 1
+    echo: Literal[False] = False
+    user: str | None = Field(None, max_length=256)
+    # IntroLLM extras (send with the client's extra_body)
+    temperature_mode: TemperatureMode | None = None
+    tau_min: Tau | None = None
+    tau_max: Tau | None = None
+    deterministic_temperature: bool = False
+    top_k: int = Field(0, ge=0, le=1_000_000)
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        if not self.prompt_text:
+            raise ValueError("prompt must not be empty")
+        if self.tau_min is not None and self.tau_max is not None and self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
+        mode = self.mode
+        if mode == "fixed" and (self.tau_min is not None or self.tau_max is not None):
+            raise ValueError("tau_min and tau_max narrow the learned or entropy range; not used with 'fixed'")
+        if mode != "learned" and self.deterministic_temperature:
+            raise ValueError("deterministic_temperature applies to temperature_mode 'learned' only")
+        if mode in ("learned", "entropy") and self.temperature:
+            raise ValueError(f"temperature > 0 applies to temperature_mode 'fixed' only, not {mode!r}")
+        return self
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def mode(self) -> TemperatureMode:
+        if self.temperature_mode is not None:
+            return self.temperature_mode
+        return "fixed" if self.temperature else "learned"
+
+    def to_input(self) -> GenerationInput:
+        mode = self.mode
+        # Fixed mode with temperature 0 is greedy; its controller keeps tau 1
+        # for the record (argmax does not depend on it).
+        temperature = (self.temperature or 1.0) if mode == "fixed" else None
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return GenerationInput(
+            prompt=self.prompt_text,
+            max_new_tokens=self.max_tokens,
+            mode=mode,
+            temperature=temperature,
+            tau_min=self.tau_min,
+            tau_max=self.tau_max,
+            deterministic=self.deterministic_temperature,
+            greedy=self.greedy,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=stop,
+            timeout_s=self.timeout_s,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: None = None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str | None
+    logprobs: CompletionLogprobs | None = None
+    # IntroLLM extras: the tau applied to each token of `text`, and whether its gate fired.
+    temperatures: list[float]
+    temperature_updated: list[bool]
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    temperature: TemperatureSummary | None = None  # IntroLLM extra, on the last chunk when streaming
+
+
+def openai_finish_reason(reason: str) -> str:
+    return {"eos": "stop", "stop": "stop", "length": "length"}.get(reason, reason)
+
+
+def completion_choice(tokens: list[TokenEvent], text: str, finish_reason: str | None, logprobs: bool,
+                      offset: int = 0) -> CompletionChoice:
+    """A choice covering `tokens`; `offset` is where their text starts in the whole completion."""
+    return CompletionChoice(
+        text=text,
+        finish_reason=finish_reason,
+        logprobs=_completion_logprobs(tokens, offset) if logprobs else None,
+        temperatures=[t.tau for t in tokens],
+        temperature_updated=[t.updated for t in tokens],
+    )
+
+
+def _completion_logprobs(tokens: list[TokenEvent], offset: int) -> CompletionLogprobs:
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token.text)
+    return CompletionLogprobs(
+        tokens=[t.text for t in tokens], token_logprobs=[t.logprob for t in tokens], text_offset=offsets
+    )
+
+
+def completion_response(handle: RequestHandle, model: str, result: Completed, logprobs: bool) -> CompletionResponse:
+    finish = result.finish
+    return CompletionResponse(
+        id=handle.request_id.replace("gen-", "cmpl-", 1),
+        created=handle.created,
+        model=model,
+        choices=[completion_choice(result.tokens, finish.text, openai_finish_reason(finish.reason), logprobs)],
+        usage=usage(finish),
+        temperature=temperature_summary(finish, handle.mode),
+    )

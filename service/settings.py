@@ -1,0 +1,85 @@
+"""Server settings, read from the environment with the `INTROLLM_` prefix.
+
+What it does: one `Settings` object with every knob of the service (model,
+device, limits, deadlines, drain grace period, auth, bind address), validated
+once at start-up. `INTROLLM_MAX_NEW_TOKENS=256` sets `max_new_tokens`.
+
+What it does not do: read the checkpoint or decide per-request values; the
+limits here are upper bounds that requests are checked against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository root, found from this file rather than the working directory,
+# so the bundled default model is found wherever the server is started from.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "introllm-countdown-tiny"
+
+
+class Settings(BaseSettings):
+    """Everything the operator can set; see the field descriptions."""
+
+    model_config = SettingsConfigDict(env_prefix="INTROLLM_", extra="forbid")
+
+    # Model
+    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="checkpoint directory to serve")
+    model_name: str | None = Field(None, description="name served to clients (default: the checkpoint folder name)")
+    device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto': bfloat16 on cuda, float32 on cpu"
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    trust_remote_code: bool = False
+
+    # Scheduling bounds
+    max_running_requests: int = Field(32, ge=1, description="sequences decoded together at most")
+    max_waiting_requests: int = Field(64, ge=0, description="admitted requests waiting for a slot; beyond: 429")
+    max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt, in tokens, BOS included")
+    max_new_tokens: int = Field(512, ge=1, description="largest max_new_tokens a request may ask for")
+    default_max_new_tokens: int = Field(64, ge=1)
+    prefill_token_budget: int = Field(
+        2048, ge=1, description="prompt tokens prefilled between two decode steps (at least one request)"
+    )
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="request body size limit; beyond: 413")
+    default_timeout_s: float = Field(120.0, gt=0, description="deadline of a request that sets none")
+    max_timeout_s: float = Field(600.0, gt=0, description="largest timeout_s a request may ask for")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
+
+    # Lifecycle
+    drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM: time given to in-flight requests")
+    warm_up: bool = Field(True, description="run one short request through the engine before reporting ready")
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>'")
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ValueError("default_max_new_tokens must not exceed max_new_tokens")
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("default_timeout_s must not exceed max_timeout_s")
+        return self
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model_name or self.checkpoint.name
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
+        return getattr(torch, self.dtype)

@@ -1,0 +1,53 @@
+"""Per-row sampling in a mixed batch (service/sampling.py): grouping by controller
+and per-row filters give each row exactly what it would get alone."""
+
+from __future__ import annotations
+
+import torch
+
+from model import StepOutput
+from service.sampling import ControllerSpec, RowSampler, sample_rows
+
+
+def _row(head, spec: ControllerSpec, seed: int, **filters) -> RowSampler:
+    return RowSampler(spec, spec.build(head), torch.Generator().manual_seed(seed), **filters)
+
+
+@torch.no_grad()
+def test_each_row_of_a_mixed_batch_samples_what_it_would_alone(checkpoint):
+    head = checkpoint.head
+    torch.manual_seed(0)
+    batch = 7
+    step = StepOutput(logits=torch.randn(batch, 100) * 3, hidden=torch.randn(batch, head.config.hidden_size))
+    tau_prev = torch.full((batch, 1), 1.0)
+    specs = [
+        (ControllerSpec("learned"), {}),
+        (ControllerSpec("fixed", temperature=0.5), {"top_k": 1}),
+        (ControllerSpec("entropy"), {"top_p": 0.5}),
+        (ControllerSpec("learned", deterministic=True), {"greedy": True}),
+        (ControllerSpec("learned"), {"top_k": 3}),
+        (ControllerSpec("fixed", temperature=2.0), {}),
+        (ControllerSpec("learned", tau_range=(0.4, 0.6)), {}),
+    ]
+
+    together = sample_rows([_row(head, s, i, **f) for i, (s, f) in enumerate(specs)], step, tau_prev)
+    for i, (spec, filters) in enumerate(specs):
+        one = StepOutput(logits=step.logits[i : i + 1], hidden=step.hidden[i : i + 1])
+        alone = sample_rows([_row(head, spec, i, **filters)], one, tau_prev[i : i + 1])
+        assert together.tokens[i] == alone.tokens[0], spec
+        torch.testing.assert_close(together.action.tau[i], alone.action.tau[0])
+        torch.testing.assert_close(together.action.gate[i], alone.action.gate[0])
+        torch.testing.assert_close(together.token_logprobs[i], alone.token_logprobs[0])
+
+    argmax = step.logits.argmax(dim=-1)
+    assert together.tokens[1] == argmax[1]  # top_k = 1
+    assert together.tokens[3] == argmax[3]  # greedy
+    assert together.tokens[4] in step.logits[4].topk(3).indices
+    assert torch.all(together.action.tau[1] == 0.5) and torch.all(together.action.tau[5] == 2.0)
+    assert 0.4 - 1e-6 <= float(together.action.tau[6]) <= 0.6 + 1e-6
+
+
+def test_entropy_controller_stays_inside_a_narrowed_range(checkpoint):
+    controller = ControllerSpec("entropy", tau_range=(0.3, 0.6)).build(checkpoint.head)
+    assert (controller.tau_min, controller.tau_max) == (0.3, 0.6)
+    assert 0.3 <= controller.tau_0 <= 0.6

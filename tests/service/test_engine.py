@@ -1,0 +1,312 @@
+"""The decode engine in-process (no HTTP): agreement with the reference decode,
+continuous batching, per-row temperature modes, deadlines, cancellation,
+bounds and failure handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+import torch
+
+from model import LearnedTemperature
+from service import engine as engine_module
+from service.engine import Engine, FinishEvent, TokenEvent
+from service.errors import ServiceError
+from service.kv import PaddedBatch
+from service.metrics import ServiceMetrics
+from service.sampling import ControllerSpec
+from service.scheduler import Completed, GenerationInput, Limits, Scheduler
+from tests.service.support import PROMPTS, all_cancelled, hold_decode_steps, reference, reference_tokens
+
+LONG = 300  # a budget the request does not reach in these tests
+
+
+@contextmanager
+def running_engine(checkpoint, *, max_running=8, max_waiting=32, prefill_token_budget=2048) -> Iterator[Scheduler]:
+    metrics = ServiceMetrics("test")
+    engine = Engine(
+        checkpoint.model,
+        checkpoint.head,
+        eos_token_ids={checkpoint.tokenizer.eos_token_id},
+        max_running=max_running,
+        max_waiting=max_waiting,
+        prefill_token_budget=prefill_token_budget,
+        metrics=metrics,
+    )
+    config = checkpoint.head.config
+    limits = Limits(
+        max_prompt_tokens=128, max_new_tokens=400, default_max_new_tokens=16, context_length=512,
+        default_timeout_s=120.0, max_timeout_s=600.0, retry_after_s=1, tau_range=(config.tau_min, config.tau_max),
+    )
+    engine.start()
+    try:
+        yield Scheduler(engine, checkpoint.tokenizer, checkpoint.head, limits, metrics)
+    finally:
+        engine.stop(timeout=30)
+
+
+async def run_all(scheduler: Scheduler, requests: list[GenerationInput]) -> list[Completed]:
+    handles = [scheduler.submit(r) for r in requests]
+    return await asyncio.gather(*(h.result() for h in handles))
+
+
+def failures(scheduler: Scheduler, reason: str) -> float:
+    value = scheduler.metrics.registry.get_sample_value(
+        "introllm_request_failure_total", {"model": "test", "reason": reason}
+    )
+    return value or 0.0
+
+
+def token_ids(result: Completed) -> list[int]:
+    return [t.token_id for t in result.tokens]
+
+
+def taus(result: Completed) -> torch.Tensor:
+    return torch.tensor([t.tau for t in result.tokens])
+
+
+def staggered_prompts(count: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] + "ab" * (i % 5) for i in range(count)]
+
+
+def test_greedy_tokens_equal_the_reference_for_16_requests_joining_and_leaving_at_different_steps(checkpoint):
+    prompts = staggered_prompts(16)
+    budgets = [3 + (7 * i) % 40 for i in range(16)]
+    requests = [
+        GenerationInput(prompt=p, max_new_tokens=n, greedy=True, seed=i)
+        for i, (p, n) in enumerate(zip(prompts, budgets, strict=True))
+    ]
+    # 5 slots and a small prefill budget: rows join while others decode, and leave at different steps.
+    with running_engine(checkpoint, max_running=5, prefill_token_budget=8) as scheduler:
+        results = asyncio.run(run_all(scheduler, requests))
+        batch_sizes = scheduler.metrics.registry.get_sample_value("introllm_batch_size_count", {"model": "test"})
+    assert batch_sizes and batch_sizes > 0
+    for prompt, budget, result in zip(prompts, budgets, results, strict=True):
+        expected = reference(checkpoint, prompt, max_new_tokens=budget, greedy=True)
+        assert token_ids(result) == reference_tokens(expected), prompt
+        assert result.finish.reason == expected.finish_reasons[0]
+
+
+def test_seeded_learned_sampling_gives_the_same_tokens_and_temperatures_alone_among_others_and_in_the_reference(
+    checkpoint,
+):
+    target = GenerationInput(prompt="3 5 7 2>24\n", max_new_tokens=40, seed=1234, ignore_eos=True)
+    others = [
+        GenerationInput(prompt=p, max_new_tokens=10 + 3 * i, seed=i, ignore_eos=True)
+        for i, p in enumerate(staggered_prompts(9))
+    ]
+    with running_engine(checkpoint, max_running=6, prefill_token_budget=16) as scheduler:
+        (alone,) = asyncio.run(run_all(scheduler, [target]))
+        crowd = asyncio.run(run_all(scheduler, [*others[:4], target, *others[4:]]))[4]
+    expected = reference(checkpoint, target.prompt, max_new_tokens=40, seed=1234, stop_at_eos=False)
+    assert token_ids(alone) == token_ids(crowd) == reference_tokens(expected)
+    torch.testing.assert_close(taus(alone), expected.taus[0])
+    torch.testing.assert_close(taus(crowd), taus(alone))
+    assert [t.updated for t in crowd.tokens] == expected.gates[0].bool().tolist()
+    torch.testing.assert_close(torch.tensor([t.logprob for t in alone.tokens]), expected.token_logprobs[0])
+
+
+def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone_in_the_reference(checkpoint):
+    head = checkpoint.head
+    cases = [  # (request, the reference's controller spec)
+        (GenerationInput(prompt="1 2>3\n", mode="learned"), ControllerSpec("learned")),
+        (GenerationInput(prompt="hello", mode="learned", deterministic=True),
+         ControllerSpec("learned", deterministic=True)),
+        (GenerationInput(prompt="x", mode="fixed", temperature=0.7), ControllerSpec("fixed", temperature=0.7)),
+        (GenerationInput(prompt="9 9>81\n", mode="entropy"), ControllerSpec("entropy")),
+        (GenerationInput(prompt="12 7 3>2\n", mode="learned", tau_min=0.5, tau_max=0.9),
+         ControllerSpec("learned", tau_range=(0.5, 0.9))),
+        (GenerationInput(prompt="3 5 7 2>24\n", mode="fixed", temperature=1.2, top_k=5),
+         ControllerSpec("fixed", temperature=1.2)),
+        (GenerationInput(prompt="The fox", mode="learned", top_p=0.8), ControllerSpec("learned")),
+        (GenerationInput(prompt="greedy", mode="entropy", greedy=True), ControllerSpec("entropy")),
+    ]
+    requests = [
+        replace(r, seed=50 + i, max_new_tokens=24, ignore_eos=True)
+        for i, (r, _) in enumerate(cases)
+    ]
+    with running_engine(checkpoint) as scheduler:
+        results = asyncio.run(run_all(scheduler, requests))
+    for request, (_, spec), result in zip(requests, cases, results, strict=True):
+        expected = reference(
+            checkpoint, request.prompt, max_new_tokens=24, seed=request.seed, controller=spec.build(head),
+            greedy=request.greedy, stop_at_eos=False, top_k=request.top_k, top_p=request.top_p,
+        )
+        assert token_ids(result) == reference_tokens(expected), spec
+        torch.testing.assert_close(taus(result), expected.taus[0])
+    fixed = results[2]
+    assert all(t.tau == pytest.approx(0.7) and not t.updated for t in fixed.tokens)
+    narrowed = taus(results[4])
+    assert ((narrowed >= 0.5 - 1e-6) & (narrowed <= 0.9 + 1e-6)).all()
+
+
+def test_learned_controller_in_the_engine_is_the_model_cores(checkpoint):
+    spec = ControllerSpec("learned", tau_range=(0.3, 1.5), deterministic=True)
+    controller = spec.build(checkpoint.head)
+    assert isinstance(controller, LearnedTemperature)
+    assert controller.head is checkpoint.head and controller.tau_range == (0.3, 1.5) and controller.deterministic
+
+
+def test_a_passed_deadline_ends_the_request_with_timeout_and_the_output_so_far(checkpoint):
+    request = GenerationInput(prompt="3 5 7 2>24\n", max_new_tokens=LONG, ignore_eos=True, timeout_s=0.001, seed=0)
+    with running_engine(checkpoint) as scheduler:
+        (result,) = asyncio.run(run_all(scheduler, [request]))
+    assert result.finish.reason == "timeout"
+    assert result.finish.completion_tokens == len(result.tokens) < LONG
+    assert "".join(t.text for t in result.tokens) == result.finish.text
+
+
+def test_draining_times_out_running_requests_and_refuses_new_ones(checkpoint, monkeypatch):
+    async def scenario(scheduler: Scheduler) -> tuple[FinishEvent, ServiceError]:
+        handle = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True))
+        events = handle.events()
+        assert isinstance(await anext(events), TokenEvent)  # it runs
+        scheduler.begin_drain(grace_s=0.0)
+        finish = [e async for e in events][-1]
+        with pytest.raises(ServiceError) as refused:
+            scheduler.submit(GenerationInput(prompt="late"))
+        return finish, refused.value
+
+    with running_engine(checkpoint) as scheduler:
+        hold_decode_steps(scheduler.engine, monkeypatch, until=lambda rows: scheduler.draining)
+        finish, refused = asyncio.run(scenario(scheduler))
+        assert not scheduler.ready
+        assert scheduler.engine.load() == (0, 0)
+    assert isinstance(finish, FinishEvent) and finish.reason == "timeout" and finish.completion_tokens < LONG
+    assert refused.status == 503 and refused.headers["Retry-After"]
+
+
+def test_cancelling_removes_running_and_waiting_requests_and_counts_them(checkpoint, monkeypatch):
+    async def scenario(scheduler: Scheduler) -> None:
+        running = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True))
+        waiting = scheduler.submit(GenerationInput(prompt="4 5>9\n", max_new_tokens=LONG, ignore_eos=True))
+        events = running.events()
+        assert isinstance(await anext(events), TokenEvent)
+        assert scheduler.engine.load() == (1, 1)  # one slot: the second waits
+        waiting.cancel()
+        running.cancel()
+        assert await asyncio.to_thread(scheduler.engine.wait_idle, 60)
+
+    with running_engine(checkpoint, max_running=1) as scheduler:
+        hold_decode_steps(scheduler.engine, monkeypatch, until=all_cancelled)
+        asyncio.run(scenario(scheduler))
+        assert failures(scheduler, "cancelled") == 2
+        assert scheduler.metrics.registry.get_sample_value("introllm_num_requests_running", {"model": "test"}) == 0
+
+
+def test_a_full_engine_refuses_at_once_with_429_and_the_refusal_holds_no_slot(checkpoint, monkeypatch):
+    async def scenario(scheduler: Scheduler, release) -> ServiceError:
+        long = GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True)
+        handles = [scheduler.submit(long), scheduler.submit(long)]  # one running, one waiting
+        with pytest.raises(ServiceError) as refused:
+            scheduler.submit(long)
+        for handle in handles:
+            handle.cancel()
+        assert await asyncio.to_thread(scheduler.engine.wait_idle, 60)
+        assert failures(scheduler, "cancelled") == 2
+        release()
+        after = scheduler.submit(GenerationInput(prompt="again", max_new_tokens=3))
+        assert (await after.result()).finish.completion_tokens <= 3
+        return refused.value
+
+    with running_engine(checkpoint, max_running=1, max_waiting=1) as scheduler:
+        release = hold_decode_steps(scheduler.engine, monkeypatch, until=all_cancelled)
+        refused = asyncio.run(scenario(scheduler, release))
+        assert failures(scheduler, "overloaded") == 1
+        assert scheduler.engine.load() == (0, 0)
+    assert refused.status == 429 and refused.type == "overloaded" and refused.headers["Retry-After"] == "1"
+
+
+def test_a_failing_decode_step_fails_its_rows_and_the_engine_keeps_serving(checkpoint, monkeypatch):
+    real_decode = PaddedBatch.decode
+    calls = {"n": 0}
+
+    def decode_failing_once(self, model, tokens):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated device error")
+        return real_decode(self, model, tokens)
+
+    monkeypatch.setattr(PaddedBatch, "decode", decode_failing_once)
+
+    async def scenario(scheduler: Scheduler) -> Completed:
+        handle = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=8, ignore_eos=True))
+        with pytest.raises(ServiceError) as failed:
+            await handle.result()
+        assert failed.value.status == 500 and "simulated device error" in failed.value.message
+        return await scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=8, ignore_eos=True)).result()
+
+    with running_engine(checkpoint) as scheduler:
+        after = asyncio.run(scenario(scheduler))
+        assert scheduler.engine.alive and scheduler.engine.load() == (0, 0)
+        assert failures(scheduler, "internal") == 1
+    assert after.finish.reason == "length" and len(after.tokens) == 8
+
+
+def test_a_failing_prefill_fails_only_that_request(checkpoint, monkeypatch):
+    real_prefill = engine_module.prefill_alone
+
+    def prefill_refusing_x(model, prompt_ids):
+        if prompt_ids.shape[1] == 2:  # BOS + "x"
+            raise RuntimeError("simulated prefill error")
+        return real_prefill(model, prompt_ids)
+
+    monkeypatch.setattr(engine_module, "prefill_alone", prefill_refusing_x)
+
+    async def scenario(scheduler: Scheduler):
+        bad = scheduler.submit(GenerationInput(prompt="x", max_new_tokens=5))
+        good = scheduler.submit(GenerationInput(prompt="hello", max_new_tokens=5, ignore_eos=True))
+        results = await asyncio.gather(bad.result(), good.result(), return_exceptions=True)
+        return results
+
+    with running_engine(checkpoint) as scheduler:
+        bad, good = asyncio.run(scenario(scheduler))
+        assert scheduler.engine.load() == (0, 0)
+    assert isinstance(bad, ServiceError) and bad.status == 500
+    assert isinstance(good, Completed) and len(good.tokens) == 5
+
+
+def test_stopping_the_engine_ends_requests_still_in_it_with_503(checkpoint, monkeypatch):
+    async def scenario(scheduler: Scheduler) -> ServiceError:
+        handle = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True))
+        events = handle.events()
+        await anext(events)
+        await asyncio.to_thread(scheduler.engine.stop, 30)
+        with pytest.raises(ServiceError) as stopped:
+            async for _ in events:
+                pass
+        return stopped.value
+
+    with running_engine(checkpoint) as scheduler:
+        hold_decode_steps(scheduler.engine, monkeypatch, until=lambda rows: not scheduler.engine.alive)
+        stopped = asyncio.run(scenario(scheduler))
+        assert not scheduler.engine.alive and not scheduler.ready
+    assert stopped.status == 503
+
+
+def test_a_failing_detokenizer_fails_only_its_request(checkpoint, monkeypatch):
+    from service import scheduler as scheduler_module
+
+    real_push = scheduler_module.TextStream.push
+
+    def push_failing_for_boom(self, token_id):
+        if self._stop == ("boom",):
+            raise UnicodeError("simulated detokenizer error")
+        return real_push(self, token_id)
+
+    monkeypatch.setattr(scheduler_module.TextStream, "push", push_failing_for_boom)
+
+    async def scenario(scheduler: Scheduler):
+        bad = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=5, stop=("boom",)))
+        good = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=5, ignore_eos=True))
+        return await asyncio.gather(bad.result(), good.result(), return_exceptions=True)
+
+    with running_engine(checkpoint) as scheduler:
+        bad, good = asyncio.run(scenario(scheduler))
+        assert scheduler.engine.alive and scheduler.engine.load() == (0, 0)
+    assert isinstance(bad, ServiceError) and bad.status == 500
+    assert isinstance(good, Completed) and len(good.tokens) == 5
