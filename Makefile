@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test lint serve
+.PHONY: install test lint serve default-model
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,20 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Serves the bundled default model on 127.0.0.1:8000; settings come from
+# INTROLLM_* environment variables (INTROLLM_HOST, INTROLLM_PORT, ...).
 serve: install
-	@echo "The HTTP service arrives with the service issue (#4); nothing to serve yet." >&2
-	@exit 2
+	$(VENV)/bin/introllm-serve
+
+# The bundled default model, trained from scratch on this machine (2 cores,
+# about an hour). One core is enough and keeps timings steady.
+DEFAULT_MODEL := checkpoints/introllm-countdown-tiny
+TRAIN := OMP_NUM_THREADS=1 $(PY) -m training
+default-model: install
+	$(TRAIN) sft --out runs/default-sft --steps 2000 --batch-size 64 --lr 2e-3 --warmup-steps 100 \
+		--eval-every 250 --eval-problems 200 --threads 1 --seed 0
+	$(TRAIN) grpo --init runs/default-sft --out $(DEFAULT_MODEL) --steps 240 --prompts-per-step 32 \
+		--group-size 8 --schedule lm:1,tau:1 --lm-lr 5e-5 --head-lr 1e-3 --eval-every 40 --eval-problems 200 \
+		--save-every 40 --save-dtype bfloat16 --threads 1 --seed 0
+	$(TRAIN) eval --checkpoint $(DEFAULT_MODEL) --problems 500 --samples 8 --threads 1
+	$(TRAIN) card --checkpoint $(DEFAULT_MODEL) --command "make default-model"
