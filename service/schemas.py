@@ -134,7 +134,9 @@ class Timing(BaseModel):
     total_s: float
 
 
-class GenerateResponse(BaseModel):
+class _Outcome(BaseModel):
+    """What every finished request reports, streamed or not."""
+
     id: str
     model: str
     text: str
@@ -143,6 +145,9 @@ class GenerateResponse(BaseModel):
     usage: Usage
     temperature: TemperatureSummary
     timing: Timing
+
+
+class GenerateResponse(_Outcome):
     tokens: list[TokenInfo] | None = None
 
 
@@ -154,18 +159,10 @@ class StreamToken(BaseModel):
     token: TokenInfo
 
 
-class StreamDone(BaseModel):
+class StreamDone(_Outcome):
     """The last SSE event before `data: [DONE]`."""
 
     type: Literal["done"] = "done"
-    id: str
-    model: str
-    text: str
-    finish_reason: Literal["length", "eos", "stop", "timeout"]
-    seed: int
-    usage: Usage
-    temperature: TemperatureSummary
-    timing: Timing
 
 
 def token_info(event: TokenEvent, temperatures: bool, logprobs: bool) -> TokenInfo:

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from model import TinyLMConfig
+from model import HeadConfig, TinyLMConfig
 from training.tasks.countdown import CountdownConfig
 
 
@@ -25,12 +25,13 @@ from training.tasks.countdown import CountdownConfig
 class HeadPrior:
     """The temperature head's range and its prior at initialisation (see model.HeadConfig)."""
 
-    tau_min: float = 0.1
-    tau_max: float = 2.0
-    tau_init: float = 1.0
-    eps: float = 1.0
-    init_gate_prob: float = 0.5
-    init_concentration: float = 8.0
+    # Defaults are the model core's, so the two cannot drift apart.
+    tau_min: float = HeadConfig.tau_min
+    tau_max: float = HeadConfig.tau_max
+    tau_init: float = HeadConfig.tau_init
+    eps: float = HeadConfig.eps
+    init_gate_prob: float = HeadConfig.init_gate_prob
+    init_concentration: float = HeadConfig.init_concentration
 
 
 @dataclass(frozen=True)

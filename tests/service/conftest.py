@@ -20,15 +20,6 @@ from model import (
 from tests.service.support import TEST_LM, LiveServer, settings_for, start_server, stop_server
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (the machine is shared with long jobs)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory) -> Path:
     """A random tiny checkpoint whose head varies tau with the hidden state (read-only for tests)."""

@@ -12,15 +12,6 @@ from training.tasks.countdown import CountdownConfig, Problem, split
 MICRO_LM = TinyLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread per test (the machine is shared with long jobs)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def micro_checkpoint(tmp_path_factory):
     """A random-init micro LM with the head at its prior, saved as a checkpoint (read-only for tests)."""
