@@ -1,0 +1,348 @@
+"""The stack on loopback: two real replicas behind the real gateway, scraped by a real Prometheus.
+
+Started from the files in docker/ with only these rewrites (tests/deploy/stack.py): nginx's
+upstream servers and listen port on loopback; Prometheus' DNS discovery replaced by static
+loopback targets and its scrape/evaluation interval shortened to 1 s so the test takes seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.deploy.stack import (
+    ALERTS,
+    CHECKPOINT,
+    REPO,
+    alert_queries,
+    concrete,
+    dashboard_queries,
+    free_port,
+    nginx_command,
+    nginx_conf_for,
+    prometheus_conf_for,
+    tool,
+)
+
+pytestmark = pytest.mark.slow
+
+MODEL = CHECKPOINT.name
+PROMPTS = ["3 5 7 2>24\n", "1 2 3 4>01\n", "6 2 8>41\n", "9 4 1 5>72\n"]
+TAU_RANGE = (0.1, 2.0)
+# Panels whose queries must return data after the traffic (the others need failures, waits, ...).
+MUST_HAVE_DATA = ("tau per request", "Time to first token", "Inter-token latency", "End-to-end request latency",
+                  "Generated tokens per second", "Latency p99")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        return f"--- {self.name} ---\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+
+@dataclass
+class Stack:
+    replicas: list[Process]
+    replica_ports: list[int]
+    gateway: str
+    prometheus: str
+    processes: list[Process] = field(default_factory=list)
+
+    def logs(self) -> str:
+        return "\n".join(process.tail() for process in self.processes)
+
+    def query(self, promql: str, at: float | None = None) -> dict:
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        response = httpx.post(f"{self.prometheus}/api/v1/query", data=params, timeout=10)
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "success", f"{promql}\n{body}"
+        return body["data"]
+
+    def scalar(self, promql: str, at: float | None = None) -> float | None:
+        result = self.query(promql, at)["result"]
+        return float(result[0]["value"][1]) if result else None
+
+
+def start(name: str, command: list[str], tmp: Path, env: dict | None = None) -> Process:
+    log = tmp / f"{name}.log"
+    with log.open("w") as out:
+        popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+                                 stdin=subprocess.DEVNULL)
+    return Process(name, popen, log)
+
+
+def wait_until(check, what: str, stack_logs, timeout: float = 90.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(interval)
+    pytest.fail(f"timed out waiting for {what}\n{stack_logs()}")
+
+
+def status_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    nginx, prometheus = tool("nginx"), tool("prometheus")
+    tmp = tmp_path_factory.mktemp("stack")
+    processes: list[Process] = []
+    try:
+        ports = [free_port(), free_port()]
+        replicas = []
+        for index, port in enumerate(ports):
+            env = {
+                **os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "INTROLLM_TORCH_THREADS": "1",
+                "INTROLLM_CHECKPOINT": str(CHECKPOINT), "INTROLLM_HOST": "127.0.0.1", "INTROLLM_PORT": str(port),
+                "INTROLLM_DEVICE": "cpu", "INTROLLM_DRAIN_GRACE_S": "2", "INTROLLM_LOG_LEVEL": "warning",
+            }
+            replicas.append(start(f"replica{index}", [sys.executable, "-m", "service"], tmp, env))
+        processes += replicas
+
+        gateway_port = free_port()
+        nginx_prefix = tmp / "nginx"
+        nginx_prefix.mkdir()
+        conf = nginx_prefix / "nginx.conf"
+        conf.write_text(nginx_conf_for(ports, listen_port=gateway_port))
+        processes.append(start("nginx", nginx_command(nginx, nginx_prefix, conf), tmp))
+
+        prometheus_port = free_port()
+        rules = tmp / "alerts.yml"
+        shutil.copy(ALERTS, rules)
+        prometheus_yml = tmp / "prometheus.yml"
+        config = prometheus_conf_for([f"127.0.0.1:{port}" for port in ports], rules, scrape_interval="1s")
+        prometheus_yml.write_text(yaml.safe_dump(config))
+        processes.append(start("prometheus", [
+            prometheus, f"--config.file={prometheus_yml}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ], tmp))
+
+        stack = Stack(replicas, ports, f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{prometheus_port}",
+                      processes)
+        for port in ports:
+            wait_until(lambda port=port: status_ok(f"http://127.0.0.1:{port}/health/ready"), "replica ready",
+                       stack.logs)
+        wait_until(lambda: status_ok(f"{stack.gateway}/gateway/health"), "gateway", stack.logs)
+        wait_until(lambda: status_ok(f"{stack.prometheus}/-/ready"), "prometheus", stack.logs)
+        wait_until(lambda: stack.scalar('sum(up{job="introllm"})') == 2, "both targets up", stack.logs)
+        yield stack
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+@dataclass
+class Traffic:
+    means: list[float]
+    stream_times: list[float]  # arrival of each token event, relative to the request being sent
+    stream_done_at: float
+    stream_mean: float
+    stream_taus: list[float]
+    at: float  # a time after every request was scraped: queries are evaluated there
+
+
+def generate(client: httpx.Client, index: int) -> dict:
+    mode = ("learned", "learned", "entropy", "fixed")[index % 4]
+    body = {"prompt": PROMPTS[index % len(PROMPTS)], "max_new_tokens": 24, "seed": index,
+            "temperature_mode": mode, "return_temperatures": True}
+    if mode == "fixed":
+        body["temperature"] = 0.7
+    response = client.post("/v1/generate", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def traffic(stack):
+    # Prime every (replica, temperature mode) label set directly, and let Prometheus scrape it:
+    # a counter series first seen with its final value would show no rate() at all.
+    results: list[dict] = []
+    for port in stack.replica_ports:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as direct:
+            results += [generate(direct, index) for index in (100, 102, 103)]  # learned, entropy, fixed
+    wait_until(lambda: stack.scalar("sum(introllm_request_mean_temperature_count)") == len(results),
+               "Prometheus to scrape the priming requests", stack.logs, timeout=30)
+    time.sleep(2)
+
+    client = httpx.Client(base_url=stack.gateway, timeout=60)
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            for index in range(offset, 16, 4):
+                results.append(generate(client, index))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert len(results) == 6 + 16
+
+    # One long stream with per-token temperatures, alone, timed event by event.
+    body = {"prompt": PROMPTS[0], "max_new_tokens": 200, "ignore_eos": True, "seed": 7, "stream": True,
+            "return_temperatures": True}
+    times, taus, done = [], [], None
+    sent = time.monotonic()
+    with client.stream("POST", "/v1/generate", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            event = httpx.Response(200, content=line.removeprefix("data:").strip()).json()
+            if event["type"] == "token":
+                times.append(time.monotonic() - sent)
+                taus.append(event["token"]["temperature"])
+            else:
+                done = event
+    stream_done_at = time.monotonic() - sent
+    client.close()
+    assert done is not None and done["usage"]["completion_tokens"] == 200
+
+    means = [result["temperature"]["mean"] for result in results] + [done["temperature"]["mean"]]
+    wait_until(lambda: stack.scalar("sum(introllm_request_mean_temperature_count)") == len(means),
+               "Prometheus to scrape every request", stack.logs, timeout=30)
+    time.sleep(3)  # a few more scrapes, so rate() over the window has points after the traffic
+    return Traffic(means, times, stream_done_at, done["temperature"]["mean"], taus, time.time())
+
+
+def test_gateway_forwards_a_request_id_and_answers_with_it(stack):
+    with httpx.Client(base_url=stack.gateway, timeout=60) as client:
+        own = client.get("/health/ready", headers={"X-Request-Id": "test-abc-123"})
+        generated = client.get("/health/ready")
+    assert own.status_code == 200 and own.headers["x-request-id"] == "test-abc-123"
+    assert len(generated.headers["x-request-id"]) == 32
+
+
+def test_stream_through_the_gateway_arrives_token_by_token(traffic):
+    times = traffic.stream_times
+    assert len(times) == 200 and times == sorted(times)
+    assert all(TAU_RANGE[0] - 1e-6 <= tau <= TAU_RANGE[1] + 1e-6 for tau in traffic.stream_taus)
+    # Not buffered: the first token is received in the first half of the stream's lifetime,
+    # and the events arrive spread over time rather than in one burst at the end.
+    spread = times[-1] - times[0]
+    print(f"stream: first token event at {times[0] * 1000:.1f} ms, last at {times[-1] * 1000:.1f} ms, "
+          f"done at {traffic.stream_done_at * 1000:.1f} ms")
+    assert times[0] < 0.5 * times[-1], (times[0], times[-1])
+    assert spread > 0.5 * traffic.stream_done_at, (spread, traffic.stream_done_at)
+    assert abs(traffic.stream_mean - sum(traffic.stream_taus) / len(traffic.stream_taus)) < 1e-4
+
+
+def test_every_dashboard_and_alert_query_is_valid_promql_and_the_key_panels_have_data(stack, traffic):
+    # $replica: the replica that served most requests (both serve some; per-replica panels need one).
+    served = stack.query("sum by (replica) (increase(introllm_request_mean_temperature_count[1m]))", at=traffic.at)
+    replica = max(served["result"], key=lambda sample: float(sample["value"][1]))["metric"]["replica"]
+    checked = 0
+    report = []
+    for title, expr in dashboard_queries() + alert_queries():
+        data = stack.query(concrete(expr, MODEL, replica), at=traffic.at)  # asserts status success
+        checked += 1
+        values = [float(sample["value"][1]) for sample in data["result"]]
+        report.append(f"{title}: {len(values)} series")
+        if any(key in title for key in MUST_HAVE_DATA):
+            # A label set with no new observations in the window is NaN (0/0), as in Grafana; the
+            # panel has data when some series has a value.
+            finite = [value for value in values if math.isfinite(value)]
+            assert finite, f"{title}: no data for {expr}: {values}"
+            if "tau per request" in title:
+                assert all(TAU_RANGE[0] - 1e-6 <= value <= TAU_RANGE[1] + 1e-6 for value in finite), (title, values)
+            if "tokens per second" in title:
+                assert all(value > 0 for value in finite), (title, values)
+    print(f"{checked} PromQL expressions valid:\n" + "\n".join(report))
+    assert checked == len(dashboard_queries()) + len(alert_queries()) > 30
+
+
+def test_mean_tau_in_prometheus_matches_what_the_responses_reported(stack, traffic):
+    count = stack.scalar("sum(introllm_request_mean_temperature_count)", at=traffic.at)
+    mean = stack.scalar(
+        "sum(introllm_request_mean_temperature_sum) / sum(introllm_request_mean_temperature_count)", at=traffic.at
+    )
+    reported = sum(traffic.means) / len(traffic.means)
+    print(f"mean tau: Prometheus {mean:.6f} over {count:.0f} requests; responses {reported:.6f} "
+          f"over {len(traffic.means)}")
+    assert count == len(traffic.means)
+    assert mean == pytest.approx(reported, abs=1e-4)
+    # Both replicas served some of the traffic (least_conn over two upstreams).
+    per_replica = stack.query("sum by (replica) (introllm_request_mean_temperature_count)", at=traffic.at)
+    assert len([sample for sample in per_replica["result"] if float(sample["value"][1]) > 0]) == 2
+
+
+def test_killing_a_replica_the_gateway_routes_around_it_and_prometheus_marks_it_down(stack, traffic):
+    victim, victim_port = stack.replicas[1], stack.replica_ports[1]
+    outcomes: list[tuple[float, int | str]] = []  # (start time, status or error)
+    stop = threading.Event()
+
+    def worker(offset: int) -> None:
+        with httpx.Client(base_url=stack.gateway, timeout=60) as client:
+            index = offset
+            while not stop.is_set():
+                started = time.monotonic()
+                body = {"prompt": PROMPTS[index % len(PROMPTS)], "max_new_tokens": 16, "seed": index}
+                try:
+                    outcome: int | str = client.post("/v1/generate", json=body).status_code
+                except httpx.HTTPError as exc:
+                    outcome = repr(exc)
+                outcomes.append((started, outcome))
+                index += 2
+                time.sleep(0.15)  # stays well under the gateway's per-client rate limit
+
+    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.5)
+        victim.popen.kill()
+        victim.popen.wait(timeout=10)
+        killed = time.monotonic()
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    after = [outcome for started, outcome in outcomes if started > killed]
+    before = [outcome for started, outcome in outcomes if started <= killed]
+    print(f"requests before the kill: {len(before)}, after: {len(after)} (all {set(after)})")
+    assert len(after) >= 5
+    assert all(outcome == 200 for outcome in after), after
+    victim_target = f'up{{job="introllm", replica="127.0.0.1:{victim_port}"}}'
+    wait_until(lambda: stack.scalar(victim_target) == 0, "Prometheus to mark the killed replica down",
+               stack.logs, timeout=15)
+    assert stack.scalar(f'up{{job="introllm", replica="127.0.0.1:{stack.replica_ports[0]}"}}') == 1
