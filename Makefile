@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test lint serve default-model
+.PHONY: install system-deps test lint serve default-model
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,7 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# nginx, Prometheus and docker-compose from Debian (tests/deploy runs them).
+system-deps:
+	bash scripts/system-deps.sh
+
+test: install system-deps
 	$(PY) -m pytest -q
 
 lint: install

@@ -34,14 +34,11 @@ LISTEN = re.compile(r"^(\s*)listen\s+8080;\s*$", re.MULTILINE)
 
 
 def tool(name: str) -> str:
-    """Path of a tool (this venv's bin, PATH, sbin); missing fails under CI (which installs it), skips elsewhere."""
+    """Path of a tool (this venv's bin, PATH, sbin); a missing one fails the test (`make test` installs them)."""
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     found = shutil.which(name, path=search)
     if found is None:
-        message = f"{name} is not installed (.ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"{name} is not installed: `make system-deps` installs it")
     return found
 
 
