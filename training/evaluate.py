@@ -39,7 +39,7 @@ from model import (
 from training.common import set_threads
 from training.config import EvalConfig, config_to_dict
 from training.rollout import RolloutBatch, sample_completions
-from training.tasks.countdown import CountdownConfig, max_completion_chars, split, token_classes
+from training.tasks.countdown import CountdownConfig, format_prompt, max_completion_chars, split, token_classes
 
 Z_95 = 1.959964
 
@@ -176,8 +176,6 @@ def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, c
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from training.tasks.countdown import format_prompt
 
     rows = [(b, r, ids) for b, r, ids in _rows(batches) if b.sample_index[r] == 0][:count]
     colours = {"choice": "tab:orange", "compute": "tab:blue", "answer": "tab:green", "format": "tab:gray",

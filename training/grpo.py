@@ -117,7 +117,8 @@ def update(
     cfg: GRPOConfig, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], device: torch.device,
 ) -> dict[str, float]:
     """One optimiser step of `phase` over all rollout batches; returns loss, entropy and KL."""
-    n_tokens = distributed.all_reduce_sum(float(sum(b.generation.mask.sum() for b in batches)), device)
+    local_tokens = float(sum(b.generation.mask.sum() for b in batches))
+    n_tokens = distributed.all_reduce_sum(local_tokens, device)
     world = distributed.world_size()
     optimizer.zero_grad(set_to_none=True)
     totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0}
@@ -143,7 +144,6 @@ def update(
     distributed.average_gradients(params)
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
-    local_tokens = float(sum(b.generation.mask.sum() for b in batches))
     return {
         "loss": totals["loss"],
         "entropy": totals["entropy"] / max(local_tokens, 1.0),
