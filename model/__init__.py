@@ -15,6 +15,7 @@ from model.checkpoint import (
 from model.controllers import EntropyTemperature, FixedTemperature, LearnedTemperature, TemperatureController
 from model.decode import Generation, SamplingParams, StepOutput, StepResult, decode_step, generate, prefill, sample_step
 from model.lm import LMOutput, forward, lm_hidden_size, new_cache
+from model.noise import CounterNoise
 from model.sampling import sample, token_log_probs
 from model.temperature_head import ActionDistribution, HeadConfig, TemperatureAction, TemperatureHead
 from model.tiny import TinyLMConfig, build_char_tokenizer, build_tiny_lm
@@ -23,6 +24,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ActionDistribution",
     "Checkpoint",
+    "CounterNoise",
     "CheckpointError",
     "EntropyTemperature",
     "FixedTemperature",

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from model.sampling import Generators
+from model.sampling import RandomSource
 from model.temperature_head import TemperatureAction, TemperatureHead
 
 
@@ -32,7 +32,7 @@ class TemperatureController(Protocol):
         ...
 
     def choose(
-        self, hidden: torch.Tensor, logits: torch.Tensor, tau_prev: torch.Tensor, generators: Generators
+        self, hidden: torch.Tensor, logits: torch.Tensor, tau_prev: torch.Tensor, generators: RandomSource
     ) -> TemperatureAction:
         """The action for this step: tau (B, 1) applied to `logits`, gate, z, log_prob."""
         ...

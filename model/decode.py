@@ -23,7 +23,8 @@ from transformers.cache_utils import Cache
 
 from model.controllers import TemperatureController
 from model.lm import forward, new_cache
-from model.sampling import Generators, sample, token_log_probs
+from model.noise import CounterNoise
+from model.sampling import RandomSource, sample, token_log_probs
 from model.temperature_head import TemperatureAction
 
 
@@ -108,7 +109,7 @@ def sample_step(
     controller: TemperatureController,
     step: StepOutput,
     tau_prev: torch.Tensor,
-    generators: Generators,
+    generators: RandomSource,
     params: SamplingParams,
 ) -> StepResult:
     """Choose tau_t, then sample the token at tau_t; record both log-probs.
@@ -130,7 +131,7 @@ def generate(
     controller: TemperatureController,
     prompt_ids: torch.Tensor,
     params: SamplingParams,
-    generators: Generators = None,
+    generators: RandomSource = None,
     *,
     use_cache: bool = True,
     pad_token_id: int = 0,
@@ -140,6 +141,8 @@ def generate(
 
     A row stops at EOS; the loop stops when every row has. `use_cache=False`
     recomputes the whole sequence at each step (the check on the cache).
+    `generators` given as `CounterNoise` is the noise of the first new token;
+    new token t draws from its counters advanced by t.
     """
     batch, prompt_len = prompt_ids.shape
     device = prompt_ids.device
@@ -155,7 +158,8 @@ def generate(
 
     for t in range(params.max_new_tokens):
         # 2) choose tau and sample, per row
-        result = sample_step(controller, step, tau, generators, params)
+        source = generators.advanced(t) if isinstance(generators, CounterNoise) else generators
+        result = sample_step(controller, step, tau, source, params)
         result.tokens = torch.where(finished, pad_token_id, result.tokens)
         records.append(result)
         if keep_logits:

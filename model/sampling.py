@@ -9,9 +9,12 @@ per-token tau, which rollouts record and the trainer recomputes.
 What it does not do: choose tau (see `controllers.py`), or apply repetition
 penalties and the like.
 
-How: the exponential-race form of categorical sampling (argmax of p / q with
-q ~ Exp(1)), as in gpt-fast: no `multinomial`, no host sync, and the same
-noise tensor serves every row whatever its tau, top-k or top-p.
+How: with torch generators, the exponential-race form of categorical sampling
+(argmax of p / q with q ~ Exp(1)), as in gpt-fast: no `multinomial`, no host
+sync, and the same noise tensor serves every row whatever its tau, top-k or
+top-p. With `CounterNoise` (model/noise.py), inverse-CDF sampling from one
+counter-based uniform per row: no vocabulary-sized noise to generate, and
+every op can be compiled or captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from collections.abc import Sequence
 
 import torch
 
+from model.noise import TOKEN_STREAM, CounterNoise
+
 Generators = torch.Generator | Sequence[torch.Generator] | None
+# Where a step's randomness comes from: torch generators (one, or one per row)
+# or per-row counter-based noise (what the service engine uses).
+RandomSource = Generators | CounterNoise
 
 
 def scale_logits(logits: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -64,10 +72,19 @@ def exponential_noise(shape: tuple[int, int], generators: Generators, device: to
     return torch.cat([torch.empty((1, shape[1]), device=device).exponential_(generator=g) for g in generators])
 
 
+def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Token ids (B,) from probs (B, V) and one uniform (B, 1) per row: the first
+    index whose cumulative probability reaches u * total. A token of probability
+    0 adds nothing to the cumulative sum, so it can never be the first to reach it."""
+    cumulative = probs.cumsum(dim=-1)  # (B, V)
+    target = uniform * cumulative[:, -1:]  # total, not 1: float32 sums drift
+    return torch.searchsorted(cumulative, target).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
 def sample(
     logits: torch.Tensor,
     tau: torch.Tensor,
-    generators: Generators = None,
+    generators: RandomSource = None,
     *,
     top_k: torch.Tensor | int = 0,
     top_p: torch.Tensor | float = 1.0,
@@ -89,10 +106,13 @@ def sample(
     if _any(top_p, lambda p: p < 1):
         scaled = mask_top_p(scaled, torch.as_tensor(top_p, dtype=torch.float32, device=device).expand(batch))
     probs = torch.softmax(scaled, dim=-1)
-    # Exp(1) can return exactly 0; a masked token (p = 0) would then give 0/0 =
-    # NaN, which argmax would pick.
-    noise = exponential_noise((batch, vocab), generators, device).clamp_min_(1e-20)
-    sampled = torch.argmax(probs / noise, dim=-1)
+    if isinstance(generators, CounterNoise):
+        sampled = inverse_cdf_sample(probs, generators.uniform(TOKEN_STREAM, 1))
+    else:
+        # Exp(1) can return exactly 0; a masked token (p = 0) would then give
+        # 0/0 = NaN, which argmax would pick.
+        noise = exponential_noise((batch, vocab), generators, device).clamp_min_(1e-20)
+        sampled = torch.argmax(probs / noise, dim=-1)
     if isinstance(greedy, bool):
         return torch.argmax(logits, dim=-1) if greedy else sampled
     return torch.where(greedy.to(device), torch.argmax(logits, dim=-1), sampled)

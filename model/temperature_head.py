@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.noise import ACTION_STREAM, UNIFORMS_PER_GAMMA, CounterNoise, gamma_from_uniforms
+
 # Raw head outputs are clamped into [-LOGIT_CLAMP, LOGIT_CLAMP]: sigmoid and
 # softplus are saturated far before, and this keeps alpha/beta finite when the
 # hidden state is huge or the head has diverged.
@@ -188,14 +190,15 @@ class TemperatureHead(nn.Module):
         self,
         hidden: torch.Tensor,
         tau_prev: torch.Tensor,
-        generators: torch.Generator | Sequence[torch.Generator] | None = None,
+        generators: torch.Generator | Sequence[torch.Generator] | CounterNoise | None = None,
     ) -> TemperatureAction:
         """Draw c_t and z_t for hidden (B, d) given tau_prev (B, 1).
 
-        `generators` is one generator for the whole batch or one per row; each
-        row draws from its own in a fixed order (gate uniform, then the two
-        Gamma variates of the Beta) whatever its gate outcome, so a seed fixes
-        the temperatures of a request regardless of what else is in the batch.
+        `generators` is one generator for the whole batch, one per row, or
+        counter-based noise; each row draws from its own in a fixed order (gate
+        uniform, then the two Gamma variates of the Beta) whatever its gate
+        outcome, so a seed fixes the temperatures of a request regardless of
+        what else is in the batch.
         """
         dist = self.distribution(hidden)
         uniform, gamma_a, gamma_b = _draw_gate_and_beta(dist.alpha, dist.beta, generators)
@@ -226,7 +229,7 @@ def _action_log_prob(dist: ActionDistribution, gate: torch.Tensor, z: torch.Tens
 def _draw_gate_and_beta(
     alpha: torch.Tensor,
     beta: torch.Tensor,
-    generators: torch.Generator | Sequence[torch.Generator] | None,
+    generators: torch.Generator | Sequence[torch.Generator] | CounterNoise | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A uniform and Gamma(alpha), Gamma(beta) draws per row, (B, 1) each.
 
@@ -234,6 +237,10 @@ def _draw_gate_and_beta(
     draws from generators[i] exactly as a batch of one would from it alone.
     """
     concentrations = torch.cat([alpha, beta], dim=-1)  # (B, 2)
+    if isinstance(generators, CounterNoise):
+        draws = generators.uniform(ACTION_STREAM, 1 + 2 * UNIFORMS_PER_GAMMA)  # (B, 1 + 2U): gate, Beta
+        gammas = gamma_from_uniforms(concentrations, draws[:, 1:].view(-1, 2, UNIFORMS_PER_GAMMA))  # (B, 2)
+        return draws[:, 0:1], gammas[:, 0:1], gammas[:, 1:2]
     if generators is None or isinstance(generators, torch.Generator):
         uniform = torch.rand(alpha.shape, generator=generators, device=alpha.device)
         gammas = torch._standard_gamma(concentrations, generator=generators)
