@@ -32,7 +32,7 @@ from service.engine import Engine
 from service.errors import ServiceError, error_body
 from service.metrics import ServiceMetrics
 from service.routes import api, ops
-from service.scheduler import Limits, Scheduler
+from service.scheduler import Limits, Scheduler, encode_prompt
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,15 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
         eos_token_ids=_eos_ids(checkpoint),
         max_running=settings.max_running_requests,
         max_waiting=settings.max_waiting_requests,
+        # The scheduler keeps prompt + max_new_tokens within both bounds.
+        max_sequence_length=min(limits.max_prompt_tokens + limits.max_new_tokens, context or 1 << 62),
         prefill_token_budget=settings.prefill_token_budget,
+        compile=settings.compile,
         metrics=metrics,
     )
+    if settings.warm_up:
+        # With `compile`, this is where the decode step compiles (before readiness).
+        engine.warm_up(encode_prompt(tokenizer, "warm up"))
     return Loaded(Scheduler(engine, tokenizer, head, limits, metrics), checkpoint.manifest)
 
 

@@ -1,14 +1,17 @@
 """The decode engine: one thread doing continuous batching over `model/`.
 
-What it does: owns the model and a running batch (`kv.PaddedBatch`). Its loop,
+What it does: owns the model and a running batch (`kv.SlotBatch`: one
+preallocated KV slot per row, optionally with a compiled decode step). Its loop,
 between two decode steps:
   1. takes cancelled and expired requests out of the waiting queue;
   2. drops cancelled rows from the batch;
   3. admits waiting requests while there is a free slot (up to a prefill token
-     budget per iteration): each is prefilled alone, its first token sampled,
-     and it joins the batch as a new row;
+     budget per iteration): those with equal prompt lengths are prefilled
+     together (no padding, so each row's result is that of a solo prefill),
+     their first tokens sampled, and each joins the batch as a new row;
   4. runs one decode step for every row and samples the next token per row
-     (`sampling.sample_rows`), then emits one `TokenEvent` per row and a
+     (`sampling.sample_rows`, with counter-based noise keyed by each request's
+     seed and token index), then emits one `TokenEvent` per row and a
      `FinishEvent` for rows that hit EOS, a stop string, their token budget or
      their deadline; those rows leave the batch at once.
 Every event is handed to the request's `Sink`, which must not block (the
@@ -41,10 +44,10 @@ from typing import Literal, Protocol
 import torch
 from transformers import PreTrainedModel
 
-from model import StepResult, TemperatureHead
-from service.kv import PaddedBatch, prefill_alone
+from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
+from service.kv import SlotBatch, prefill_alone
 from service.metrics import RequestMetrics, ServiceMetrics
-from service.sampling import ControllerSpec, RowSampler, sample_rows
+from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +205,15 @@ class Engine:
         eos_token_ids: Collection[int],
         max_running: int,
         max_waiting: int,
+        max_sequence_length: int,
         prefill_token_budget: int = 2048,
+        compile: bool = False,
         metrics: ServiceMetrics | None = None,
     ) -> None:
+        """max_sequence_length: the longest prompt + max_new_tokens a request may have
+        (the scheduler enforces it); each of the max_running KV slots holds that many tokens.
+        compile: run the decode step (`kv.SlotBatch`) and the common sampling steps
+        (`sampling.FastPaths`) through `torch.compile`; `warm_up` compiles them."""
         self.model = model
         self.head = head
         self.device = next(model.parameters()).device
@@ -221,15 +230,41 @@ class Engine:
         self._stopping = False
         self._deadline_cap = math.inf
         # Engine thread only; rows of `_batch`, in order, with their (B, 1)
-        # previous tau and (B,) next input token.
+        # previous tau, (B,) next input token, (B,) seed and (B,) index of the
+        # token they will sample next (the noise counter).
         self._rows: list[_Sequence] = []
-        self._batch = PaddedBatch(self.device)
+        self._batch = SlotBatch(
+            model, slots=max_running, max_len=max_sequence_length, device=self.device, compile=compile
+        )
         self._tau = torch.zeros((0, 1), dtype=torch.float32, device=self.device)
         self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
+        self._seeds = torch.zeros((0,), dtype=torch.long, device=self.device)
+        self._counters = torch.zeros((0,), dtype=torch.long, device=self.device)
+        self._controllers: dict[ControllerSpec, TemperatureController] = {}  # one per spec, shared
+        self._fast = FastPaths.compiled() if compile else FastPaths()
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
 
     # ------------------------------------------------------------ control (any thread)
+
+    def warm_up(self, prompt_ids: list[int]) -> None:
+        """Run (and with `compile`, compile) the decode step before serving; call before `start`."""
+        if self._thread is not None:
+            raise RuntimeError("warm up before starting the engine")
+        with torch.inference_mode():
+            self._batch.warm_up(prompt_ids)
+            vocab, width = self.model.get_output_embeddings().weight.shape  # (V, d)
+            dtype = next(self.model.parameters()).dtype
+            for rows in sorted({1, min(2, self.max_running)}):
+                step = StepOutput(
+                    logits=torch.zeros((rows, vocab), device=self.device),
+                    hidden=torch.zeros((rows, width), dtype=dtype, device=self.device),
+                )
+                tau = torch.ones((rows, 1), device=self.device)
+                noise = CounterNoise.for_rows([0] * rows, 0, self.device)
+                for spec in (ControllerSpec("learned"), ControllerSpec("fixed", temperature=1.0)):
+                    sampler = RowSampler(spec, self._controller(spec))
+                    sample_rows([sampler] * rows, step, tau, noise, fast=self._fast)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -305,8 +340,8 @@ class Engine:
                     for sequence, reason in dropped:
                         self._finish(sequence, reason)
                     self._drop_cancelled_rows()
-                    for sequence in admitted:
-                        self._start(sequence)
+                    for group in _by_prompt_length(admitted):
+                        self._start(group)
                     if self._rows:
                         self._step()
         except BaseException as exc:  # the thread must never die silently
@@ -347,48 +382,81 @@ class Engine:
     def _deadline(self, sequence: _Sequence) -> float:
         return min(sequence.request.deadline, self._deadline_cap)
 
-    def _start(self, sequence: _Sequence) -> None:
-        """Prefill alone, sample the first token, and join the batch unless already finished."""
-        request = sequence.request
-        sequence.started_at = time.monotonic()
-        if request.metrics is not None:
-            request.metrics.started(sequence.started_at - request.submitted_at, len(request.prompt_ids))
+    def _start(self, sequences: list[_Sequence]) -> None:
+        """Prefill prompts of one length together, sample their first tokens, and join
+        the batch unless already finished. A failure fails these requests only."""
+        now = time.monotonic()
+        for sequence in sequences:
+            request = sequence.request
+            sequence.started_at = now
+            if request.metrics is not None:
+                request.metrics.started(now - request.submitted_at, len(request.prompt_ids))
+        fits = []
+        for sequence in sequences:  # the scheduler's limits make this hold; a direct caller may not
+            request = sequence.request
+            if len(request.prompt_ids) + request.params.max_new_tokens > self._batch.max_len:
+                self._error(sequence, "internal", f"prompt + max_new_tokens exceeds {self._batch.max_len} tokens")
+            else:
+                fits.append(sequence)
+        sequences = fits
+        if not sequences:
+            return
         try:
-            sequence.row = self._row_sampler(request)
-            prompt = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)  # (1, T)
-            step, cache = prefill_alone(self.model, prompt)
-            tau0 = sequence.sampler.controller.initial_tau(1, self.device).float()  # (1, 1)
-            result = sample_rows([sequence.sampler], step, tau0)
+            for sequence in sequences:
+                sequence.row = self._row_sampler(sequence.request)
+            prompts = torch.tensor([s.request.prompt_ids for s in sequences], dtype=torch.long, device=self.device)
+            step, cache = prefill_alone(self.model, prompts)  # (k, T): equal lengths, nothing padded
+            tau0 = torch.cat([s.sampler.controller.initial_tau(1, self.device).float() for s in sequences])  # (k, 1)
+            noise = CounterNoise.for_rows([s.request.seed for s in sequences], 0, self.device)
+            result = sample_rows([s.sampler for s in sequences], step, tau0, noise, fast=self._fast)
+            values = _host_values(result)
         except Exception as exc:
             log.exception("prefill failed")
-            self._error(sequence, "internal", f"prefill failed: {exc}")
+            for sequence in sequences:
+                self._error(sequence, "internal", f"prefill failed: {exc}")
             return
-        if self._emit_or_fail(sequence, *_host_values(result)[0]):
+        joined = []
+        for i, sequence in enumerate(sequences):
+            if self._emit_or_fail(sequence, *values[i]):
+                continue
+            self._batch.add(cache, len(sequence.request.prompt_ids), row=i)
+            self._rows.append(sequence)
+            joined.append(i)
+        if not joined:
             return
-        self._batch.add(cache, len(request.prompt_ids))
-        self._rows.append(sequence)
-        self._tau = torch.cat([self._tau, result.action.tau.float()])
-        self._next_tokens = torch.cat([self._next_tokens, result.tokens])
+        index = torch.tensor(joined, dtype=torch.long, device=self.device)
+        self._tau = torch.cat([self._tau, result.action.tau.float()[index]])
+        self._next_tokens = torch.cat([self._next_tokens, result.tokens[index]])
+        self._seeds = torch.cat([self._seeds, noise.seeds[index]])
+        self._counters = torch.cat([self._counters, noise.steps[index] + 1])
 
     def _row_sampler(self, request: EngineRequest) -> RowSampler:
         params = request.params
         return RowSampler(
             spec=request.controller,
-            controller=request.controller.build(self.head),
-            # On the engine's device: the head and the sampler draw there.
-            generator=torch.Generator(device=self.device).manual_seed(request.seed),
+            controller=self._controller(request.controller),
             top_k=params.top_k,
             top_p=params.top_p,
             greedy=params.greedy,
         )
+
+    def _controller(self, spec: ControllerSpec) -> TemperatureController:
+        if spec not in self._controllers:
+            if len(self._controllers) >= 256:  # specs come from requests: keep the cache bounded
+                self._controllers.clear()
+            self._controllers[spec] = spec.build(self.head)
+        return self._controllers[spec]
 
     def _step(self) -> None:
         """One decode step for every row; finished rows leave the batch."""
         if self.metrics is not None:
             self.metrics.observe_batch(len(self._rows))
         try:
-            step = self._batch.decode(self.model, self._next_tokens)
-            result = sample_rows([s.sampler for s in self._rows], step, self._tau)
+            step = self._batch.decode(self._next_tokens)
+            noise = CounterNoise(self._seeds, self._counters)
+            result = sample_rows(
+                [s.sampler for s in self._rows], step, self._tau, noise, fast=self._fast
+            )
             values = _host_values(result)
         except Exception as exc:
             log.exception("decode step failed")
@@ -399,6 +467,7 @@ class Engine:
             return
         self._tau = result.action.tau.float()
         self._next_tokens = result.tokens
+        self._counters = self._counters + 1
         keep = [i for i, sequence in enumerate(self._rows) if not self._emit_or_fail(sequence, *values[i])]
         self._keep_rows(keep)
 
@@ -523,11 +592,15 @@ class Engine:
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self._tau = self._tau[index]
         self._next_tokens = self._next_tokens[index]
+        self._seeds = self._seeds[index]
+        self._counters = self._counters[index]
 
     def _reset_batch(self) -> None:
         self._batch.clear()
         self._tau = torch.zeros((0, 1), dtype=torch.float32, device=self.device)
         self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
+        self._seeds = torch.zeros((0,), dtype=torch.long, device=self.device)
+        self._counters = torch.zeros((0,), dtype=torch.long, device=self.device)
 
     def _fail_everything(self, kind: Literal["internal", "unavailable"], message: str) -> None:
         with self._cond:
@@ -542,6 +615,14 @@ class Engine:
         """Update the gauges; caller holds the lock. Admitted requests count as running."""
         if self.metrics is not None:
             self.metrics.set_load(*self._load_locked())
+
+
+def _by_prompt_length(sequences: list[_Sequence]) -> list[list[_Sequence]]:
+    """Groups of equal prompt length, in order of first arrival: each is prefilled as one batch."""
+    groups: dict[int, list[_Sequence]] = {}
+    for sequence in sequences:
+        groups.setdefault(len(sequence.request.prompt_ids), []).append(sequence)
+    return list(groups.values())
 
 
 def _host_values(result: StepResult) -> list[tuple[int, float, bool, float]]:

@@ -1,16 +1,18 @@
 """Per-row temperature control and token sampling for a batch of unrelated requests.
 
 What it does: each row carries its own controller (learned, fixed or entropy,
-optionally narrowed), generator, top-k, top-p and greedy flag. One step for
-the batch:
+optionally narrowed), top-k, top-p and greedy flag; its randomness is
+counter-based (`model.noise.CounterNoise`: the request's seed and its token
+index), passed in for the whole batch. One step for the batch:
   1. rows are grouped by controller spec; each group's controller picks tau
      for its rows, and the (n, 1) results are scattered back to (B, 1);
   2. one call to `model.sampling.sample` draws every row's token with per-row
-     settings and per-row generators;
+     settings;
   3. token log-probs under each row's tau (`model.sampling.token_log_probs`).
-Per generator the draws come in the same order as in `model.decode.sample_step`
-(the controller's, then the token's), so a seeded request gets the same taus
-and tokens alone, in any batch, and in the reference decode.
+A row's draws depend on (seed, token index) only, so a seeded request gets the
+same taus and tokens alone, in any batch, and in the reference decode given
+the same `CounterNoise`. Every step is a fixed sequence of batched tensor ops:
+no per-row loop, no host sync unless rows disagree on top-k, top-p or greedy.
 
 What it does not do: run the model, stop sequences, or validate requests
 (specs arrive checked by the scheduler).
@@ -18,13 +20,14 @@ What it does not do: run the model, stop sequences, or validate requests
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from model import (
+    CounterNoise,
     EntropyTemperature,
     FixedTemperature,
     LearnedTemperature,
@@ -71,39 +74,113 @@ class RowSampler:
 
     spec: ControllerSpec
     controller: TemperatureController
-    generator: torch.Generator
     top_k: int = 0
     top_p: float = 1.0
     greedy: bool = False
 
 
-def sample_rows(rows: Sequence[RowSampler], step: StepOutput, tau_prev: torch.Tensor) -> StepResult:
-    """One sampling step for logits (B, V), hidden (B, d) and tau_prev (B, 1), row i by rows[i]."""
-    action = _choose_per_group(rows, step, tau_prev)
-    generators = [row.generator for row in rows]
-    tokens = sample(
-        step.logits,
-        action.tau,
-        generators,
-        top_k=_per_row([row.top_k for row in rows], torch.long, step.logits.device),
-        top_p=_per_row([row.top_p for row in rows], torch.float32, step.logits.device),
-        greedy=_per_row([row.greedy for row in rows], torch.bool, step.logits.device),
+def sample_rows(
+    rows: Sequence[RowSampler],
+    step: StepOutput,
+    tau_prev: torch.Tensor,
+    noise: CounterNoise,
+    *,
+    fast: FastPaths | None = None,
+) -> StepResult:
+    """One sampling step for logits (B, V), hidden (B, d) and tau_prev (B, 1), row i by rows[i] and noise row i.
+
+    Batches whose rows all use the learned head (same `deterministic`) or all
+    a fixed temperature, without filters, take `fast` (the engine passes
+    compiled `learned_rows` / `fixed_rows`): per-row numbers (temperature,
+    narrowed range) go in as tensors, so no value ever calls for a new
+    compiled graph. Everything else takes the grouped path, which gives the
+    same results.
+    """
+    top_k = _per_row([row.top_k for row in rows], torch.long, step.logits.device)
+    top_p = _per_row([row.top_p for row in rows], torch.float32, step.logits.device)
+    greedy = _per_row([row.greedy for row in rows], torch.bool, step.logits.device)
+    unfiltered = not any(isinstance(v, torch.Tensor) for v in (top_k, top_p, greedy)) and (top_k, top_p, greedy) == (
+        0, 1.0, False
     )
+    first = rows[0].spec
+    same_kind = all(r.spec.mode == first.mode and r.spec.deterministic == first.deterministic for r in rows)
+    if fast is not None and unfiltered and same_kind and first.mode in ("learned", "fixed"):
+        device = step.logits.device
+        if first.mode == "learned":
+            head = rows[0].controller.head
+            bounds = [r.spec.tau_range or (head.config.tau_min, head.config.tau_max) for r in rows]
+            low, high = torch.tensor(bounds, dtype=torch.float32, device=device).unsqueeze(-1).unbind(1)  # (B, 1) each
+            out = fast.learned(
+                head, first.deterministic, step.logits, step.hidden.contiguous(), tau_prev, low, high,
+                noise.seeds, noise.steps,
+            )
+        else:
+            tau = torch.tensor([[r.spec.temperature] for r in rows], dtype=torch.float32, device=device)  # (B, 1)
+            out = fast.fixed(step.logits, tau, noise.seeds, noise.steps)
+        tokens, tau, gate, z, log_prob, logprobs = out
+        return StepResult(tokens=tokens, action=TemperatureAction(tau, gate, z, log_prob), token_logprobs=logprobs)
+    action = _choose_per_group(rows, step, tau_prev, noise)
+    tokens = sample(step.logits, action.tau, noise, top_k=top_k, top_p=top_p, greedy=greedy)
     logprobs = token_log_probs(step.logits, tokens, action.tau.squeeze(-1))
     return StepResult(tokens=tokens, action=action, token_logprobs=logprobs)
 
 
-def _choose_per_group(rows: Sequence[RowSampler], step: StepOutput, tau_prev: torch.Tensor) -> TemperatureAction:
+def learned_rows(
+    head: TemperatureHead,
+    deterministic: bool,
+    logits: torch.Tensor,
+    hidden: torch.Tensor,
+    tau_prev: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    seeds: torch.Tensor,
+    steps: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """`LearnedTemperature.choose` then an unfiltered draw, as one pure tensor function:
+    (tokens, tau, gate, z, temperature log-prob, token log-prob). low/high (B, 1) narrow tau per row."""
+    noise = CounterNoise(seeds, steps)
+    action = head.choose_deterministic(hidden, tau_prev) if deterministic else head.sample(hidden, tau_prev, noise)
+    tau = torch.minimum(torch.maximum(action.tau, low), high)
+    tokens = sample(logits, tau, noise)
+    return tokens, tau, action.gate, action.z, action.log_prob, token_log_probs(logits, tokens, tau.squeeze(-1))
+
+
+def fixed_rows(
+    logits: torch.Tensor, tau: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """`FixedTemperature.choose` (tau (B, 1) per row) then an unfiltered draw; fields as in `learned_rows`."""
+    noise = CounterNoise(seeds, steps)
+    tokens = sample(logits, tau, noise)
+    nothing = torch.zeros_like(tau)  # no update, no policy: gate 0, log-prob 0, z not drawn (NaN)
+    not_drawn = torch.full_like(tau, float("nan"))
+    return tokens, tau, nothing, not_drawn, nothing, token_log_probs(logits, tokens, tau.squeeze(-1))
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """The two common sampling steps, eager or compiled (`compiled()`)."""
+
+    learned: Callable[..., tuple[torch.Tensor, ...]] = learned_rows
+    fixed: Callable[..., tuple[torch.Tensor, ...]] = fixed_rows
+
+    @classmethod
+    def compiled(cls) -> FastPaths:
+        return cls(learned=torch.compile(learned_rows, dynamic=True), fixed=torch.compile(fixed_rows, dynamic=True))
+
+
+def _choose_per_group(
+    rows: Sequence[RowSampler], step: StepOutput, tau_prev: torch.Tensor, noise: CounterNoise
+) -> TemperatureAction:
     groups: dict[ControllerSpec, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.spec, []).append(i)
     if len(groups) == 1:  # the common case: no gather, no scatter
-        return rows[0].controller.choose(step.hidden, step.logits, tau_prev, [row.generator for row in rows])
+        return rows[0].controller.choose(step.hidden, step.logits, tau_prev, noise)
     fields = {name: torch.empty_like(tau_prev, dtype=torch.float32) for name in ("tau", "gate", "z", "log_prob")}
     for members in groups.values():
         index = torch.tensor(members, dtype=torch.long, device=tau_prev.device)
         action = rows[members[0]].controller.choose(
-            step.hidden[index], step.logits[index], tau_prev[index], [rows[i].generator for i in members]
+            step.hidden[index], step.logits[index], tau_prev[index], noise.rows(index)
         )
         for name, full in fields.items():
             full[index] = getattr(action, name).float()  # (n, 1) into (B, 1)

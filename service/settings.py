@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt, in tokens, BOS included")
     max_new_tokens: int = Field(512, ge=1, description="largest max_new_tokens a request may ask for")
     default_max_new_tokens: int = Field(64, ge=1)
+    compile: bool = Field(
+        False,
+        description="torch.compile the decode step (one compile per batch bucket and attention width, "
+        "seconds each on CPU, done before serving); faster steady state",
+    )
     prefill_token_budget: int = Field(
         2048, ge=1, description="prompt tokens prefilled between two decode steps (at least one request)"
     )

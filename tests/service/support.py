@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from model import (
     Checkpoint,
+    CounterNoise,
     Generation,
     LearnedTemperature,
     SamplingParams,
@@ -69,7 +70,7 @@ def reference(
         eos_token_id=checkpoint.tokenizer.eos_token_id if stop_at_eos else None,
     )
     controller = controller or LearnedTemperature(checkpoint.head)
-    return generate(checkpoint.model, controller, ids, params, torch.Generator().manual_seed(seed))
+    return generate(checkpoint.model, controller, ids, params, CounterNoise.for_rows([seed], 0))
 
 
 def reference_tokens(generation: Generation) -> list[int]:

@@ -3,14 +3,15 @@ and per-row filters give each row exactly what it would get alone."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from model import StepOutput
-from service.sampling import ControllerSpec, RowSampler, sample_rows
+from model import CounterNoise, StepOutput
+from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows
 
 
-def _row(head, spec: ControllerSpec, seed: int, **filters) -> RowSampler:
-    return RowSampler(spec, spec.build(head), torch.Generator().manual_seed(seed), **filters)
+def _row(head, spec: ControllerSpec, **filters) -> RowSampler:
+    return RowSampler(spec, spec.build(head), **filters)
 
 
 @torch.no_grad()
@@ -30,10 +31,11 @@ def test_each_row_of_a_mixed_batch_samples_what_it_would_alone(checkpoint):
         (ControllerSpec("learned", tau_range=(0.4, 0.6)), {}),
     ]
 
-    together = sample_rows([_row(head, s, i, **f) for i, (s, f) in enumerate(specs)], step, tau_prev)
+    noise = CounterNoise.for_rows(list(range(batch)), [3 * i for i in range(batch)])
+    together = sample_rows([_row(head, s, **f) for s, f in specs], step, tau_prev, noise)
     for i, (spec, filters) in enumerate(specs):
         one = StepOutput(logits=step.logits[i : i + 1], hidden=step.hidden[i : i + 1])
-        alone = sample_rows([_row(head, spec, i, **filters)], one, tau_prev[i : i + 1])
+        alone = sample_rows([_row(head, spec, **filters)], one, tau_prev[i : i + 1], CounterNoise.for_rows([i], 3 * i))
         assert together.tokens[i] == alone.tokens[0], spec
         torch.testing.assert_close(together.action.tau[i], alone.action.tau[0])
         torch.testing.assert_close(together.action.gate[i], alone.action.gate[0])
@@ -51,3 +53,29 @@ def test_entropy_controller_stays_inside_a_narrowed_range(checkpoint):
     controller = ControllerSpec("entropy", tau_range=(0.3, 0.6)).build(checkpoint.head)
     assert (controller.tau_min, controller.tau_max) == (0.3, 0.6)
     assert 0.3 <= controller.tau_0 <= 0.6
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@torch.no_grad()
+def test_fast_paths_give_the_grouped_paths_results(checkpoint, compiled):
+    head = checkpoint.head
+    torch.manual_seed(1)
+    batch = 5
+    step = StepOutput(logits=torch.randn(batch, 100) * 3, hidden=torch.randn(batch, head.config.hidden_size))
+    tau_prev = torch.rand(batch, 1) + 0.5
+    noise = CounterNoise.for_rows([11, 12, 13, 14, 15], [0, 4, 9, 2, 7])
+    fast = FastPaths.compiled() if compiled else FastPaths()
+    batches = [
+        [ControllerSpec("learned")] * batch,
+        [ControllerSpec("learned"), ControllerSpec("learned", tau_range=(0.4, 0.6))] * 2 + [ControllerSpec("learned")],
+        [ControllerSpec("learned", deterministic=True)] * batch,
+        [ControllerSpec("fixed", temperature=t) for t in (0.3, 0.7, 1.0, 1.3, 2.0)],
+    ]
+    for specs in batches:
+        rows = [_row(head, spec) for spec in specs]
+        expected = sample_rows(rows, step, tau_prev, noise)
+        got = sample_rows(rows, step, tau_prev, noise, fast=fast)
+        assert torch.equal(got.tokens, expected.tokens), specs
+        for name in ("tau", "gate", "z", "log_prob"):
+            torch.testing.assert_close(getattr(got.action, name), getattr(expected.action, name), equal_nan=True)
+        torch.testing.assert_close(got.token_logprobs, expected.token_logprobs)

@@ -5,6 +5,7 @@ bounds and failure handling."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,7 +17,7 @@ from model import LearnedTemperature
 from service import engine as engine_module
 from service.engine import Engine, FinishEvent, TokenEvent
 from service.errors import ServiceError
-from service.kv import PaddedBatch
+from service.kv import SlotBatch
 from service.metrics import ServiceMetrics
 from service.sampling import ControllerSpec
 from service.scheduler import Completed, GenerationInput, Limits, Scheduler
@@ -26,7 +27,9 @@ LONG = 300  # a budget the request does not reach in these tests
 
 
 @contextmanager
-def running_engine(checkpoint, *, max_running=8, max_waiting=32, prefill_token_budget=2048) -> Iterator[Scheduler]:
+def running_engine(
+    checkpoint, *, max_running=8, max_waiting=32, prefill_token_budget=2048, compile=False
+) -> Iterator[Scheduler]:
     metrics = ServiceMetrics("test")
     engine = Engine(
         checkpoint.model,
@@ -34,7 +37,9 @@ def running_engine(checkpoint, *, max_running=8, max_waiting=32, prefill_token_b
         eos_token_ids={checkpoint.tokenizer.eos_token_id},
         max_running=max_running,
         max_waiting=max_waiting,
+        max_sequence_length=512,
         prefill_token_budget=prefill_token_budget,
+        compile=compile,
         metrics=metrics,
     )
     config = checkpoint.head.config
@@ -42,6 +47,8 @@ def running_engine(checkpoint, *, max_running=8, max_waiting=32, prefill_token_b
         max_prompt_tokens=128, max_new_tokens=400, default_max_new_tokens=16, context_length=512,
         default_timeout_s=120.0, max_timeout_s=600.0, retry_after_s=1, tau_range=(config.tau_min, config.tau_max),
     )
+    if compile:
+        engine.warm_up([1, 5, 6])
     engine.start()
     try:
         yield Scheduler(engine, checkpoint.tokenizer, checkpoint.head, limits, metrics)
@@ -108,6 +115,32 @@ def test_seeded_learned_sampling_gives_the_same_tokens_and_temperatures_alone_am
     torch.testing.assert_close(taus(crowd), taus(alone))
     assert [t.updated for t in crowd.tokens] == expected.gates[0].bool().tolist()
     torch.testing.assert_close(torch.tensor([t.logprob for t in alone.tokens]), expected.token_logprobs[0])
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_equal_length_prompts_are_prefilled_together_and_each_gets_its_solo_reference(
+    checkpoint, monkeypatch, compile
+):
+    prompts = ["1 2 3 4>10\n", "5 6 7 8>26\n", "9 8 7 6>30\n", "2 4 6 8>20\n"]  # one length
+    requests = [GenerationInput(prompt=p, max_new_tokens=24, seed=100 + i, ignore_eos=True)
+                for i, p in enumerate(prompts)]
+    prefill_rows = []
+    real_prefill = engine_module.prefill_alone
+
+    def counting_prefill(model, prompt_ids):
+        prefill_rows.append(prompt_ids.shape[0])
+        if len(prefill_rows) == 1:
+            time.sleep(0.3)  # the first arrival is prefilled alone; the rest queue meanwhile
+        return real_prefill(model, prompt_ids)
+
+    monkeypatch.setattr(engine_module, "prefill_alone", counting_prefill)
+    with running_engine(checkpoint, max_running=4, compile=compile) as scheduler:
+        done = asyncio.run(run_all(scheduler, requests))
+    assert prefill_rows == [1, 3]  # the three that queued together shared one prefill
+    for request, result in zip(requests, done, strict=True):
+        expected = reference(checkpoint, request.prompt, max_new_tokens=24, seed=request.seed, stop_at_eos=False)
+        assert token_ids(result) == reference_tokens(expected)
+        torch.testing.assert_close(taus(result), expected.taus[0])
 
 
 def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone_in_the_reference(checkpoint):
@@ -222,16 +255,16 @@ def test_a_full_engine_refuses_at_once_with_429_and_the_refusal_holds_no_slot(ch
 
 
 def test_a_failing_decode_step_fails_its_rows_and_the_engine_keeps_serving(checkpoint, monkeypatch):
-    real_decode = PaddedBatch.decode
+    real_decode = SlotBatch.decode
     calls = {"n": 0}
 
-    def decode_failing_once(self, model, tokens):
+    def decode_failing_once(self, tokens):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated device error")
-        return real_decode(self, model, tokens)
+        return real_decode(self, tokens)
 
-    monkeypatch.setattr(PaddedBatch, "decode", decode_failing_once)
+    monkeypatch.setattr(SlotBatch, "decode", decode_failing_once)
 
     async def scenario(scheduler: Scheduler) -> Completed:
         handle = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=8, ignore_eos=True))

@@ -1,12 +1,12 @@
-"""The left-padded batched KV cache: joins and leaves give the logits of solo decoding."""
+"""The slot KV cache: joins and leaves give the logits of solo decoding, eager and compiled."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model import decode_step, new_cache, prefill
-from service import kv
-from service.kv import PaddedBatch, prefill_alone
+from service.kv import SlotBatch, batch_bucket, prefill_alone
 from service.scheduler import encode_prompt
 from tests.service.support import PROMPTS
 
@@ -21,14 +21,16 @@ def _solo_logits(model, ids: list[int], fed: list[int]) -> list[torch.Tensor]:
     return out
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @torch.no_grad()
-def test_rows_joining_and_leaving_a_padded_batch_get_the_logits_of_solo_decoding(checkpoint):
+def test_rows_joining_and_leaving_the_slots_get_the_logits_of_solo_decoding(checkpoint, compile):
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     prompts = [encode_prompt(tokenizer, p) for p in PROMPTS[:5]]
     fed = [[(7 * r + t) % 90 + 4 for t in range(12)] for r in range(len(prompts))]  # arbitrary tokens
     joins = [0, 0, 2, 3, 5]  # the step at which each row joins
     leaves = [12, 6, 9, 12, 7]  # the number of tokens each row is fed before it leaves
-    batch = PaddedBatch(torch.device("cpu"))
+    batch = SlotBatch(model, slots=8, max_len=128, device=torch.device("cpu"), compile=compile)
+    batch.warm_up(prompts[0])  # as the engine does: compiles, then skips guard evaluation
     rows: list[int] = []
     seen: dict[int, list[torch.Tensor]] = {r: [] for r in range(len(prompts))}
     for step in range(20):
@@ -44,7 +46,7 @@ def test_rows_joining_and_leaving_a_padded_batch_get_the_logits_of_solo_decoding
         if not rows:
             break
         tokens = torch.tensor([fed[r][len(seen[r]) - 1] for r in rows])
-        out = batch.decode(model, tokens)
+        out = batch.decode(tokens)
         for i, r in enumerate(rows):
             seen[r].append(out.logits[i])
     for r in range(len(prompts)):
@@ -55,46 +57,51 @@ def test_rows_joining_and_leaving_a_padded_batch_get_the_logits_of_solo_decoding
 
 
 @torch.no_grad()
-def test_when_the_longest_row_leaves_the_shared_padding_is_trimmed(checkpoint):
+def test_leaving_rows_compact_the_slots_in_order_and_free_slots_are_reused(checkpoint):
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    batch = PaddedBatch(torch.device("cpu"))
-    lengths = []
-    for prompt in ("a much longer prompt than the others", "short", "mid size"):
-        ids = encode_prompt(tokenizer, prompt)
-        _, cache = prefill_alone(model, torch.tensor([ids]))
-        batch.add(cache, len(ids))
-        lengths.append(len(ids))
-    assert batch.width == max(lengths) and batch.size == 3
-    assert batch.mask.sum(dim=1).tolist() == lengths
+    batch = SlotBatch(model, slots=3, max_len=64, device=torch.device("cpu"))
+    prompts = ["a much longer prompt than the others", "short", "mid size"]
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    for row in ids:
+        batch.add(prefill_alone(model, torch.tensor([row]))[1], len(row))
+    assert batch.size == 3 and batch.lengths == [len(r) for r in ids]
+    with pytest.raises(RuntimeError, match="slots"):
+        batch.add(prefill_alone(model, torch.tensor([ids[1]]))[1], len(ids[1]))
     batch.keep([1, 2])
-    assert batch.width == max(lengths[1:])
-    assert batch.cache.layers[0].keys.shape[0] == 2 and batch.cache.layers[0].keys.shape[2] == batch.width
-    assert batch.lengths.tolist() == lengths[1:]
+    assert batch.lengths == [len(ids[1]), len(ids[2])]
+    # The moved rows decode as they would alone, and the freed slot takes a newcomer.
+    batch.add(prefill_alone(model, torch.tensor([ids[0]]))[1], len(ids[0]))
+    out = batch.decode(torch.tensor([10, 11, 12]))
+    for i, (row, fed) in enumerate(zip([ids[1], ids[2], ids[0]], [10, 11, 12], strict=True)):
+        torch.testing.assert_close(out.logits[i], _solo_logits(model, row, [fed])[1], rtol=1e-4, atol=1e-4)
+    assert batch.lengths == [len(ids[1]) + 1, len(ids[2]) + 1, len(ids[0]) + 1]
     batch.keep([])
-    assert batch.size == 0 and batch.cache is None
+    assert batch.size == 0
 
 
 @torch.no_grad()
-def test_rows_without_padding_decode_without_a_mask_and_padded_rows_with_one(checkpoint, monkeypatch):
+def test_a_row_longer_than_its_slot_is_refused(checkpoint):
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    masks = []
-    real_forward = kv.forward
-
-    def spy(*args, **kwargs):
-        masks.append(kwargs["attention_mask"])
-        return real_forward(*args, **kwargs)
-
-    monkeypatch.setattr(kv, "forward", spy)
-    batch = PaddedBatch(torch.device("cpu"))
-    for prompt in ("same", "size"):
-        ids = encode_prompt(tokenizer, prompt)
+    batch = SlotBatch(model, slots=2, max_len=8, device=torch.device("cpu"))
+    ids = encode_prompt(tokenizer, "far too long for eight")
+    with pytest.raises(ValueError, match="no room"):
         batch.add(prefill_alone(model, torch.tensor([ids]))[1], len(ids))
-    equal = batch.decode(model, torch.tensor([10, 11]))
-    ids = encode_prompt(tokenizer, "longer prompt")
-    batch.add(prefill_alone(model, torch.tensor([ids]))[1], len(ids))
-    batch.decode(model, torch.tensor([12, 13, 14]))
-    batch.keep([2])
-    batch.decode(model, torch.tensor([15]))
-    assert masks[0] is None and masks[1] is not None and masks[2] is None
-    solo = _solo_logits(model, encode_prompt(tokenizer, "size"), [11])
-    torch.testing.assert_close(equal.logits[1], solo[1], rtol=1e-4, atol=1e-4)
+    assert batch.size == 0
+
+
+def test_kv_bytes_per_token_match_the_model_shape(checkpoint):
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    batch = SlotBatch(model, slots=2, max_len=32, device=torch.device("cpu"))
+    assert batch.kv_bytes_per_token() == 0  # nothing allocated before the first row
+    ids = encode_prompt(tokenizer, "abc")
+    with torch.no_grad():
+        batch.add(prefill_alone(model, torch.tensor([ids]))[1], len(ids))
+    config = model.config
+    expected = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # float32
+    assert batch.kv_bytes_per_token() == expected
+    assert batch.capacity >= 32 and batch.allocated_bytes() == expected * 2 * batch.capacity
+
+
+def test_batches_are_padded_to_powers_of_two_within_the_slots():
+    assert [batch_bucket(n, 32) for n in (1, 2, 3, 5, 16, 17, 32)] == [1, 2, 4, 8, 16, 32, 32]
+    assert batch_bucket(5, 6) == 6
