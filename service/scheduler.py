@@ -12,7 +12,8 @@ What it does:
     could be the start of a stop string is held back until it cannot be, so
     the texts of the token events always concatenate to the final text.
   - `AsyncSink` / `RequestHandle`: the engine thread posts events with
-    `loop.call_soon_threadsafe` into a per-request asyncio queue, bounded by
+    `loop.call_soon_threadsafe` (batched per step by `LoopMailbox`) into a
+    per-request asyncio queue, bounded by
     the request's own token budget (it can never fill up); the route reads
     them from the handle and cancels through it.
   - Deadlines: every request gets one (its `timeout_s` or the server
@@ -26,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -134,15 +137,52 @@ class TextStream:
 # ---------------------------------------------------------------- delivery
 
 
+class LoopMailbox:
+    """Engine thread -> one event loop, one wake-up per burst.
+
+    A decode step produces an event for every running request at once; posting
+    each with its own `call_soon_threadsafe` wakes the loop (and contends for
+    the GIL) once per request per step. Here the first post of a burst
+    schedules one delivery and later posts join it, so the loop wakes about
+    once per step whatever the batch size.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Callable[[list[Event]], None], list[Event]]] = []
+        self._scheduled = False
+
+    def post(self, deliver: Callable[[list[Event]], None], events: list[Event]) -> None:  # engine thread
+        with self._lock:
+            self._pending.append((deliver, events))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed: nobody will read these events
+            with self._lock:
+                self._pending.clear()
+                self._scheduled = False
+            raise
+
+    def _deliver(self) -> None:  # event loop
+        with self._lock:
+            pending, self._pending, self._scheduled = self._pending, [], False
+        for deliver, events in pending:
+            deliver(events)
+
+
 class AsyncSink:
     """Engine thread -> event loop. Bounded: `capacity` is the most events a request can produce."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
-        self._loop = loop
+    def __init__(self, mailbox: LoopMailbox, capacity: int) -> None:
+        self._mailbox = mailbox
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=capacity)
 
     def push(self, events: list[Event]) -> None:  # engine thread
-        self._loop.call_soon_threadsafe(self._put, events)
+        self._mailbox.post(self._put, events)
 
     def _put(self, events: list[Event]) -> None:  # event loop
         for event in events:
@@ -256,6 +296,9 @@ class Scheduler:
         self.head = head
         self.limits = limits
         self.metrics = metrics
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMailbox] = (
+            weakref.WeakKeyDictionary()
+        )
         self.draining = False
 
     @property
@@ -276,7 +319,7 @@ class Scheduler:
             self._count("validation", record_metrics)
             raise
         seed = secrets.randbits(63) if request.seed is None else request.seed
-        sink = AsyncSink(asyncio.get_running_loop(), capacity=max_new_tokens + 2)
+        sink = AsyncSink(self._mailbox(asyncio.get_running_loop()), capacity=max_new_tokens + 2)
         timeout_s = request.timeout_s or self.limits.default_timeout_s
         engine_request = EngineRequest(
             prompt_ids=prompt_ids,
@@ -299,6 +342,13 @@ class Scheduler:
         return RequestHandle(
             f"gen-{uuid.uuid4().hex}", len(prompt_ids), seed, spec.mode, sink, ticket, self.limits.retry_after_s
         )
+
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> LoopMailbox:
+        """The mailbox of `loop` (one per loop: the server has one, tests run several)."""
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = self._mailboxes[loop] = LoopMailbox(loop)
+        return mailbox
 
     async def warm_up(self) -> Completed:
         """One short request through the whole engine path, not counted in metrics."""
