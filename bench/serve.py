@@ -1,27 +1,51 @@
-"""Serving benchmark: the HTTP server under 1, 4 and 16 concurrent clients, next to
-Hugging Face `generate()` one request at a time, in one run on one machine.
+"""Serving benchmark: the HTTP server under 1, 4, 16 and 64 concurrent clients, next to HF generate().
+
+In the manner of vLLM's `bench serve`: the server under load, and Hugging Face
+`generate()` one request at a time, in one run on one machine.
 
 What it does:
   1. starts `python -m service` on a checkpoint (default: the bundled model) in
-     a subprocess and waits until it is ready;
+     a subprocess, on the same device and dtype as the baseline (with
+     `--compile`, `INTROLLM_COMPILE=true`: the decode step compiles before the
+     server reports ready), and waits up to 600 s until it is ready;
   2. for each concurrency level, runs that many clients over a fixed set of
-     Countdown prompts (fixed seed); each client streams `/v1/generate` with
-     `ignore_eos` so every request yields exactly `--new-tokens` tokens, and
-     records time to first token (TTFT) and end-to-end latency;
-  3. stops the server, loads the same checkpoint in this process and runs
-     `model.generate()` (do_sample, top_k=0, temperature 1, the same number of
-     new tokens forced with min_new_tokens) one prompt at a time, with TTFT
-     from a streamer;
-  4. prints a table (output tokens/s, TTFT p50/p99, E2E p50, failures) and
-     writes it as JSON with the machine's thread count and load.
+     Countdown prompts (fixed seed; `--requests` per level, at least twice the
+     concurrency so that every client is busy at once); each client streams
+     `/v1/generate` with `ignore_eos` so every request yields exactly
+     `--new-tokens` tokens, and records time to first token (TTFT), the gaps
+     between consecutive token events (inter-token latency, ITL) and
+     end-to-end latency (E2E);
+  3. reads the server's peak resident memory (VmHWM in /proc/<pid>/status)
+     after the sweep, then stops the server;
+  4. loads the same checkpoint in this process and runs `model.generate()`
+     (do_sample, top_k=0, temperature 1, the same number of new tokens forced
+     with min_new_tokens) one prompt at a time, with TTFT and ITL from a
+     streamer's token callbacks;
+  5. prints a table (request/s, output tokens/s, TTFT/ITL/E2E mean, p50, p99,
+     failures) and two ratios (output tok/s at 16 clients over generate();
+     p50 TTFT at 16 clients over 1 client), and writes it all as JSON with the
+     machine (threads, load average before and after, torch version, device)
+     and the model (parameter count; KV-cache bytes per sequence per token,
+     2 * layers * kv_heads * head_dim * bytes per element of the serving dtype,
+     computed here from the checkpoint's config since the server does not
+     report its KV cache over HTTP). Exits 1 when any request failed.
 
-    python bench/serve.py                     # bundled model, 1/4/16 clients
-    python bench/serve.py --quick --tiny-random   # seconds: a smoke test
-    python bench/serve.py --checkpoint DIR --concurrency 1 4 16 64 --json out.json
+    python bench/serve.py                         # bundled model, 1/4/16/64 clients
+    python bench/serve.py --compile               # the same, server decode step compiled
+    python bench/serve.py --quick --tiny-random   # seconds: a smoke test (1 and 4 clients)
+    python bench/serve.py --checkpoint DIR --concurrency 1 16 --requests 128 --json out.json
 
-What it does not do: tune anything or compare GPUs; the two sides run one
-after the other (never at once) so they do not compete for cores. On a shared
-machine, compare numbers from the same run only.
+JSON keys: checkpoint, settings (the flags), machine, server (compile,
+peak_rss_mib, ...), model (parameters, kv_bytes_per_token, ...), levels (one
+row per concurrency level), baseline (the generate() row, or null), summary
+(the two ratios, null when a level is missing), records (per request).
+
+What it does not do: tune anything, compare GPUs, or measure GPU memory (the
+peak RSS is host memory only; with `--url` it is not measured at all and the
+model facts come from `--checkpoint`, which may not be what that server runs).
+The baseline is never compiled. The two sides run one after the other (never at
+once) so they do not compete for cores, but the clients share the machine with
+the server. On a shared machine, compare numbers from the same run only.
 """
 
 from __future__ import annotations
@@ -53,6 +77,10 @@ from service.scheduler import encode_prompt  # noqa: E402
 from service.settings import DEFAULT_CHECKPOINT  # noqa: E402
 from training.tasks.countdown import format_prompt, make_problem  # noqa: E402
 
+DEFAULT_CONCURRENCY = [1, 4, 16, 64]
+QUICK_CONCURRENCY = [1, 4]
+READY_TIMEOUT_S = 600.0  # compiling the decode step takes 30-60 s on CPU
+
 
 @dataclass
 class RequestRecord:
@@ -61,6 +89,8 @@ class RequestRecord:
     ttft_s: float | None = None
     e2e_s: float | None = None
     error: str | None = None
+    # Gaps between consecutive token events, in seconds (not written to the JSON records).
+    itl_s: list[float] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -75,37 +105,102 @@ class Level:
         good = [r for r in self.records if r.ok]
         tokens = sum(r.tokens for r in good)
         ttfts = [r.ttft_s for r in good if r.ttft_s is not None]
+        itls = [gap for r in good for gap in r.itl_s]  # pooled over requests
         e2es = [r.e2e_s for r in good if r.e2e_s is not None]
         return {
             "name": self.name,
             "concurrency": self.concurrency,
             "requests": self.requests,
+            "completed": len(good),
             "failures": len(self.records) - len(good),
             "output_tokens": tokens,
             "wall_s": round(self.wall_s, 3),
+            "request_per_s": round(len(good) / self.wall_s, 3) if self.wall_s > 0 else None,
             "output_tokens_per_s": round(tokens / self.wall_s, 1) if self.wall_s > 0 else None,
-            "request_per_s": round(len(good) / self.wall_s, 2) if self.wall_s > 0 else None,
-            "ttft_p50_ms": _ms(_quantile(ttfts, 0.5)),
-            "ttft_p99_ms": _ms(_quantile(ttfts, 0.99)),
-            "e2e_p50_ms": _ms(_quantile(e2es, 0.5)),
+            **_stats("ttft", ttfts),
+            **_stats("itl", itls),
+            **_stats("e2e", e2es),
             "errors": sorted({r.error for r in self.records if r.error})[:5],
         }
 
 
+def _stats(prefix: str, values: list[float]) -> dict:
+    """Mean, p50 and p99 in milliseconds (None when there is nothing to measure)."""
+    mean = sum(values) / len(values) if values else None
+    return {
+        f"{prefix}_mean_ms": _ms(mean),
+        f"{prefix}_p50_ms": _ms(_quantile(values, 0.50)),
+        f"{prefix}_p99_ms": _ms(_quantile(values, 0.99)),
+    }
+
+
 def _quantile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default percentile)."""
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
 
 
 def fixed_prompts(count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     return [format_prompt(make_problem(rng)) for _ in range(count)]
+
+
+def requests_for(concurrency: int, requested: int) -> int:
+    """`--requests`, but at least two per client so that all clients run at once."""
+    return max(requested, 2 * concurrency)
+
+
+def serving_dtype(device: str) -> torch.dtype:
+    """The server's dtype "auto": bfloat16 on cuda, float32 elsewhere (the baseline uses it too)."""
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def model_facts(checkpoint: Path, dtype: torch.dtype) -> dict:
+    """Parameter count and KV-cache bytes per sequence per token, from the checkpoint's config alone.
+
+    The model is built on the meta device: no weights are read and no memory is used.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    layers = config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    element = torch.empty((), dtype=dtype).element_size()
+    try:
+        with torch.device("meta"):
+            parameters = AutoModelForCausalLM.from_config(config).num_parameters()
+    except Exception as exc:  # an architecture that cannot be built on meta: report, carry on
+        print(f"parameter count unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        parameters = None
+    return {
+        "model_type": getattr(config, "model_type", None),
+        "parameters": parameters,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "dtype": str(dtype).removeprefix("torch."),
+        "bytes_per_element": element,
+        # keys and values, every layer, every KV head.
+        "kv_bytes_per_token": 2 * layers * kv_heads * head_dim * element,
+    }
 
 
 # ---------------------------------------------------------------- the server side
@@ -114,7 +209,9 @@ def fixed_prompts(count: int, seed: int) -> list[str]:
 class ServerProcess:
     """`python -m service` in a subprocess, on a free loopback port."""
 
-    def __init__(self, checkpoint: Path, threads: int, max_running: int, device: str) -> None:
+    def __init__(
+        self, checkpoint: Path, threads: int, max_running: int, device: str, *, compile: bool = False
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -128,6 +225,8 @@ class ServerProcess:
             "INTROLLM_MAX_WAITING_REQUESTS": "1024",
             "INTROLLM_LOG_LEVEL": "warning",
             "INTROLLM_DEVICE": device,
+            "INTROLLM_DTYPE": str(serving_dtype(device)).removeprefix("torch."),
+            "INTROLLM_COMPILE": "true" if compile else "false",
             "OMP_NUM_THREADS": str(threads),
         }
         self.process = subprocess.Popen(
@@ -143,18 +242,31 @@ class ServerProcess:
         for line in self.process.stdout:
             self.output.append(line)
 
-    def wait_ready(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> float:
+        """Seconds until /health/ready answered 200."""
+        start = time.monotonic()
+        deadline = start + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("server exited during start-up:\n" + "".join(self.output[-40:]))
             try:
                 if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
+                    return time.monotonic() - start
             except httpx.TransportError:
                 pass
             time.sleep(0.2)  # a benchmark may poll; the tests never do
         raise TimeoutError("server not ready in time:\n" + "".join(self.output[-40:]))
+
+    def peak_rss_mib(self) -> float | None:
+        """The process's peak resident set size so far (VmHWM), in MiB; None where /proc has no answer."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # reported in kB
+        return None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -169,6 +281,8 @@ class ServerProcess:
 async def _one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
     start = time.perf_counter()
     first: float | None = None
+    last: float | None = None
+    gaps: list[float] = []
     tokens = 0
     try:
         async with client.stream("POST", "/v1/generate", json=body) as response:
@@ -183,15 +297,21 @@ async def _one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
                     break
                 event = json.loads(data)
                 if event.get("type") == "token":
+                    now = time.perf_counter()
                     tokens += 1
                     if first is None:
-                        first = time.perf_counter()
+                        first = now
+                    else:
+                        gaps.append(now - last)
+                    last = now
                 elif "error" in event:
                     return RequestRecord(ok=False, tokens=tokens, error=event["error"]["message"][:120])
     except httpx.HTTPError as exc:
         return RequestRecord(ok=False, tokens=tokens, error=f"{type(exc).__name__}: {exc}"[:120])
     end = time.perf_counter()
-    return RequestRecord(ok=True, tokens=tokens, ttft_s=None if first is None else first - start, e2e_s=end - start)
+    return RequestRecord(
+        ok=True, tokens=tokens, ttft_s=None if first is None else first - start, e2e_s=end - start, itl_s=gaps
+    )
 
 
 async def run_level(url: str, prompts: list[str], concurrency: int, body: dict) -> Level:
@@ -221,21 +341,20 @@ def run_hf_generate(checkpoint: Path, prompts: list[str], new_tokens: int, seed:
     """The same model with transformers' generate(), one request at a time, on the server's device and dtype."""
     from transformers.generation.streamers import BaseStreamer
 
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32  # the server's "auto"
-    ckpt = load_checkpoint(checkpoint, device, dtype)
+    ckpt = load_checkpoint(checkpoint, device, serving_dtype(device))
     model, tokenizer = ckpt.model, ckpt.tokenizer
 
-    class FirstToken(BaseStreamer):
-        """Records when the first generated token arrives (the first put() is the prompt)."""
+    class TokenTimes(BaseStreamer):
+        """Records when each generated token arrives (the first put() is the prompt; then one per token)."""
 
         def __init__(self) -> None:
             self.calls = 0
-            self.first: float | None = None
+            self.times: list[float] = []
 
         def put(self, value) -> None:
             self.calls += 1
-            if self.calls == 2 and self.first is None:
-                self.first = time.perf_counter()
+            if self.calls >= 2:
+                self.times.append(time.perf_counter())
 
         def end(self) -> None:
             pass
@@ -250,7 +369,7 @@ def run_hf_generate(checkpoint: Path, prompts: list[str], new_tokens: int, seed:
         wall_start = time.perf_counter()
         for prompt in prompts:
             ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
-            streamer = FirstToken()
+            streamer = TokenTimes()
             start = time.perf_counter()
             out = model.generate(
                 ids, do_sample=True, top_k=0, temperature=1.0, max_new_tokens=new_tokens,
@@ -258,9 +377,11 @@ def run_hf_generate(checkpoint: Path, prompts: list[str], new_tokens: int, seed:
             )
             end = time.perf_counter()
             produced = int(out.shape[1] - ids.shape[1])
-            first = streamer.first
-            records.append(RequestRecord(ok=True, tokens=produced, e2e_s=end - start,
-                                         ttft_s=None if first is None else first - start))
+            times = streamer.times
+            records.append(RequestRecord(
+                ok=True, tokens=produced, e2e_s=end - start, ttft_s=times[0] - start if times else None,
+                itl_s=[later - earlier for earlier, later in zip(times, times[1:], strict=False)],
+            ))
         wall = time.perf_counter() - wall_start
     return Level("HF generate() c=1", 1, len(prompts), wall, records)
 
@@ -278,13 +399,34 @@ def _tiny_random_checkpoint(directory: Path) -> Path:
     return save_checkpoint(directory / "tiny-random", model, tokenizer, head, base_model="tiny-random")
 
 
+TABLE_COLUMNS = [
+    "name", "requests", "failures", "request_per_s", "output_tokens_per_s",
+    "ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms", "itl_mean_ms", "itl_p50_ms", "itl_p99_ms",
+    "e2e_mean_ms", "e2e_p50_ms", "e2e_p99_ms",
+]
+
+
 def _print_table(rows: list[dict], header: str) -> None:
     print(header)
-    columns = ["name", "requests", "failures", "output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms"]
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in TABLE_COLUMNS]
+    print("  ".join(c.rjust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True)))
     for row in rows:
-        print("  ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths, strict=True)))
+        print("  ".join(str(row[c]).rjust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True)))
+
+
+def summary_ratios(levels: list[dict], baseline: dict | None) -> dict:
+    by_concurrency = {row["concurrency"]: row for row in levels}
+    c1, c16 = by_concurrency.get(1), by_concurrency.get(16)
+    return {
+        "c16_over_generate": _ratio(
+            c16 and c16["output_tokens_per_s"], baseline and baseline["output_tokens_per_s"]
+        ),
+        "ttft_p50_c16_over_c1": _ratio(c16 and c16["ttft_p50_ms"], c1 and c1["ttft_p50_ms"]),
+    }
+
+
+def _load_avg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def main() -> None:
@@ -292,8 +434,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--tiny-random", action="store_true", help="use a random tiny checkpoint (smoke tests)")
     parser.add_argument("--url", help="benchmark a server already running here instead of starting one")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=DEFAULT_CONCURRENCY)
+    parser.add_argument("--requests", type=int, default=64,
+                        help="requests per concurrency level (at least 2 x the concurrency)")
     parser.add_argument("--baseline-requests", type=int, default=None, help="default: --requests")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--temperature-mode", choices=["learned", "fixed", "entropy"], default="learned")
@@ -301,61 +444,101 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads, server and baseline alike")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="server and baseline alike (dtype: bfloat16 on cuda, float32 on cpu)")
-    parser.add_argument("--quick", action="store_true", help="tiny run: concurrency 1 and 2, 4 requests, 8 tokens")
+    parser.add_argument("--compile", action="store_true",
+                        help="start the server with INTROLLM_COMPILE=true (torch.compile the decode step)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny run: concurrency 1 and 4, 4 requests (8 at 4 clients), 8 tokens")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--json", type=Path, default=REPO_ROOT / "runs" / "bench" / "serve.json")
     args = parser.parse_args()
     if args.quick:
-        args.concurrency, args.requests, args.new_tokens = [1, 2], 4, 8
+        args.concurrency, args.requests, args.new_tokens = QUICK_CONCURRENCY, 4, 8
         args.baseline_requests = args.baseline_requests or 2
+    if min(args.concurrency) < 1 or args.requests < 1 or args.new_tokens < 1:
+        sys.exit("--concurrency, --requests and --new-tokens must be at least 1")
     torch.set_num_threads(args.threads)
+    load_before = _load_avg()
+    dtype = serving_dtype(args.device)
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = _tiny_random_checkpoint(Path(scratch)) if args.tiny_random else args.checkpoint
         if not args.url and not checkpoint.is_dir():
             sys.exit(f"checkpoint not found: {checkpoint} (train it, pass --checkpoint, or use --tiny-random)")
+        facts = model_facts(checkpoint, dtype) if checkpoint.is_dir() else None
         body: dict = {"max_new_tokens": args.new_tokens, "ignore_eos": True, "stream": True, "seed": args.seed}
         if args.temperature_mode == "fixed":
             body["temperature"] = 1.0
         else:
             body["temperature_mode"] = args.temperature_mode
-        prompts = fixed_prompts(args.requests, args.seed)
+        prompts = fixed_prompts(max(requests_for(c, args.requests) for c in args.concurrency), args.seed)
 
-        server = None if args.url else ServerProcess(checkpoint, args.threads, max(args.concurrency), args.device)
+        server = None
+        if not args.url:
+            server = ServerProcess(checkpoint, args.threads, max(args.concurrency), args.device, compile=args.compile)
         levels: list[Level] = []
+        ready_s = peak_rss_mib = None
         try:
             url = args.url or server.url
             if server is not None:
-                server.wait_ready()
+                ready_s = server.wait_ready()
             for concurrency in args.concurrency:
-                levels.append(asyncio.run(run_level(url, prompts, concurrency, body)))
+                level_prompts = prompts[: requests_for(concurrency, args.requests)]
+                levels.append(asyncio.run(run_level(url, level_prompts, concurrency, body)))
+            if server is not None:
+                peak_rss_mib = server.peak_rss_mib()
         finally:
             if server is not None:
                 server.stop()
+        baseline = None
         if not args.no_baseline:
             baseline_prompts = prompts[: args.baseline_requests or args.requests]
-            levels.append(run_hf_generate(checkpoint, baseline_prompts, args.new_tokens, args.seed, args.device))
+            baseline = run_hf_generate(checkpoint, baseline_prompts, args.new_tokens, args.seed, args.device)
+    load_after = _load_avg()
 
     rows = [level.summary() for level in levels]
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    baseline_row = baseline.summary() if baseline is not None else None
+    ratios = summary_ratios(rows, baseline_row)
+    checkpoint_name = "tiny-random" if args.tiny_random else str(checkpoint)
     header = (
-        f"checkpoint={'tiny-random' if args.tiny_random else checkpoint}  new_tokens={args.new_tokens}  "
-        f"mode={args.temperature_mode}  device={args.device}  threads={args.threads}  cpus={os.cpu_count()}  "
-        f"load={load}"
+        f"checkpoint={checkpoint_name}  new_tokens={args.new_tokens}  mode={args.temperature_mode}  "
+        f"device={args.device}  dtype={str(dtype).removeprefix('torch.')}  compile={args.compile}  "
+        f"threads={args.threads}  cpus={os.cpu_count()}  load={load_before} -> {load_after}  torch={torch.__version__}"
     )
-    _print_table(rows, header)
+    _print_table(rows + ([baseline_row] if baseline_row else []), header)
+    if facts is not None:
+        print(f"model: {facts['parameters']} parameters, KV cache {facts['kv_bytes_per_token']} bytes "
+              f"per sequence per token ({facts['dtype']})")
+    print(f"server: peak RSS {peak_rss_mib} MiB, ready after {None if ready_s is None else round(ready_s, 1)} s")
+    print(f"output tok/s at 16 clients / generate(): {ratios['c16_over_generate']}   "
+          f"p50 TTFT at 16 clients / 1 client: {ratios['ttft_p50_c16_over_c1']}")
+
+    all_levels = levels + ([baseline] if baseline is not None else [])
     result = {
-        "checkpoint": "tiny-random" if args.tiny_random else str(checkpoint),
+        "checkpoint": checkpoint_name,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": load,
-                    "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+        "machine": {
+            "platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+            "load_avg_before": load_before, "load_avg_after": load_after,
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "device": args.device,
+        },
+        "server": {
+            "started_here": server is not None, "url": args.url, "compile": args.compile,
+            "ready_s": None if ready_s is None else round(ready_s, 2), "peak_rss_mib": peak_rss_mib,
+            "max_running_requests": max(args.concurrency) if server is not None else None,
+        },
+        "model": facts,
         "levels": rows,
-        "records": {level.name: [asdict(r) for r in level.records] for level in levels},
+        "baseline": baseline_row,
+        "summary": ratios,
+        "records": {
+            level.name: [{k: v for k, v in asdict(r).items() if k != "itl_s"} for r in level.records]
+            for level in all_levels
+        },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
-    if any(row["failures"] for row in rows):
+    if any(row["failures"] for row in rows + ([baseline_row] if baseline_row else [])):
         sys.exit(1)
 
 

@@ -1,0 +1,76 @@
+"""bench/decode.py in a tiny configuration: it runs every variant and its JSON report is well formed.
+
+Never asserts a speed: the machine may be shared, so only shapes and signs are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def test_decode_benchmark_tiny_run_reports_every_variant_and_ratio(tmp_path):
+    out = tmp_path / "decode.json"
+    command = [
+        sys.executable, str(REPO_ROOT / "bench" / "decode.py"), "--batches", "1", "2", "--new-tokens", "4",
+        "--prompt-tokens", "8", "--repeats", "1", "--compile", "off", "--threads", "1", "--json", str(out),
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["shape"] == "tiny" and report["parameters"] > 0
+    assert report["kv_bytes_per_sequence_per_token"] > 0
+    assert [row["batch"] for row in report["rows"]] == [1, 2]
+    expected = {"engine/learned", "engine/fixed", "engine/entropy", "generate", "forward"}
+    for row in report["rows"]:
+        assert set(row["variants"]) == expected
+        for variant in row["variants"].values():
+            assert variant["tok_s"] > 0 and variant["ms_per_step"] > 0 and len(variant["runs_s"]) == 1
+        assert set(row["ratios"]) == {"learned_over_fixed_time", "engine_learned_over_generate",
+                                      "engine_fixed_over_generate"}
+        assert all(value > 0 for value in row["ratios"].values())
+    assert "batch 2" in done.stdout and "learned_over_fixed_time" in done.stdout
+
+
+def test_gpu_script_smoke_mode_runs_on_cpu_and_checks_the_gpu_target(tmp_path):
+    done = subprocess.run(["bash", str(REPO_ROOT / "bench" / "gpu.sh"), "--cpu-smoke"], cwd=REPO_ROOT,
+                          env={**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "decode-gpu-smoke.json").read_text())
+    assert [row["batch"] for row in report["rows"]] == [1, 4]
+    assert set(report["rows"][0]["variants"]) == {"engine/learned", "engine/fixed", "generate", "forward"}
+    table = [line for line in done.stdout.splitlines() if line.startswith("| 5")]
+    assert len(table) == 2  # 5a measured from the smoke file, 5b needs batch 64: unmeasured
+    assert table[0].split("|")[4].strip() in {"met", "not met"} and "unmeasured" in table[1]
+
+
+def test_targets_table_marks_each_target_from_the_result_files(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    import targets
+
+    def row(batch, learned_s, fixed_s, generate_s):
+        runs = {"engine/learned/compiled": learned_s, "engine/fixed/compiled": fixed_s, "generate": generate_s}
+        variants = {k: {"tok_s": batch * 128 / v, "runs_s": [v]} for k, v in runs.items()}
+        return {"batch": batch, "variants": variants, "ratios": {
+            "learned_over_fixed_time_compiled": learned_s / fixed_s,
+            "engine_fixed_compiled_over_generate": generate_s / fixed_s,
+            "engine_learned_compiled_over_generate": generate_s / learned_s,
+        }}
+
+    decode = {"rows": [row(1, 1.02, 1.0, 1.5), row(16, 1.10, 1.0, 1.2)]}
+    serve = {"settings": {"temperature_mode": "learned"}, "server": {"compile": True},
+             "levels": [{"concurrency": 16, "output_tokens_per_s": 0.9 * 16 * 128 / 1.10}],
+             "summary": {"c16_over_generate": 6.5, "ttft_p50_c16_over_c1": 3.5}}
+    verdicts = [verdict for *_, verdict in targets.check(decode, serve, None)]
+    assert verdicts == ["met", "not met", "not met", "met", "met", "not met", "unmeasured", "unmeasured"]

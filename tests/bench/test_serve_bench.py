@@ -1,0 +1,86 @@
+"""bench/serve.py end to end in its smoke mode: it runs, and its JSON report is well formed.
+
+Never asserts a speed: the machine may be shared, so only shapes and signs are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / "bench" / "serve.py"
+
+LEVEL_FIELDS = (
+    "name", "concurrency", "requests", "completed", "failures", "output_tokens", "wall_s",
+    "request_per_s", "output_tokens_per_s",
+    "ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms",
+    "itl_mean_ms", "itl_p50_ms", "itl_p99_ms",
+    "e2e_mean_ms", "e2e_p50_ms", "e2e_p99_ms",
+)
+LATENCIES = [f"{kind}_{stat}_ms" for kind in ("ttft", "itl", "e2e") for stat in ("mean", "p50", "p99")]
+
+pytestmark = pytest.mark.slow
+
+
+def _non_negative_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
+    out = tmp_path / "out.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--tiny-random", "--threads", "1", "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    report = json.loads(out.read_text())
+
+    for key in ("checkpoint", "settings", "machine", "server", "model", "levels", "baseline", "summary", "records"):
+        assert key in report, key
+
+    levels = report["levels"]
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    for level in levels:
+        for name in LEVEL_FIELDS:
+            assert name in level, (level["name"], name)
+        assert level["failures"] == 0, level
+        assert level["requests"] >= 2 * level["concurrency"]
+        assert level["completed"] == level["requests"]
+        assert level["output_tokens"] == level["requests"] * report["settings"]["new_tokens"]
+        for name in ("request_per_s", "output_tokens_per_s", *LATENCIES):
+            assert _non_negative_number(level[name]), (level["name"], name, level[name])
+        assert level["ttft_p50_ms"] <= level["ttft_p99_ms"]
+        assert level["itl_p50_ms"] <= level["itl_p99_ms"]
+
+    baseline = report["baseline"]
+    assert baseline is not None
+    for name in LEVEL_FIELDS:
+        assert name in baseline, name
+    assert baseline["failures"] == 0
+    for name in ("request_per_s", "output_tokens_per_s", "ttft_p50_ms", "e2e_p50_ms"):
+        assert _non_negative_number(baseline[name]), (name, baseline[name])
+
+    # No level at 16 clients in quick mode: the keys are there, the values are None.
+    assert set(report["summary"]) == {"c16_over_generate", "ttft_p50_c16_over_c1"}
+    assert report["summary"]["c16_over_generate"] is None
+    assert report["summary"]["ttft_p50_c16_over_c1"] is None
+
+    server, model, machine = report["server"], report["model"], report["machine"]
+    assert server["compile"] is False
+    assert _non_negative_number(server["peak_rss_mib"]) and server["peak_rss_mib"] > 0
+    # The smoke checkpoint: 2 layers, 2 KV heads of 64 / 4 = 16 dims; float32 on CPU, bfloat16 on CUDA.
+    assert model["bytes_per_element"] == (2 if machine["device"].startswith("cuda") else 4)
+    assert model["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * model["bytes_per_element"]
+    assert isinstance(model["parameters"], int) and model["parameters"] > 0
+    assert machine["threads"] == 1
+    assert len(machine["load_avg_before"]) == 3 and len(machine["load_avg_after"]) == 3
+    for key in ("torch", "device"):
+        assert machine[key]
