@@ -111,7 +111,7 @@ def sample_rows(
             bounds = [r.spec.tau_range or (head.config.tau_min, head.config.tau_max) for r in rows]
             low, high = torch.tensor(bounds, dtype=torch.float32, device=device).unsqueeze(-1).unbind(1)  # (B, 1) each
             out = fast.learned(
-                head, first.deterministic, step.logits, step.hidden.contiguous(), tau_prev, low, high,
+                head, first.deterministic, step.logits, _dense(step.hidden), tau_prev, low, high,
                 noise.seeds, noise.steps,
             )
         else:
@@ -166,6 +166,15 @@ class FastPaths:
     @classmethod
     def compiled(cls) -> FastPaths:
         return cls(learned=torch.compile(learned_rows, dynamic=True), fixed=torch.compile(fixed_rows, dynamic=True))
+
+
+def _dense(rows: torch.Tensor) -> torch.Tensor:
+    """(B, d) with strides (d, 1). A prefill's last position is a view with the prompt
+    length in its stride (kept by `.contiguous()` when B = 1), and compiled code
+    guards on strides: without this, every new prompt length would compile again."""
+    if rows.stride() == (rows.shape[1], 1):
+        return rows
+    return rows.clone(memory_format=torch.contiguous_format)
 
 
 def _choose_per_group(

@@ -122,6 +122,7 @@ def test_equal_length_prompts_are_prefilled_together_and_each_gets_its_solo_refe
     checkpoint, monkeypatch, compile
 ):
     prompts = ["1 2 3 4>10\n", "5 6 7 8>26\n", "9 8 7 6>30\n", "2 4 6 8>20\n"]  # one length
+    prompts += ["12 34 5>6\n", "98 7 6>54\n"]  # another length
     requests = [GenerationInput(prompt=p, max_new_tokens=24, seed=100 + i, ignore_eos=True)
                 for i, p in enumerate(prompts)]
     prefill_rows = []
@@ -134,9 +135,12 @@ def test_equal_length_prompts_are_prefilled_together_and_each_gets_its_solo_refe
         return real_prefill(model, prompt_ids)
 
     monkeypatch.setattr(engine_module, "prefill_alone", counting_prefill)
-    with running_engine(checkpoint, max_running=4, compile=compile) as scheduler:
-        done = asyncio.run(run_all(scheduler, requests))
-    assert prefill_rows == [1, 3]  # the three that queued together shared one prefill
+    with running_engine(checkpoint, max_running=6, compile=compile) as scheduler:
+        # After warm-up nothing may compile again: new batch sizes, prompt lengths
+        # and widths all run on the warmed-up graphs (a recompile fails the request).
+        with torch.compiler.set_stance("fail_on_recompile" if compile else "default"):
+            done = asyncio.run(run_all(scheduler, requests))
+    assert prefill_rows == [1, 3, 2]  # those that queued together shared a prefill per length
     for request, result in zip(requests, done, strict=True):
         expected = reference(checkpoint, request.prompt, max_new_tokens=24, seed=request.seed, stop_at_eos=False)
         assert token_ids(result) == reference_tokens(expected)
