@@ -252,11 +252,12 @@ class SlotBatch:
         if not (self.compile and self._warm):
             return self._step(tokens, positions)
         # Once batch 1 and the dynamic-shape graph exist, nothing this step
-        # reads can call for another graph except the batch-1 / batch-n split,
-        # which is the one guard dynamo still checks with
+        # reads can call for another graph except the batch-1 / batch-n split
+        # (dtypes, devices and buffers are fixed; batch and width are dynamic),
+        # and that split is the one guard dynamo still checks with
         # skip_guard_eval_unsafe. Checking all of them (every parameter) cost
-        # ~0.5 ms per step on CPU. Should a recompile be needed after all,
-        # dynamo refuses under this stance instead of guessing: compile normally.
+        # ~0.5 ms per step on CPU. If dynamo does find it must recompile, it
+        # raises under this stance: then compile normally.
         try:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 return self._step(tokens, positions)

@@ -20,7 +20,7 @@ What it does:
     default); `drain` caps them all at now + grace.
 
 What it does not do: HTTP (no FastAPI here), JSON, or any tensor work (the
-engine builds each request's generator and controller in its own thread).
+engine builds each request's sampler and controller in its own thread).
 """
 
 from __future__ import annotations
