@@ -38,7 +38,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -271,18 +270,14 @@ def _ratios(variants: dict[str, dict]) -> dict[str, float]:
     return {key: value for key, value in ratios.items() if value is not None}
 
 
-_print_lock = threading.Lock()
-
-
 def _print_batch(row: dict) -> None:
-    with _print_lock:
-        print(f"\nbatch {row['batch']}")
-        print(f"  {'variant':<26} | {'tok/s':>9} | {'ms/step':>8}")
-        for label, v in row["variants"].items():
-            print(f"  {label:<26} | {v['tok_s']:>9.1f} | {v['ms_per_step']:>8.2f}")
-        for key, value in row["ratios"].items():
-            print(f"  {key} = {value:.3f}")
-        sys.stdout.flush()
+    print(f"\nbatch {row['batch']}")
+    print(f"  {'variant':<26} | {'tok/s':>9} | {'ms/step':>8}")
+    for label, v in row["variants"].items():
+        print(f"  {label:<26} | {v['tok_s']:>9.1f} | {v['ms_per_step']:>8.2f}")
+    for key, value in row["ratios"].items():
+        print(f"  {key} = {value:.3f}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

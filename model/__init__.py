@@ -12,7 +12,13 @@ from model.checkpoint import (
     save_checkpoint,
     write_manifest,
 )
-from model.controllers import EntropyTemperature, FixedTemperature, LearnedTemperature, TemperatureController
+from model.controllers import (
+    EntropyTemperature,
+    FixedTemperature,
+    LearnedTemperature,
+    TemperatureController,
+    constant_action,
+)
 from model.decode import Generation, SamplingParams, StepOutput, StepResult, decode_step, generate, prefill, sample_step
 from model.lm import LMOutput, forward, lm_hidden_size, new_cache
 from model.noise import CounterNoise
@@ -42,6 +48,7 @@ __all__ = [
     "TinyLMConfig",
     "build_char_tokenizer",
     "build_tiny_lm",
+    "constant_action",
     "decode_step",
     "forward",
     "generate",

@@ -38,7 +38,7 @@ class TemperatureController(Protocol):
         ...
 
 
-def _constant_action(tau: torch.Tensor, gate: torch.Tensor) -> TemperatureAction:
+def constant_action(tau: torch.Tensor, gate: torch.Tensor) -> TemperatureAction:
     # Non-learned controllers have no temperature policy to differentiate: no
     # Beta draw was made (z is NaN) and log_prob is 0.
     return TemperatureAction(tau=tau, gate=gate, z=torch.full_like(tau, float("nan")), log_prob=torch.zeros_like(tau))
@@ -84,7 +84,7 @@ class FixedTemperature:
 
     def choose(self, hidden, logits, tau_prev, generators) -> TemperatureAction:
         tau = torch.full_like(tau_prev, self.tau, dtype=torch.float32)
-        return _constant_action(tau, torch.zeros_like(tau))
+        return constant_action(tau, torch.zeros_like(tau))
 
 
 @dataclass
@@ -112,4 +112,4 @@ class EntropyTemperature:
         # entropy -> 0 gives an exponent -> inf and base^inf -> 0: clamp keeps it finite.
         exponent = (self.theta / entropy.clamp_min(1e-6)).clamp(max=1e4)
         tau = (self.tau_0 * self.base**exponent).clamp(self.tau_min, self.tau_max)
-        return _constant_action(tau, torch.ones_like(tau))
+        return constant_action(tau, torch.ones_like(tau))

@@ -69,10 +69,6 @@ class CounterNoise:
             steps=torch.tensor(steps, dtype=torch.long, device=device),
         )
 
-    @property
-    def batch(self) -> int:
-        return int(self.seeds.shape[0])
-
     def rows(self, index: torch.Tensor) -> CounterNoise:
         """The noise of a subset of rows (index (n,) long)."""
         return CounterNoise(self.seeds[index], self.steps[index])

@@ -223,12 +223,6 @@ class SlotBatch:
         """Drop every row (the slots stay allocated for the next ones)."""
         self._lengths = []
 
-    def release(self) -> None:
-        """Drop every row and free the slots' memory (reallocated on the next add)."""
-        self._lengths = []
-        self._layers = []
-        self._cache = None
-
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> StepOutput:
         """Feed tokens (B,), one per row, at each row's own position; return logits (B, V) and hidden (B, d)."""

@@ -36,6 +36,7 @@ from model import (
     TemperatureAction,
     TemperatureController,
     TemperatureHead,
+    constant_action,
     sample,
     token_log_probs,
 )
@@ -96,12 +97,7 @@ def sample_rows(
     compiled graph. Everything else takes the grouped path, which gives the
     same results.
     """
-    top_k = _per_row([row.top_k for row in rows], torch.long, step.logits.device)
-    top_p = _per_row([row.top_p for row in rows], torch.float32, step.logits.device)
-    greedy = _per_row([row.greedy for row in rows], torch.bool, step.logits.device)
-    unfiltered = not any(isinstance(v, torch.Tensor) for v in (top_k, top_p, greedy)) and (top_k, top_p, greedy) == (
-        0, 1.0, False
-    )
+    unfiltered = not any(row.top_k or row.top_p < 1.0 or row.greedy for row in rows)
     first = rows[0].spec
     same_kind = all(r.spec.mode == first.mode and r.spec.deterministic == first.deterministic for r in rows)
     if fast is not None and unfiltered and same_kind and first.mode in ("learned", "fixed"):
@@ -119,6 +115,9 @@ def sample_rows(
             out = fast.fixed(step.logits, tau, noise.seeds, noise.steps)
         tokens, tau, gate, z, log_prob, logprobs = out
         return StepResult(tokens=tokens, action=TemperatureAction(tau, gate, z, log_prob), token_logprobs=logprobs)
+    top_k = _per_row([row.top_k for row in rows], torch.long, step.logits.device)
+    top_p = _per_row([row.top_p for row in rows], torch.float32, step.logits.device)
+    greedy = _per_row([row.greedy for row in rows], torch.bool, step.logits.device)
     action = _choose_per_group(rows, step, tau_prev, noise)
     tokens = sample(step.logits, action.tau, noise, top_k=top_k, top_p=top_p, greedy=greedy)
     logprobs = token_log_probs(step.logits, tokens, action.tau.squeeze(-1))
@@ -151,9 +150,8 @@ def fixed_rows(
     """`FixedTemperature.choose` (tau (B, 1) per row) then an unfiltered draw; fields as in `learned_rows`."""
     noise = CounterNoise(seeds, steps)
     tokens = sample(logits, tau, noise)
-    nothing = torch.zeros_like(tau)  # no update, no policy: gate 0, log-prob 0, z not drawn (NaN)
-    not_drawn = torch.full_like(tau, float("nan"))
-    return tokens, tau, nothing, not_drawn, nothing, token_log_probs(logits, tokens, tau.squeeze(-1))
+    action = constant_action(tau, torch.zeros_like(tau))  # never an update, no policy
+    return tokens, tau, action.gate, action.z, action.log_prob, token_log_probs(logits, tokens, tau.squeeze(-1))
 
 
 @dataclass(frozen=True)
