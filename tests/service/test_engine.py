@@ -5,7 +5,7 @@ bounds and failure handling."""
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -126,20 +126,31 @@ def test_equal_length_prompts_are_prefilled_together_and_each_gets_its_solo_refe
     requests = [GenerationInput(prompt=p, max_new_tokens=24, seed=100 + i, ignore_eos=True)
                 for i, p in enumerate(prompts)]
     prefill_rows = []
+    first_prefill_started, rest_submitted = threading.Event(), threading.Event()
     real_prefill = engine_module.prefill_alone
 
     def counting_prefill(model, prompt_ids):
         prefill_rows.append(prompt_ids.shape[0])
         if len(prefill_rows) == 1:
-            time.sleep(0.3)  # the first arrival is prefilled alone; the rest queue meanwhile
+            # Hold the first arrival's prefill until the rest have queued, so that
+            # the grouping below does not depend on thread timing.
+            first_prefill_started.set()
+            rest_submitted.wait(timeout=30)
         return real_prefill(model, prompt_ids)
+
+    async def first_alone_then_the_rest(scheduler: Scheduler) -> list[Completed]:
+        handles = [scheduler.submit(requests[0])]
+        assert await asyncio.to_thread(first_prefill_started.wait, 30)
+        handles += [scheduler.submit(r) for r in requests[1:]]
+        rest_submitted.set()
+        return await asyncio.gather(*(h.result() for h in handles))
 
     monkeypatch.setattr(engine_module, "prefill_alone", counting_prefill)
     with running_engine(checkpoint, max_running=6, compile=compile) as scheduler:
         # After warm-up nothing may compile again: new batch sizes, prompt lengths
         # and widths all run on the warmed-up graphs (a recompile fails the request).
         with torch.compiler.set_stance("fail_on_recompile" if compile else "default"):
-            done = asyncio.run(run_all(scheduler, requests))
+            done = asyncio.run(first_alone_then_the_rest(scheduler))
     assert prefill_rows == [1, 3, 2]  # those that queued together shared a prefill per length
     for request, result in zip(requests, done, strict=True):
         expected = reference(checkpoint, request.prompt, max_new_tokens=24, seed=request.seed, stop_at_eos=False)
