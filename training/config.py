@@ -64,7 +64,14 @@ class GRPOConfig:
     """Joint GRPO by coordinate ascent, starting from a checkpoint.
 
     schedule: "lm:2,tau:1" runs 2 steps updating the LM (head frozen), then 1
-    updating the head (LM frozen), and repeats.
+    updating the head (LM frozen), and repeats; "lm+tau:1" updates both on
+    every step's rollouts (the head first, so both policy ratios are exact).
+    rollout_temperature: "learned" (the head, the IntroLLM method), or the
+    baseline GRPO: "fixed:<tau>" or "entropy" (EDT) for every rollout token;
+    then every step is an LM step and the head is never updated.
+    lm_advantage / tau_advantage: "mean" (group-normalised reward), "pass@k"
+    (analytic pass@k advantage with k = pass_k, arXiv 2508.10751) or
+    "mean+pass@k" (their sum), for the LM's and the head's updates.
     """
 
     init: str = "runs/sft"
@@ -74,6 +81,10 @@ class GRPOConfig:
     prompts_per_step: int = 32
     group_size: int = 8
     schedule: str = "lm:1,tau:1"
+    rollout_temperature: str = "learned"
+    lm_advantage: str = "mean"
+    tau_advantage: str = "mean"
+    pass_k: int = 4
     lm_lr: float = 3e-5
     head_lr: float = 3e-4
     clip_eps: float = 0.2
@@ -102,12 +113,26 @@ class EvalConfig:
     out: str = ""  # report folder; empty = <checkpoint>/eval
     problems: int = 200
     samples: int = 8
-    controllers: str = "fixed:0.3,fixed:0.6,fixed:1.0,fixed:1.2,entropy,learned"
+    # The fixed-tau grid traces the model's avg@k / pass@k trade-off curve; the
+    # learned and entropy controllers are points to place against it.
+    controllers: str = ("fixed:0.1,fixed:0.2,fixed:0.3,fixed:0.4,fixed:0.5,fixed:0.6,fixed:0.8,fixed:1.0,"
+                        "fixed:1.2,fixed:1.4,entropy,learned")
     seed: int = 0
     batch_rows: int = 512
     plot_samples: int = 4
     write_manifest: bool = True  # record the table in the checkpoint's manifest and model card
     threads: int = 0
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Compare trained models over their evaluation reports: frontier table, paired tests, plot."""
+
+    # "name=checkpoint_dir,...": each must hold eval/report.json (from `eval`, same held-out split and seeds).
+    models: str = ""
+    reference: str = ""  # the model whose learned point is tested against the others; empty = the first
+    out: str = "runs/compare"
+    copy_reports: bool = True  # copy each model's report and training log under out/models/<name>/
 
 
 @dataclass(frozen=True)

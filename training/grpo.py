@@ -5,12 +5,20 @@ What it does, per step:
      learned per-token tau; per token the tau, gate, Beta draw and both
      log-probs are recorded (training/rollout.py);
   2. advantages: reward normalised within each prompt's group;
-  3. update one policy, by the schedule ("lm:2,tau:1" = two LM steps, one head
-     step): phase `lm` trains the LM on log softmax(logits_t / tau_t) with the
-     head frozen; phase `tau` trains the head on log P(c_t) + c_t log Beta(z_t)
-     with the LM frozen. Both use the clipped policy-ratio objective with
-     token-level normalisation (DAPO-style, as TRL's default) and, for the LM,
-     an optional KL penalty to the starting model (k3 estimator).
+  3. update by the schedule ("lm:2,tau:1" = two LM steps, one head step;
+     "lm+tau:1" = both policies on every step's rollouts): phase `lm` trains
+     the LM on log softmax(logits_t / tau_t) with the head frozen; phase `tau`
+     trains the head on log P(c_t) + c_t log Beta(z_t) with the LM frozen.
+     Both use the clipped policy-ratio objective with token-level
+     normalisation (DAPO-style, as TRL's default) and, for the LM, an optional
+     KL penalty to the starting model (k3 estimator). Each phase has its own
+     advantage: the group-normalised reward ("mean", standard GRPO), the
+     analytic pass@k advantage of Pass@k Training (arXiv 2508.10751), which
+     rewards a group for having at least one success among k, or their sum.
+
+The baseline the paper compares against is the same command with
+`--rollout-temperature fixed:1.0` (or `entropy`): rollouts at that
+temperature, every step an LM step, the head never touched.
 It logs reward, accuracy, mean tau, gate rate (over all ranks), entropy and KL
 (rank 0's share) per step (JSONL), evaluates on held-out prompts now and then,
 saves checkpoints, and resumes from one: a GRPO checkpoint of the same task
@@ -29,23 +37,35 @@ import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from math import comb
 from pathlib import Path
 
 import torch
 from tqdm import trange
 
-from model import LearnedTemperature, TemperatureHead, load_checkpoint, save_checkpoint
+from model import (
+    EntropyTemperature,
+    FixedTemperature,
+    LearnedTemperature,
+    TemperatureController,
+    TemperatureHead,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training import distributed
 from training.common import JsonlLog, code_version, set_threads
 from training.config import GRPOConfig, config_to_dict
 from training.rollout import RolloutBatch, ScoreFn, recompute_log_probs, sample_completions
 from training.tasks.countdown import max_completion_chars, split
 
-PHASES = ("lm", "tau")
+PHASES = ("lm", "tau", "lm+tau")
+ADVANTAGES = ("mean", "pass@k", "mean+pass@k")
 
 
 def parse_schedule(schedule: str) -> list[str]:
-    """"lm:2,tau:1" -> ["lm", "lm", "tau"]: the phase of each step in one cycle."""
+    """"lm:2,tau:1" -> ["lm", "lm", "tau"]: the phase of each step in one cycle.
+
+    "lm+tau" is a step that updates the LM and then the head on the same rollouts."""
     phases: list[str] = []
     for part in schedule.split(","):
         name, _, count = part.strip().partition(":")
@@ -65,6 +85,47 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True, unbiased=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
     return (rewards - mean) / (std + eps)
+
+
+def pass_at_k_advantages(correct: torch.Tensor, k: int) -> torch.Tensor:
+    """Analytic pass@k group advantages (Pass@k Training, arXiv 2508.10751) for correct (P, G) in {0, 1}.
+
+    The group's reward is pass@k: whether a random k-subset of its G samples
+    holds a success. A sample's advantage is the expected pass@k of the
+    k-subsets that contain it, minus the mean over all k-subsets, over the std
+    of that Bernoulli:
+        mean = 1 - C(n_neg, k) / C(G, k),  std = sqrt(mean (1 - mean))
+        A_pos = (1 - mean) / std,  A_neg = (1 - mean - C(n_neg - 1, k - 1) / C(G - 1, k - 1)) / std
+    A group whose every k-subset succeeds (or none does) gets zeros: nothing to
+    learn about exploration there.
+    """
+    groups, size = correct.shape
+    if not 1 <= k <= size:
+        raise ValueError(f"pass@k needs 1 <= k <= group size, got k={k}, group size {size}")
+    n_neg = (correct < 0.5).sum(dim=1).tolist()  # (P,)
+    out = torch.zeros(groups, size, dtype=torch.float32, device=correct.device)
+    total = comb(size, k)
+    for g, neg in enumerate(n_neg):
+        mean = 1.0 - comb(neg, k) / total
+        std = (mean * (1.0 - mean)) ** 0.5
+        if std < 1e-12:
+            continue
+        a_pos = (1.0 - mean) / std
+        a_neg = (1.0 - mean - (comb(neg - 1, k - 1) / comb(size - 1, k - 1) if neg >= 1 else 0.0)) / std
+        out[g] = torch.where(correct[g] >= 0.5, torch.tensor(a_pos), torch.tensor(a_neg))
+    return out
+
+
+def advantages_of(rewards: torch.Tensor, kind: str, k: int) -> torch.Tensor:
+    """Advantages (P, G) of rewards (P, G) by `kind`: "mean", "pass@k" (success = reward >= 1) or their sum."""
+    if kind not in ADVANTAGES:
+        raise ValueError(f"unknown advantage {kind!r} (choose from {', '.join(ADVANTAGES)})")
+    out = torch.zeros_like(rewards)
+    if "mean" in kind.split("+"):
+        out = out + group_advantages(rewards)
+    if "pass@k" in kind.split("+"):
+        out = out + pass_at_k_advantages((rewards >= 1.0).float(), k).to(rewards.device)
+    return out
 
 
 def clipped_policy_loss(
@@ -93,14 +154,36 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
-def batch_advantages(batches: list[RolloutBatch], n_problems: int, group_size: int) -> list[torch.Tensor]:
-    """Group-normalised advantage of every row of every batch."""
+def batch_advantages(
+    batches: list[RolloutBatch], n_problems: int, group_size: int, kind: str = "mean", k: int = 4
+) -> list[torch.Tensor]:
+    """The advantage (by `kind`, see `advantages_of`) of every row of every batch, within its problem's group."""
     device = batches[0].rewards.device
     rewards = torch.zeros(n_problems, group_size, device=device)
     for b in batches:
         rewards[b.problem_index, b.sample_index] = b.rewards
-    adv = group_advantages(rewards)
+    adv = advantages_of(rewards, kind, k)
     return [adv[b.problem_index, b.sample_index] for b in batches]
+
+
+def rollout_controller(spec: str, head: TemperatureHead) -> TemperatureController:
+    """The rollout temperature: "learned" (the head), "fixed:<tau>" or "entropy" (EDT in the head's range)."""
+    kind, _, value = spec.partition(":")
+    if kind == "learned" and not value:
+        return LearnedTemperature(head)
+    if kind == "fixed" and value:
+        return FixedTemperature(float(value))
+    if kind == "entropy" and not value:
+        return EntropyTemperature(tau_min=head.config.tau_min, tau_max=head.config.tau_max)
+    raise ValueError(f"unknown rollout temperature {spec!r}: use learned, fixed:<tau> or entropy")
+
+
+def step_phases(cfg: GRPOConfig) -> list[str]:
+    """The schedule's phases; with a non-learned rollout temperature every step is an LM step
+    (there is no temperature policy to train), so the baseline gets as many LM updates as steps."""
+    if cfg.rollout_temperature != "learned":
+        return ["lm"]
+    return parse_schedule(cfg.schedule)
 
 
 def set_phase(model: torch.nn.Module, head: TemperatureHead, phase: str) -> list[torch.nn.Parameter]:
@@ -198,7 +281,10 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     train_problems, heldout = split(cfg.task, cfg.n_train, cfg.n_heldout, cfg.split_seed)
     max_new = cfg.max_new_tokens or max_completion_chars(cfg.task) + 1
-    phases = parse_schedule(cfg.schedule)
+    phases = step_phases(cfg)
+    controller = rollout_controller(cfg.rollout_temperature, head)
+    for kind in (cfg.lm_advantage, cfg.tau_advantage):
+        advantages_of(torch.zeros(1, cfg.group_size), kind, cfg.pass_k)  # fail before the first rollout
     optimizers = {
         "lm": torch.optim.AdamW(model.parameters(), lr=cfg.lm_lr, betas=(0.9, 0.99), weight_decay=0.0),
         "tau": torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, betas=(0.9, 0.99), weight_decay=0.0),
@@ -233,18 +319,27 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         rng = random.Random((cfg.seed * 1_000_003 + step) * 101 + rank)
         problems = rng.sample(train_problems, prompts_per_rank)
         t0 = time.time()
-        batches = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=cfg.group_size,
+        batches = sample_completions(model, tokenizer, controller, problems, samples=cfg.group_size,
                                      task=cfg.task, max_new_tokens=max_new, seed=cfg.seed, step=step * world + rank,
                                      score=score)
-        advantages = batch_advantages(batches, len(problems), cfg.group_size)
-        params = set_phase(model, head, phase)
-        for _ in range(cfg.updates_per_rollout):
-            stats = update(model, head, ref_model, batches, advantages, phase, cfg, optimizers[phase], params, device)
+        stats: dict[str, float] = {}
+        # Head first: its ratio is then exact (the LM that produced the hidden states has not moved), and
+        # the LM's token log-probs use the recorded taus, so a head update cannot change the LM's ratio.
+        for part in sorted(phase.split("+"), key=lambda name: name != "tau"):
+            kind = cfg.lm_advantage if part == "lm" else cfg.tau_advantage
+            advantages = batch_advantages(batches, len(problems), cfg.group_size, kind, cfg.pass_k)
+            params = set_phase(model, head, part)
+            for _ in range(cfg.updates_per_rollout):
+                part_stats = update(model, head, ref_model, batches, advantages, part, cfg, optimizers[part], params,
+                                    device)
+            # One step may update both policies: the LM's loss, entropy and KL keep the plain names.
+            stats.update(part_stats if part == "lm" or "lm" not in phase.split("+")
+                         else {f"tau_{key}": value for key, value in part_stats.items() if key == "loss"})
         set_phase(model, head, "none")
         record = {"stage": "grpo", "step": step, "phase": phase, **rollout_metrics(batches, device), **stats,
                   "seconds": round(time.time() - t0, 3)}
         if rank == 0 and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
-            eval_batches = sample_completions(model, tokenizer, LearnedTemperature(head),
+            eval_batches = sample_completions(model, tokenizer, controller,
                                               heldout[: cfg.eval_problems], samples=1, task=cfg.task,
                                               max_new_tokens=max_new, seed=cfg.seed + 1, score=score)
             record["heldout_accuracy"] = float(torch.cat([b.rewards for b in eval_batches]).mean())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -23,11 +24,14 @@ from model import FixedTemperature, LearnedTemperature, TinyLMConfig, load_check
 from training.config import GRPOConfig, SFTConfig, add_config_arguments, config_from_namespace, config_to_dict
 from training.distributed import weights_digest
 from training.grpo import (
+    advantages_of,
     batch_advantages,
     clipped_policy_loss,
     group_advantages,
     k3_kl,
     parse_schedule,
+    pass_at_k_advantages,
+    rollout_controller,
     set_phase,
     train_grpo,
     update,
@@ -131,7 +135,66 @@ def test_k3_kl_is_zero_for_equal_log_probs_and_positive_otherwise():
     assert bool((k3_kl(logp, other) > 0).all())
 
 
+def _pass_at_k_by_enumeration(correct: list[int], k: int) -> list[float]:
+    """Every k-subset of the group: its reward is 1 if it holds a success; a sample's advantage is the mean
+    reward of the subsets containing it minus the mean over all subsets, over the std of that reward."""
+    subsets = list(itertools.combinations(range(len(correct)), k))
+    reward = {s: float(any(correct[i] for i in s)) for s in subsets}
+    mean = sum(reward.values()) / len(subsets)
+    std = math.sqrt(mean * (1 - mean))
+    if std == 0:
+        return [0.0] * len(correct)
+    return [(sum(reward[s] for s in subsets if i in s) / sum(1 for s in subsets if i in s) - mean) / std
+            for i in range(len(correct))]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 6])
+def test_pass_at_k_advantages_match_enumerating_every_k_subset(k):
+    groups = [[1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0],
+              [0] * 8, [1] * 8]
+    adv = pass_at_k_advantages(torch.tensor(groups, dtype=torch.float), k)
+    expected = torch.tensor([_pass_at_k_by_enumeration(g, k) for g in groups])
+    torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-6)
+    # Each group's advantages sum to zero, as a baseline subtraction must.
+    torch.testing.assert_close(adv.sum(dim=1), torch.zeros(len(groups)), rtol=0, atol=1e-5)
+
+
+def test_pass_at_k_weighs_hard_groups_and_ignores_groups_every_k_subset_solves():
+    adv = pass_at_k_advantages(torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0], [1.0, 1, 1, 1, 1, 0, 0, 0]]), k=4)
+    # With 5 of 8 correct every 4-subset holds a success: nothing to learn about exploration.
+    assert torch.equal(adv[1], torch.zeros(8))
+    assert adv[0, 0] > 0 and bool((adv[0, 1:] < 0).all())
+    # k = 1 is the plain (biased-std) mean advantage: pass@1 is accuracy.
+    rewards = torch.tensor([[1.0, 0, 1, 0, 0, 0]])
+    p = 2 / 6
+    torch.testing.assert_close(pass_at_k_advantages(rewards, 1), (rewards - p) / math.sqrt(p * (1 - p)))
+
+
+def test_advantage_kinds_combine_mean_and_pass_at_k():
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0]])
+    torch.testing.assert_close(advantages_of(rewards, "mean", 2), group_advantages(rewards))
+    torch.testing.assert_close(advantages_of(rewards, "pass@k", 2), pass_at_k_advantages(rewards, 2))
+    torch.testing.assert_close(advantages_of(rewards, "mean+pass@k", 2),
+                               group_advantages(rewards) + pass_at_k_advantages(rewards, 2))
+    with pytest.raises(ValueError, match="unknown advantage"):
+        advantages_of(rewards, "max", 2)
+    with pytest.raises(ValueError, match="k"):
+        advantages_of(rewards, "pass@k", 5)
+
+
+def test_rollout_controller_parses_learned_fixed_and_entropy(head):
+    assert isinstance(rollout_controller("learned", head), LearnedTemperature)
+    fixed = rollout_controller("fixed:0.7", head)
+    assert isinstance(fixed, FixedTemperature) and fixed.tau == 0.7
+    entropy = rollout_controller("entropy", head)
+    assert (entropy.tau_min, entropy.tau_max) == (head.config.tau_min, head.config.tau_max)
+    for bad in ("fixed", "fixed:x", "fixed:0", "hot", "learned:1"):
+        with pytest.raises(ValueError):
+            rollout_controller(bad, head)
+
+
 def test_parse_schedule_expands_counts_in_order():
+    assert parse_schedule("lm+tau:2") == ["lm+tau", "lm+tau"]
     assert parse_schedule("lm:2,tau:1") == ["lm", "lm", "tau"]
     assert parse_schedule("tau:1, lm:3") == ["tau", "lm", "lm", "lm"]
     assert parse_schedule("lm") == ["lm"]
@@ -311,6 +374,49 @@ def test_tau_phase_learns_to_cool_down_when_reward_favours_the_greedy_text(micro
     assert all(torch.equal(a, b) for a, b in zip(result.model.parameters(), model.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("spec,tau", [("fixed:0.7", 0.7), ("entropy", None)])
+def test_fixed_rollout_temperature_trains_only_the_lm_and_records_that_tau(spec, tau, micro_checkpoint, tmp_path):
+    """The paper's baseline: GRPO at a fixed (or EDT) temperature. The default schedule asks for head
+    steps; with no temperature policy every step is an LM step and the head stays the warm start's."""
+    cfg = micro_grpo(micro_checkpoint, tmp_path / "run", steps=3, rollout_temperature=spec, lm_lr=1e-3,
+                     head_lr=1e-2)
+    assert "tau" in cfg.schedule
+    result = train_grpo(cfg, score=digit_fraction)
+    steps = step_records(read_log(tmp_path / "run" / "grpo_log.jsonl"))
+    assert [r["phase"] for r in steps] == ["lm", "lm", "lm"]
+    if tau is not None:
+        assert all(r["mean_tau"] == pytest.approx(tau) and r["gate_rate"] == 0.0 for r in steps)
+    else:  # EDT recomputes tau at every token, inside the head's range
+        assert all(r["gate_rate"] == 1.0 and 0.1 <= r["mean_tau"] <= 2.0 for r in steps)
+    init = load_checkpoint(micro_checkpoint)
+    assert weights_digest([result.head]) == weights_digest([init.head])
+    assert weights_digest([result.model]) != weights_digest([init.model])
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved.manifest.training["stages"][-1]["config"]["rollout_temperature"] == spec
+    assert weights_digest([saved.head]) == weights_digest([init.head])
+
+
+def test_lm_plus_tau_step_updates_both_policies_from_one_rollout(micro_checkpoint, tmp_path):
+    cfg = micro_grpo(micro_checkpoint, tmp_path / "run", steps=2, schedule="lm+tau:1", tau_advantage="mean+pass@k",
+                     pass_k=2, lm_lr=1e-3, head_lr=1e-2)
+    result = train_grpo(cfg, score=digit_fraction)
+    steps = step_records(read_log(tmp_path / "run" / "grpo_log.jsonl"))
+    assert [r["phase"] for r in steps] == ["lm+tau", "lm+tau"]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["tau_loss"]) for r in steps)
+    init = load_checkpoint(micro_checkpoint)
+    assert weights_digest([result.head]) != weights_digest([init.head])
+    assert weights_digest([result.model]) != weights_digest([init.model])
+
+
+@pytest.mark.parametrize("field,value", [("rollout_temperature", "warm"), ("tau_advantage", "pass@8"),
+                                         ("lm_advantage", "pass@k")])
+def test_bad_rollout_temperature_or_advantage_fails_before_training(field, value, micro_checkpoint, tmp_path):
+    overrides = {field: value} | ({"pass_k": 9} if field == "lm_advantage" else {})
+    with pytest.raises(ValueError):
+        train_grpo(micro_grpo(micro_checkpoint, tmp_path / "run", **overrides), score=digit_fraction)
+    assert not (tmp_path / "run" / "grpo_log.jsonl").exists()
+
+
 def test_resumed_run_continues_from_the_saved_step(micro_checkpoint, tmp_path):
     out = tmp_path / "run"
     train_grpo(micro_grpo(micro_checkpoint, out, steps=2), score=digit_fraction)
@@ -363,14 +469,20 @@ DDP_ENTRY = textwrap.dedent("""
 """)
 
 
-def test_two_process_data_parallel_run_keeps_ranks_in_sync(micro_checkpoint, tmp_path):
+@pytest.mark.parametrize("mode,flags,phases", [
+    ("joint", ["--schedule", "lm:1,tau:1"], ["lm", "tau"]),
+    ("joint-both", ["--schedule", "lm+tau:1", "--tau-advantage", "mean+pass@k", "--pass-k", "2"],
+     ["lm+tau", "lm+tau"]),
+    ("fixed", ["--rollout-temperature", "fixed:1.0"], ["lm", "lm"]),
+])
+def test_two_process_data_parallel_run_keeps_ranks_in_sync(mode, flags, phases, micro_checkpoint, tmp_path):
     entry = tmp_path / "ddp_entry.py"
     entry.write_text(DDP_ENTRY)
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(entry),
-               "grpo", "--init", str(micro_checkpoint), "--out", str(out), "--steps", "2", "--schedule",
-               "lm:1,tau:1", "--lm-lr", "1e-3", "--head-lr", "1e-3", "--prompts-per-step", "4", "--group-size",
+               "grpo", "--init", str(micro_checkpoint), "--out", str(out), "--steps", "2", *flags,
+               "--lm-lr", "1e-3", "--head-lr", "1e-3", "--prompts-per-step", "4", "--group-size",
                "4", "--max-new-tokens", "8", "--n-train", "100", "--n-heldout", "10", "--eval-every", "0",
                "--save-every", "0", "--threads", "1"]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
@@ -379,13 +491,14 @@ def test_two_process_data_parallel_run_keeps_ranks_in_sync(micro_checkpoint, tmp
     done = records[-1]
     assert done["event"] == "done" and done["world_size"] == 2 and done["ranks_in_sync"] is True
     # Only rank 0 logs: one record per step.
-    assert [r["phase"] for r in step_records(records)] == ["lm", "tau"]
+    assert [r["phase"] for r in step_records(records)] == phases
     saved = load_checkpoint(out)
     init = load_checkpoint(micro_checkpoint)
     assert weights_digest([saved.model, saved.head]) == done["weights_digest"]
-    # Both policies moved, so the in-sync check compared weights that gradient averaging had to keep equal.
+    # The policies the mode trains moved, so the in-sync check compared weights that gradient averaging had
+    # to keep equal; the fixed-tau baseline never touches the head.
     assert weights_digest([saved.model]) != weights_digest([init.model])
-    assert weights_digest([saved.head]) != weights_digest([init.head])
+    assert (weights_digest([saved.head]) != weights_digest([init.head])) == (mode != "fixed")
     assert saved.manifest.training["stages"][-1]["world_size"] == 2
 
 
