@@ -1,4 +1,4 @@
-"""Command line: `python -m training <sft|grpo|eval|card> [--flag value ...]`.
+"""Command line: `python -m training <sft|grpo|eval|compare|card> [--flag value ...]`.
 
 Every field of the command's dataclass config (training/config.py) is a flag,
 nested ones prefixed: `--task-max-target 50`, `--model-hidden-size 128`,
@@ -13,6 +13,7 @@ import sys
 
 from training.config import (
     CardConfig,
+    CompareConfig,
     EvalConfig,
     GRPOConfig,
     SFTConfig,
@@ -20,7 +21,7 @@ from training.config import (
     config_from_namespace,
 )
 
-COMMANDS = {"sft": SFTConfig, "grpo": GRPOConfig, "eval": EvalConfig, "card": CardConfig}
+COMMANDS = {"sft": SFTConfig, "grpo": GRPOConfig, "eval": EvalConfig, "compare": CompareConfig, "card": CardConfig}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from training.evaluate import run_evaluation
 
         print(run_evaluation(config).markdown)
+    elif args._subcommand == "compare":
+        from training.compare import run_comparison
+
+        print(run_comparison(config))
     else:
         from training.model_card import write_model_card
 

@@ -66,8 +66,15 @@ class EvalReport:
     plot: str
     markdown: str
 
-    def to_dict(self) -> dict:
-        rows = [{k: v for k, v in asdict(r).items() if k != "per_problem_accuracy"} for r in self.results]
+    def to_dict(self, per_problem: bool = False) -> dict:
+        """The report as JSON; `per_problem` adds each controller's correct count per problem, which
+        paired comparisons across models need (report.json has it, the manifest does not)."""
+        rows = []
+        for r in self.results:
+            row = {k: v for k, v in asdict(r).items() if k != "per_problem_accuracy"}
+            if per_problem:
+                row["correct_per_problem"] = [round(a * r.samples) for a in r.per_problem_accuracy]
+            rows.append(row)
         return {"results": rows, "token_classes": self.token_classes,
                 "learned_vs_best_fixed": self.learned_vs_best_fixed, "plot": self.plot}
 
@@ -269,7 +276,9 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
     report = EvalReport(results=results, token_classes=classes, learned_vs_best_fixed=paired_comparison(results),
                         plot=plot, markdown="")
     report.markdown = to_markdown(report, len(problems), cfg.samples)
-    (out / "report.json").write_text(json.dumps({"config": config_to_dict(cfg), **report.to_dict()}, indent=2) + "\n")
+    # One line of JSON: the per-problem counts make an indented file needlessly long.
+    full = {"config": config_to_dict(cfg), **report.to_dict(per_problem=True)}
+    (out / "report.json").write_text(json.dumps(full) + "\n")
     (out / "report.md").write_text(report.markdown)
     if cfg.write_manifest:
         manifest = read_manifest(cfg.checkpoint)

@@ -76,6 +76,14 @@ def render(checkpoint: str | Path, command: str) -> str:
         lines += ["", "## Evaluation", "", report.read_text() if report.is_file() else json.dumps(evaluation)]
         if (path / "eval" / "tau_along_solutions.png").is_file():
             lines += ["![tau along sampled solutions](eval/tau_along_solutions.png)", ""]
+    comparison = path / "eval" / "comparison" / "comparison.md"
+    if comparison.is_file():
+        # Links in the comparison are relative to its folder; the card sits two levels up.
+        text = comparison.read_text().replace("](frontier.png)", "](eval/comparison/frontier.png)")
+        lines += ["", "## Joint training vs fixed-temperature GRPO", "",
+                  "The same warm start trained by the same `grpo` command with `--rollout-temperature fixed:<tau>`",
+                  "(every step an LM step, the head untouched), each model evaluated over a grid of fixed decode",
+                  "temperatures; the reports and logs are under `eval/comparison/models/`.", "", text]
     return "\n".join(lines).rstrip() + "\n"
 
 
