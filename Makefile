@@ -5,7 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install system-deps test lint serve default-model
+comma := ,
+empty :=
+space := $(empty) $(empty)
+
+.PHONY: install system-deps test lint serve default-model baselines
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,14 +35,40 @@ serve: install
 	$(VENV)/bin/introllm-serve
 
 # The bundled default model, trained from scratch on this machine (2 cores,
-# about an hour). One core is enough and keeps timings steady.
+# about an hour). One core is enough and keeps timings steady. The recipe and
+# why: checkpoints/introllm-countdown-tiny/README.md and the closing note of
+# issue 10. The warm start is a file target, so `make baselines` reuses it.
 DEFAULT_MODEL := checkpoints/introllm-countdown-tiny
+WARM_START := runs/default-sft
 TRAIN := OMP_NUM_THREADS=1 $(PY) -m training
-default-model: install
-	$(TRAIN) sft --out runs/default-sft --steps 2000 --batch-size 64 --lr 2e-3 --warmup-steps 100 \
-		--eval-every 250 --eval-problems 200 --threads 1 --seed 0
-	$(TRAIN) grpo --init runs/default-sft --out $(DEFAULT_MODEL) --steps 240 --prompts-per-step 32 \
-		--group-size 8 --schedule lm:1,tau:1 --lm-lr 5e-5 --head-lr 1e-3 --eval-every 40 --eval-problems 200 \
-		--save-every 40 --save-dtype bfloat16 --threads 1 --seed 0
-	$(TRAIN) eval --checkpoint $(DEFAULT_MODEL) --problems 500 --samples 8 --threads 1
+SFT_FLAGS := --steps 1000 --batch-size 64 --lr 2e-3 --warmup-steps 100 --eval-every 250 --eval-problems 200 \
+	--threads 1 --seed 0
+# Shared by the joint run and the fixed-tau baselines: same steps, prompts, group size and learning rate.
+GRPO_FLAGS := --steps 240 --prompts-per-step 32 --group-size 8 --lm-lr 5e-5 --head-lr 1e-3 --eval-every 40 \
+	--eval-problems 200 --save-every 40 --save-dtype bfloat16 --threads 1 --seed 0
+JOINT_FLAGS := --schedule lm+tau:1 --tau-advantage mean+pass@k --pass-k 4
+EVAL_FLAGS := --problems 500 --samples 8 --threads 1
+BASELINE_TAUS := 1.0 0.6
+
+$(WARM_START)/introllm.json:
+	$(TRAIN) sft --out $(WARM_START) $(SFT_FLAGS)
+
+default-model: install $(WARM_START)/introllm.json
+	rm -rf $(DEFAULT_MODEL)
+	$(TRAIN) grpo --init $(WARM_START) --out $(DEFAULT_MODEL) $(GRPO_FLAGS) $(JOINT_FLAGS)
+	$(TRAIN) eval --checkpoint $(DEFAULT_MODEL) $(EVAL_FLAGS)
 	$(TRAIN) card --checkpoint $(DEFAULT_MODEL) --command "make default-model"
+
+# The paper's comparison: GRPO at a fixed rollout temperature from the same
+# warm start, each model over the decode-temperature grid, then the table and
+# the frontier plot in the default model's card (about an hour more).
+runs/grpo-fixed-%/eval/report.json: $(WARM_START)/introllm.json
+	rm -rf runs/grpo-fixed-$*
+	$(TRAIN) grpo --init $(WARM_START) --out runs/grpo-fixed-$* $(GRPO_FLAGS) --rollout-temperature fixed:$*
+	$(TRAIN) eval --checkpoint runs/grpo-fixed-$* $(EVAL_FLAGS) --controllers \
+		fixed:0.1,fixed:0.2,fixed:0.3,fixed:0.4,fixed:0.5,fixed:0.6,fixed:0.8,fixed:1.0,fixed:1.2,fixed:1.4,entropy
+
+baselines: install $(foreach t,$(BASELINE_TAUS),runs/grpo-fixed-$(t)/eval/report.json)
+	$(TRAIN) compare --out $(DEFAULT_MODEL)/eval/comparison --models \
+		joint=$(DEFAULT_MODEL),$(subst $(space),$(comma),$(foreach t,$(BASELINE_TAUS),fixed-$(t)=runs/grpo-fixed-$(t)))
+	$(TRAIN) card --checkpoint $(DEFAULT_MODEL) --command "make default-model && make baselines"
