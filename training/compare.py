@@ -192,6 +192,10 @@ def plot_frontier(reports: list[ModelReport], path: Path) -> str:
                               [learned["avg_at_k_ci"][1] - learned["avg_at_k"]]],
                         fmt="*", markersize=16, color=colour, ecolor=colour, elinewidth=0.8, capsize=3,
                         label=f"{rep.name}: learned tau")
+        deterministic = rep.row("learned (deterministic)")
+        if deterministic is not None and rep.rollout == "learned":
+            ax.plot([deterministic["pass_at_k"]], [deterministic["avg_at_k"]], "D", color=colour, markersize=7,
+                    label=f"{rep.name}: learned tau, deterministic")
         entropy = next((r for r in rep.rows if r["name"].startswith("entropy")), None)
         if entropy is not None:
             ax.plot([entropy["pass_at_k"]], [entropy["avg_at_k"]], "x", color=colour, markersize=9,

@@ -116,7 +116,7 @@ class EvalConfig:
     # The fixed-tau grid traces the model's avg@k / pass@k trade-off curve; the
     # learned and entropy controllers are points to place against it.
     controllers: str = ("fixed:0.1,fixed:0.2,fixed:0.3,fixed:0.4,fixed:0.5,fixed:0.6,fixed:0.8,fixed:1.0,"
-                        "fixed:1.2,fixed:1.4,entropy,learned")
+                        "fixed:1.2,fixed:1.4,entropy,learned,learned-deterministic")
     seed: int = 0
     batch_rows: int = 512
     plot_samples: int = 4

@@ -113,8 +113,12 @@ def build_controllers(spec: str, head: TemperatureHead) -> list[tuple[str, Tempe
                                                                      tau_max=head.config.tau_max)))
         elif kind == "learned":
             controllers.append(("learned", LearnedTemperature(head)))
+        elif kind == "learned-deterministic":
+            # The service's deterministic_temperature: gate where P > 0.5, tau at the Beta mean.
+            controllers.append(("learned (deterministic)", LearnedTemperature(head, deterministic=True)))
         else:
-            raise ValueError(f"unknown controller {item!r}: use fixed:<tau>, entropy or learned")
+            raise ValueError(f"unknown controller {item!r}: use fixed:<tau>, entropy, learned or "
+                             "learned-deterministic")
     return controllers
 
 

@@ -21,11 +21,12 @@ GRID = "fixed:0.1,fixed:0.5,fixed:1.0,fixed:1.4"
 def test_frontier_table_has_one_row_per_grid_point_with_per_problem_counts(micro_checkpoint, tmp_path):
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(micro_checkpoint, checkpoint)
-    cfg = EvalConfig(checkpoint=str(checkpoint), problems=6, samples=3, controllers=GRID + ",entropy,learned",
+    cfg = EvalConfig(checkpoint=str(checkpoint), problems=6, samples=3, controllers=GRID + ",entropy,learned,learned-deterministic",
                      plot_samples=0, threads=1)
     report = run_evaluation(cfg)
     names = [r.name for r in report.results]
-    assert names == ["fixed 0.1", "fixed 0.5", "fixed 1.0", "fixed 1.4", "entropy (EDT)", "learned"]
+    assert names == ["fixed 0.1", "fixed 0.5", "fixed 1.0", "fixed 1.4", "entropy (EDT)", "learned",
+                     "learned (deterministic)"]
     data = json.loads((checkpoint / "eval" / "report.json").read_text())
     assert [r["name"] for r in data["results"]] == names
     for row in data["results"]:
