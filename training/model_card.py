@@ -60,6 +60,13 @@ def render(checkpoint: str | Path, command: str) -> str:
     for stage in training.get("stages", []):
         lines.append(f"| {stage['stage']} | {stage['steps']} | {stage.get('seconds', '')} | {stage['seed']} | "
                      f"`{stage['code_version']}` | {stage.get('world_size', 1)} |")
+    grpo = next((s for s in training.get("stages", []) if s.get("stage") == "grpo"), None)
+    if grpo:
+        c = grpo["config"]
+        lines += ["", f"GRPO recipe: rollout temperature `{c.get('rollout_temperature', 'learned')}`, schedule "
+                  f"`{c['schedule']}`, LM advantage `{c.get('lm_advantage', 'mean')}`, head advantage "
+                  f"`{c.get('tau_advantage', 'mean')}` (k = {c.get('pass_k', '-')}), {c['prompts_per_step']} prompts "
+                  f"x {c['group_size']} samples per step, LM lr {c['lm_lr']}, head lr {c['head_lr']}."]
     task = training.get("task", {})
     lines += ["", f"Task config: `{json.dumps(task)}`; held-out split seed {training.get('split_seed')}.", ""]
     sft_points = [r for r in _read_jsonl(path / "sft_log.jsonl") if "heldout_accuracy_tau1" in r]
