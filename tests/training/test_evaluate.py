@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from model import load_checkpoint
 from training.compare import TOLERANCE, load_report, paired_difference, parse_models, run_comparison, targets
-from training.config import CompareConfig, EvalConfig
+from training.config import CompareConfig, EvalConfig, GRPOConfig
 from training.evaluate import run_evaluation
+from training.grpo import train_grpo
+from training.model_card import write_model_card
+from training.tasks.countdown import Verdict
 
 REPO = Path(__file__).resolve().parents[2]
 GRID = "fixed:0.1,fixed:0.5,fixed:1.0,fixed:1.4"
@@ -130,3 +134,18 @@ def test_compare_refuses_reports_of_different_problem_sets(tmp_path):
         parse_models("a=x,a=y")
     with pytest.raises(FileNotFoundError, match="eval"):
         run_comparison(CompareConfig(models=f"a={tmp_path}", out=str(tmp_path / "out")))
+
+
+def test_model_card_states_the_recipe_and_embeds_the_comparison(micro_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    cfg_overrides = dict(init=str(micro_checkpoint), out=str(out), steps=1, prompts_per_step=2, group_size=2,
+                         n_train=20, n_heldout=5, eval_every=0, save_every=0, threads=1, max_new_tokens=4,
+                         schedule="lm+tau:1", tau_advantage="mean+pass@k", pass_k=2)
+    train_grpo(GRPOConfig(**cfg_overrides), score=lambda problem, text: Verdict(float(len(text) % 2), "ok"))
+    assert load_checkpoint(out).manifest.training["grpo_step"] == 1
+    (out / "eval" / "comparison").mkdir(parents=True)
+    (out / "eval" / "comparison" / "comparison.md").write_text("| model | x |\n![plot](frontier.png)\n")
+    card = write_model_card(out, "make default-model").read_text()
+    assert "schedule `lm+tau:1`" in card and "head advantage `mean+pass@k` (k = 2)" in card
+    assert "## Joint training vs fixed-temperature GRPO" in card
+    assert "![plot](eval/comparison/frontier.png)" in card
