@@ -220,6 +220,19 @@ class TemperatureHead(nn.Module):
         z = z.float().clamp(self.config.z_margin, 1 - self.config.z_margin)
         return _action_log_prob(self.distribution(hidden), gate.float(), z)
 
+    def action_entropy(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Entropy (nats) of the action for hidden states (..., d): H(gate) + P(update) * H(Beta), (..., 1).
+
+        The Beta part is a differential entropy on [0, 1]: 0 for the uniform
+        Beta(1, 1), negative for anything more concentrated. Trainers use it as
+        an exploration bonus for the temperature policy.
+        """
+        dist = self.distribution(hidden)
+        p = dist.gate_prob
+        gate_entropy = -(p * F.logsigmoid(dist.gate_logit) + (1 - p) * F.logsigmoid(-dist.gate_logit))
+        beta_entropy = torch.distributions.Beta(dist.alpha, dist.beta, validate_args=False).entropy()
+        return gate_entropy + p * beta_entropy
+
 
 def _action_log_prob(dist: ActionDistribution, gate: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     log_p_gate = gate * F.logsigmoid(dist.gate_logit) + (1 - gate) * F.logsigmoid(-dist.gate_logit)

@@ -85,6 +85,7 @@ class GRPOConfig:
     lm_advantage: str = "mean"
     tau_advantage: str = "mean"
     pass_k: int = 4
+    tau_entropy_coef: float = 0.0  # bonus on the head's action entropy in its updates (exploration)
     lm_lr: float = 3e-5
     head_lr: float = 3e-4
     clip_eps: float = 0.2

@@ -204,7 +204,7 @@ def update(
     n_tokens = distributed.all_reduce_sum(local_tokens, device)
     world = distributed.world_size()
     optimizer.zero_grad(set_to_none=True)
-    totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0}
+    totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "tau_entropy": 0.0}
     for batch, adv in zip(batches, advantages, strict=True):
         mask = batch.generation.mask.float()
         new = recompute_log_probs(model, head, batch)
@@ -221,7 +221,11 @@ def update(
             kl = k3_kl(new.token_logprobs, ref)
             loss = loss + cfg.kl_coef * (kl * mask).sum() / (n_tokens / world)
             totals["kl"] += float((kl.detach() * mask).sum())
+        if phase == "tau" and cfg.tau_entropy_coef:
+            # Exploration bonus: keeps hot and cold draws coming where the reward has not yet told them apart.
+            loss = loss - cfg.tau_entropy_coef * (new.temperature_entropy * mask).sum() / (n_tokens / world)
         loss.backward()
+        totals["tau_entropy"] += float((new.temperature_entropy.detach() * mask).sum())
         totals["loss"] += float(loss.detach())
         totals["entropy"] += float((new.entropy * mask).sum())
     distributed.average_gradients(params)
@@ -231,6 +235,7 @@ def update(
         "loss": totals["loss"],
         "entropy": totals["entropy"] / max(local_tokens, 1.0),
         "kl": totals["kl"] / max(local_tokens, 1.0),
+        "tau_entropy": totals["tau_entropy"] / max(local_tokens, 1.0),
     }
 
 
@@ -299,11 +304,12 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     model.eval()  # no dropout in rollouts or in the recomputation: the log-probs must match
     history: list[dict] = []
     started = time.time()
+    version = code_version()  # of the code that runs, not of whatever is checked out when it saves
 
     def save(step: int) -> None:
         if rank != 0:
             return
-        stage = {"stage": "grpo", "config": config_to_dict(cfg), "seed": cfg.seed, "code_version": code_version(),
+        stage = {"stage": "grpo", "config": config_to_dict(cfg), "seed": cfg.seed, "code_version": version,
                  "steps": step, "seconds": round(time.time() - started, 1), "world_size": world,
                  "final": history[-1] if history else {}}
         stages = [s for s in previous.get("stages", []) if s.get("stage") != "grpo"] + [stage]
@@ -333,8 +339,8 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                 part_stats = update(model, head, ref_model, batches, advantages, part, cfg, optimizers[part], params,
                                     device)
             # One step may update both policies: the LM's loss, entropy and KL keep the plain names.
-            stats.update(part_stats if part == "lm" or "lm" not in phase.split("+")
-                         else {f"tau_{key}": value for key, value in part_stats.items() if key == "loss"})
+            stats.update(part_stats if part == "lm" or phase == "tau"
+                         else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"]})
         set_phase(model, head, "none")
         record = {"stage": "grpo", "step": step, "phase": phase, **rollout_metrics(batches, device), **stats,
                   "seconds": round(time.time() - t0, 3)}

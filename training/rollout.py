@@ -99,11 +99,13 @@ def sample_completions(
 
 @dataclass
 class Recomputed:
-    """Per completion token, (R, N): token log-prob, temperature-action log-prob, entropy at tau."""
+    """Per completion token, (R, N): token log-prob, temperature-action log-prob, entropy at tau (no
+    gradient), and the temperature policy's entropy (with gradient, for an exploration bonus)."""
 
     token_logprobs: torch.Tensor
     temperature_logprobs: torch.Tensor
     entropy: torch.Tensor
+    temperature_entropy: torch.Tensor
 
 
 def recompute_log_probs(model: PreTrainedModel, head: TemperatureHead, batch: RolloutBatch) -> Recomputed:
@@ -124,7 +126,8 @@ def recompute_log_probs(model: PreTrainedModel, head: TemperatureHead, batch: Ro
     taus = torch.where(gen.mask, gen.taus, torch.ones_like(gen.taus))
     token_logprobs = token_log_probs(logits, gen.tokens, taus)
     temperature_logprobs = head.log_prob(hidden, gen.gates.unsqueeze(-1), gen.z.unsqueeze(-1)).squeeze(-1)
+    temperature_entropy = head.action_entropy(hidden).squeeze(-1)
     with torch.no_grad():
         scaled = torch.log_softmax(logits.float() / taus.unsqueeze(-1), dim=-1)
         entropy = -(scaled.exp() * scaled).sum(-1)
-    return Recomputed(token_logprobs, temperature_logprobs, entropy)
+    return Recomputed(token_logprobs, temperature_logprobs, entropy, temperature_entropy)

@@ -31,6 +31,24 @@ def test_log_prob_equals_bernoulli_plus_beta_from_torch_distributions():
     assert got.shape == (64, 1)
 
 
+def test_action_entropy_is_the_expected_negative_log_prob_of_the_hybrid_action():
+    """H(gate) + P(update) H(Beta) equals -E[log pi(c, z)] under the head's own draws (Monte Carlo)."""
+    head = _head()
+    hidden = torch.randn(4, D) * 2
+    entropy = head.action_entropy(hidden)
+    assert entropy.shape == (4, 1)
+    draws = 40_000
+    repeated = hidden.repeat_interleave(draws, dim=0)
+    action = head.sample(repeated, torch.ones(4 * draws, 1), torch.Generator().manual_seed(0))
+    estimate = -action.log_prob.view(4, draws).mean(dim=1, keepdim=True)
+    torch.testing.assert_close(entropy, estimate, rtol=0, atol=0.03)
+    # The uniform Beta with a fair gate is the most spread action: log 2 nats.
+    flat = TemperatureHead(HeadConfig(hidden_size=D, init_gate_prob=0.5, init_concentration=2.0 + 1e-3, eps=1.0,
+                                      tau_init=1.05))
+    torch.testing.assert_close(flat.action_entropy(torch.randn(2, D)), torch.full((2, 1), math.log(2)),
+                               rtol=0, atol=1e-3)
+
+
 def test_sampled_action_log_prob_equals_recomputed_log_prob():
     head = _head()
     hidden = torch.randn(16, D)

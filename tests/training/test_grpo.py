@@ -408,6 +408,26 @@ def test_lm_plus_tau_step_updates_both_policies_from_one_rollout(micro_checkpoin
     assert weights_digest([result.model]) != weights_digest([init.model])
 
 
+def test_head_entropy_bonus_keeps_the_temperature_policy_spread(micro_checkpoint, countdown_problems):
+    """With every advantage zero, only the bonus moves the head, and it must raise the action entropy."""
+    model, head, batches = _fresh_policy_and_rollout(micro_checkpoint, countdown_problems)
+    cfg = GRPOConfig(head_lr=3e-2, tau_entropy_coef=1.0)
+    zeros = [torch.zeros_like(b.rewards) for b in batches]
+    params = set_phase(model, head, "tau")
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr)
+    first = update(model, head, None, batches, zeros, "tau", cfg, optimizer, params, torch.device("cpu"))
+    for _ in range(10):
+        last = update(model, head, None, batches, zeros, "tau", cfg, optimizer, params, torch.device("cpu"))
+    assert last["tau_entropy"] > first["tau_entropy"] + 0.05
+    # Without the bonus the same zero advantages leave the head where it is.
+    _, still, _ = _fresh_policy_and_rollout(micro_checkpoint, countdown_problems)
+    before = _snapshot(still)
+    params = set_phase(model, still, "tau")
+    update(model, still, None, batches, zeros, "tau", GRPOConfig(head_lr=3e-2), torch.optim.SGD(params, lr=0.1),
+           params, torch.device("cpu"))
+    assert _changed(still, before) == []
+
+
 @pytest.mark.parametrize("field,value", [("rollout_temperature", "warm"), ("tau_advantage", "pass@8"),
                                          ("lm_advantage", "pass@k")])
 def test_bad_rollout_temperature_or_advantage_fails_before_training(field, value, micro_checkpoint, tmp_path):
