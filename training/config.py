@@ -86,6 +86,11 @@ class GRPOConfig:
     tau_advantage: str = "mean"
     pass_k: int = 4
     tau_entropy_coef: float = 0.0  # bonus on the head's action entropy in its updates (exploration)
+    # Start the head afresh from `head` instead of the warm start's (a resumed run keeps its own).
+    # A low init_gate_prob makes each sample's tau persist, so a group holds hot and cold samples
+    # of the same problem for GRPO to compare.
+    reinit_head: bool = False
+    head: HeadPrior = field(default_factory=HeadPrior)
     lm_lr: float = 3e-5
     head_lr: float = 3e-4
     clip_eps: float = 0.2

@@ -46,9 +46,11 @@ from tqdm import trange
 from model import (
     EntropyTemperature,
     FixedTemperature,
+    HeadConfig,
     LearnedTemperature,
     TemperatureController,
     TemperatureHead,
+    lm_hidden_size,
     load_checkpoint,
     save_checkpoint,
 )
@@ -279,10 +281,13 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     start = load_checkpoint(cfg.init, device=device)
     model, head, tokenizer = start.model, start.head, start.tokenizer
-    distributed.broadcast_parameters([model, head])
     previous = start.manifest.training
     # Resuming: a GRPO checkpoint records how far it got.
     first_step = int(previous.get("grpo_step", 0)) if previous.get("task") == asdict(cfg.task) else 0
+    if cfg.reinit_head and first_step == 0:
+        # A fresh head with this run's prior (a resumed run keeps the head it trained).
+        head = TemperatureHead(HeadConfig(hidden_size=lm_hidden_size(model), **asdict(cfg.head))).to(device)
+    distributed.broadcast_parameters([model, head])
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     train_problems, heldout = split(cfg.task, cfg.n_train, cfg.n_heldout, cfg.split_seed)
     max_new = cfg.max_new_tokens or max_completion_chars(cfg.task) + 1

@@ -21,7 +21,14 @@ import pytest
 import torch
 
 from model import FixedTemperature, LearnedTemperature, TinyLMConfig, load_checkpoint, save_checkpoint
-from training.config import GRPOConfig, SFTConfig, add_config_arguments, config_from_namespace, config_to_dict
+from training.config import (
+    GRPOConfig,
+    HeadPrior,
+    SFTConfig,
+    add_config_arguments,
+    config_from_namespace,
+    config_to_dict,
+)
 from training.distributed import weights_digest
 from training.grpo import (
     advantages_of,
@@ -426,6 +433,27 @@ def test_head_entropy_bonus_keeps_the_temperature_policy_spread(micro_checkpoint
     update(model, still, None, batches, zeros, "tau", GRPOConfig(head_lr=3e-2), torch.optim.SGD(params, lr=0.1),
            params, torch.device("cpu"))
     assert _changed(still, before) == []
+
+
+def test_reinit_head_starts_from_the_runs_prior_and_a_resume_keeps_the_trained_head(micro_checkpoint, tmp_path):
+    prior = HeadPrior(init_gate_prob=0.1, init_concentration=3.0)
+    fresh = tmp_path / "fresh"
+    train_grpo(micro_grpo(micro_checkpoint, fresh, steps=1, schedule="lm:1", reinit_head=True, head=prior),
+               score=digit_fraction)  # an LM step only: the saved head is the new prior
+    saved = load_checkpoint(fresh)
+    assert (saved.head.config.init_gate_prob, saved.head.config.init_concentration) == (0.1, 3.0)
+    dist = saved.head.distribution(torch.randn(3, MICRO_LM.hidden_size))
+    torch.testing.assert_close(dist.gate_prob, torch.full((3, 1), 0.1))
+    torch.testing.assert_close(dist.alpha + dist.beta, torch.full((3, 1), 3.0))
+    # A head trained for a step, then "resumed" at that step with the same flags: no step runs, and the
+    # head saved is the trained one, not a new prior.
+    trained = tmp_path / "trained"
+    first = train_grpo(micro_grpo(micro_checkpoint, trained, steps=1, schedule="tau:1", reinit_head=True, head=prior,
+                                  head_lr=1e-2), score=digit_fraction)
+    assert weights_digest([first.head]) != weights_digest([saved.head])
+    again = train_grpo(micro_grpo(trained, trained, steps=1, schedule="tau:1", reinit_head=True, head=prior),
+                       score=digit_fraction)
+    assert weights_digest([again.head]) == weights_digest([first.head])
 
 
 @pytest.mark.parametrize("field,value", [("rollout_temperature", "warm"), ("tau_advantage", "pass@8"),
