@@ -65,6 +65,7 @@ class EvalReport:
     learned_vs_best_fixed: dict[str, float]
     plot: str
     markdown: str
+    problem_outcomes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self, per_problem: bool = False) -> dict:
         """The report as JSON; `per_problem` adds each controller's correct count per problem, which
@@ -75,7 +76,7 @@ class EvalReport:
             if per_problem:
                 row["correct_per_problem"] = [round(a * r.samples) for a in r.per_problem_accuracy]
             rows.append(row)
-        return {"results": rows, "token_classes": self.token_classes,
+        return {"results": rows, "token_classes": self.token_classes, "problem_outcomes": self.problem_outcomes,
                 "learned_vs_best_fixed": self.learned_vs_best_fixed, "plot": self.plot}
 
 
@@ -161,6 +162,40 @@ def token_labels(tokenizer, token_ids: list[int]) -> tuple[list[str], list[str]]
     return pieces, labels
 
 
+def tau_by_problem_outcome(results: list[ControllerResult], batches: list[RolloutBatch]) -> dict:
+    """The learned policy's mean tau and accuracy on problems grouped by how fixed taus fare on them.
+
+    Groups, from the coldest and the hottest fixed tau evaluated: "cold solves all" (every sample at the
+    coldest tau correct), "only hot solves" (none at the coldest, some at the hottest), "neither", and
+    "mixed". A head that reads the problem should be cold on the first group and hot on the second; one
+    that ignores it shows the same tau everywhere.
+    """
+    fixed = sorted((r for r in results if r.name.startswith("fixed ")), key=lambda r: float(r.name.split()[1]))
+    if len(fixed) < 2 or not batches:
+        return {}
+    cold, hot = fixed[0], max(fixed[1:], key=lambda r: r.pass_at_k)
+    tau_sum: dict[int, float] = defaultdict(float)
+    tokens: dict[int, float] = defaultdict(float)
+    correct: dict[int, list[float]] = defaultdict(list)
+    for b in batches:
+        mask = b.generation.mask
+        for row, i in enumerate(b.problem_index):
+            tau_sum[i] += float(b.generation.taus[row][mask[row]].sum())
+            tokens[i] += float(mask[row].sum())
+            correct[i].append(float(b.rewards[row] >= 1.0))
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (c, h) in enumerate(zip(cold.per_problem_accuracy, hot.per_problem_accuracy, strict=True)):
+        name = (f"{cold.name} solves all" if c == 1.0 else f"only {hot.name} solves" if c == 0 and h > 0
+                else "neither solves" if c == 0 else "mixed")
+        groups[name].append(i)
+    return {name: {"problems": len(ids),
+                   "mean_tau": sum(tau_sum[i] for i in ids) / max(sum(tokens[i] for i in ids), 1.0),
+                   "learned_avg": sum(sum(correct[i]) / len(correct[i]) for i in ids) / len(ids),
+                   "cold_avg": sum(cold.per_problem_accuracy[i] for i in ids) / len(ids),
+                   "hot_avg": sum(hot.per_problem_accuracy[i] for i in ids) / len(ids)}
+            for name, ids in sorted(groups.items())}
+
+
 def _rows(batches: list[RolloutBatch]):
     for b in batches:
         for row in range(len(b.texts)):
@@ -230,6 +265,13 @@ def to_markdown(report: EvalReport, n: int, k: int) -> str:
               "| class | tokens | mean tau | gate rate |", "|---|---|---|---|"]
     for label, s in report.token_classes.items():
         lines.append(f"| {label} | {s['tokens']} | {s['mean_tau']:.3f} | {s['gate_rate']:.3f} |")
+    if report.problem_outcomes:
+        lines += ["", "Learned policy by problem (grouped by the coldest fixed tau and the fixed tau with the best "
+                  f"pass@{k}):", "", f"| problems | count | learned mean tau | learned avg@{k} | coldest avg@{k} | "
+                  f"hot avg@{k} |", "|---|---|---|---|---|---|"]
+        for name, g in report.problem_outcomes.items():
+            lines.append(f"| {name} | {g['problems']} | {g['mean_tau']:.3f} | {g['learned_avg']:.3f} | "
+                         f"{g['cold_avg']:.3f} | {g['hot_avg']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -278,7 +320,7 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
         plot = plot_tau_along_solutions(learned_batches, ckpt.tokenizer, problems, cfg.plot_samples,
                                         out / "tau_along_solutions.png")
     report = EvalReport(results=results, token_classes=classes, learned_vs_best_fixed=paired_comparison(results),
-                        plot=plot, markdown="")
+                        plot=plot, markdown="", problem_outcomes=tau_by_problem_outcome(results, learned_batches or []))
     report.markdown = to_markdown(report, len(problems), cfg.samples)
     # One line of JSON: the per-problem counts make an indented file needlessly long.
     full = {"config": config_to_dict(cfg), **report.to_dict(per_problem=True)}

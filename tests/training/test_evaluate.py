@@ -44,6 +44,11 @@ def test_frontier_table_has_one_row_per_grid_point_with_per_problem_counts(micro
     manifest = json.loads((checkpoint / "introllm.json").read_text())
     assert all("correct_per_problem" not in r for r in manifest["training"]["evaluation"]["results"])
     assert "| fixed 1.4 |" in report.markdown
+    # Every problem lands in exactly one outcome group, with the learned head's tau on it.
+    groups = data["problem_outcomes"]
+    assert sum(g["problems"] for g in groups.values()) == 6
+    assert all(0.1 <= g["mean_tau"] <= 2.0 for g in groups.values())
+    assert "Learned policy by problem" in report.markdown
 
 
 def _row(name: str, correct: list[int], samples: int = 4, tau: float = 1.0) -> dict:
