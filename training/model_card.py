@@ -91,6 +91,12 @@ def render(checkpoint: str | Path, command: str) -> str:
                   "The same warm start trained by the same `grpo` command with `--rollout-temperature fixed:<tau>`",
                   "(every step an LM step, the head untouched), each model evaluated over a grid of fixed decode",
                   "temperatures; the reports and logs are under `eval/comparison/models/`.", "", text]
+    ablations = path / "eval" / "ablations" / "comparison.md"
+    if ablations.is_file():
+        lines += ["", "## Recipe ablations", "",
+                  "Other joint recipes from the same warm start, evaluated the same way: "
+                  "[eval/ablations/comparison.md](eval/ablations/comparison.md) "
+                  "(plot: [eval/ablations/frontier.png](eval/ablations/frontier.png))."]
     return "\n".join(lines).rstrip() + "\n"
 
 

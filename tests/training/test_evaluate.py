@@ -150,7 +150,10 @@ def test_model_card_states_the_recipe_and_embeds_the_comparison(micro_checkpoint
     assert load_checkpoint(out).manifest.training["grpo_step"] == 1
     (out / "eval" / "comparison").mkdir(parents=True)
     (out / "eval" / "comparison" / "comparison.md").write_text("| model | x |\n![plot](frontier.png)\n")
+    (out / "eval" / "ablations").mkdir(parents=True)
+    (out / "eval" / "ablations" / "comparison.md").write_text("| model | x |\n")
     card = write_model_card(out, "make default-model").read_text()
+    assert "[eval/ablations/comparison.md](eval/ablations/comparison.md)" in card
     assert "schedule `lm+tau:1`" in card and "head advantage `mean+pass@k` (k = 2)" in card
     assert "## Joint training vs fixed-temperature GRPO" in card
     assert "![plot](eval/comparison/frontier.png)" in card
