@@ -7,7 +7,8 @@ problem i is the same problem in every report) and writes
     controller: avg@k and pass@k with 95% intervals), and the paper's tests
     with paired 95% intervals over problems:
       (a) the reference model's learned tau against every other model at that
-          model's own best fixed decode tau, on avg@k and on pass@k;
+          model's own best fixed decode tau, on avg@k and on pass@k; and (a')
+          the training effect alone: both at their own best fixed tau;
       (b) the reference's learned tau against its own best fixed tau (within
           `TOLERANCE`), on both metrics;
       (c) whether the reference's head is hotter on choice tokens than on
@@ -105,9 +106,15 @@ def targets(reference: ModelReport, others: list[ModelReport]) -> dict:
     learned = reference.row("learned")
     if learned is None:
         raise ValueError(f"model {reference.name!r} has no 'learned' row to test")
-    result: dict = {"reference": reference.name, "a": [], "b": {}, "c": {}}
+    result: dict = {"reference": reference.name, "a": [], "a_lm": [], "b": {}, "c": {}}
     for metric in ("avg_at_k", "pass_at_k"):
         for other in others:
+            # The training effect alone: both LMs at their own best fixed decode tau.
+            mine, theirs = reference.best_fixed(metric), other.best_fixed(metric)
+            d = paired_difference(mine, theirs, reference.samples, metric)
+            result["a_lm"].append({"metric": metric, "against": other.name, "best_fixed": theirs["name"],
+                                   "own_best_fixed": mine["name"], "learned": mine[metric], "fixed": theirs[metric],
+                                   **d, "met": d["diff"] >= 0})
             best = other.best_fixed(metric)
             d = paired_difference(learned, best, reference.samples, metric)
             result["a"].append({"metric": metric, "against": other.name, "best_fixed": best["name"],
@@ -150,6 +157,14 @@ def to_markdown(reports: list[ModelReport], result: dict, plot: str) -> str:
     for row in result["a"]:
         lines.append(f"| {names[row['metric']]} | {row['against']} | {row['best_fixed']} | {row['learned']:.3f} | "
                      f"{row['fixed']:.3f} | {_signed(row)} | {'yes' if row['met'] else 'no'} |")
+    lines += ["", f"### (a') the training effect alone: {ref} at its own best fixed tau vs each model at its best",
+              "",
+              "| metric | against | their best fixed tau | our best fixed tau | ours | theirs "
+              "| ours - theirs [95% CI] |",
+              "|---|---|---|---|---|---|---|"]
+    for row in result["a_lm"]:
+        lines.append(f"| {names[row['metric']]} | {row['against']} | {row['best_fixed']} | {row['own_best_fixed']} | "
+                     f"{row['learned']:.3f} | {row['fixed']:.3f} | {_signed(row)} |")
     lines += ["", f"### (b) {ref}: learned tau vs its own best fixed tau (met if within {TOLERANCE})", "",
               "| metric | best fixed tau | learned | fixed | learned - fixed [95% CI] | met |",
               "|---|---|---|---|---|---|"]

@@ -93,6 +93,11 @@ def test_targets_compare_the_learned_point_with_each_models_best_fixed_tau(tmp_p
     assert by_metric["avg_at_k"]["met"] is True
     assert by_metric["pass_at_k"]["best_fixed"] == "fixed 1.0"
     assert by_metric["pass_at_k"]["diff"] == pytest.approx(0.0) and by_metric["pass_at_k"]["met"] is True
+    # The LMs alone, each at its best fixed tau: avg 8/16 against 9/16, pass 4/4 against 4/4.
+    lm_only = {row["metric"]: row for row in result["a_lm"]}
+    assert lm_only["avg_at_k"]["own_best_fixed"] == "fixed 0.3"
+    assert lm_only["avg_at_k"]["diff"] == pytest.approx(-1 / 16)
+    assert lm_only["pass_at_k"]["diff"] == pytest.approx(0.0)
     # Against its own curve: best avg@4 is fixed 0.3 (8/16) < learned 9/16; best pass@4 fixed 1.0 = learned.
     assert result["b"]["avg_at_k"]["best_fixed"] == "fixed 0.3" and result["b"]["avg_at_k"]["met"] is True
     assert result["b"]["pass_at_k"]["diff"] == pytest.approx(0.0)
