@@ -85,6 +85,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     per_rank = max(1, cfg.batch_size // world)
     metrics: dict = {}
     started = time.time()
+    version = code_version()  # of the code that runs, not of whatever is checked out when it saves
     progress = trange(cfg.steps, desc="sft", disable=rank != 0)
     for step in progress:
         inputs, labels = examples.batch(rng, per_rank)
@@ -116,7 +117,7 @@ def train_sft(cfg: SFTConfig) -> Path:
                 "stage": "sft",
                 "config": config_to_dict(cfg),
                 "seed": cfg.seed,
-                "code_version": code_version(),
+                "code_version": version,
                 "steps": cfg.steps,
                 "seconds": round(time.time() - started, 1),
                 "world_size": world,
