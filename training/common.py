@@ -26,13 +26,20 @@ class JsonlLog:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
+# What `code_version` calls the code: the packages training runs, and the pinned dependencies.
+CODE_PATHS = ("model", "training", "pyproject.toml")
+
+
 def code_version() -> str:
-    """The git commit of this code (with '-dirty' for uncommitted changes), or 'unknown'."""
+    """The git commit of this code (with '-dirty' for uncommitted changes to it), or 'unknown'.
+
+    Only the code counts: `make default-model` deletes the bundled checkpoint before training
+    into it, and a deleted data file does not make the code that ran any different."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=root,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
