@@ -27,9 +27,6 @@ from pathlib import Path
 import torch
 
 from model import (
-    EntropyTemperature,
-    FixedTemperature,
-    LearnedTemperature,
     TemperatureController,
     TemperatureHead,
     load_checkpoint,
@@ -38,7 +35,7 @@ from model import (
 )
 from training.common import set_threads
 from training.config import EvalConfig, config_to_dict
-from training.rollout import RolloutBatch, sample_completions
+from training.rollout import RolloutBatch, controller_from_spec, sample_completions
 from training.tasks.countdown import CountdownConfig, format_prompt, max_completion_chars, split, token_classes
 
 Z_95 = 1.959964
@@ -103,24 +100,8 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
 
 
 def build_controllers(spec: str, head: TemperatureHead) -> list[tuple[str, TemperatureController]]:
-    """"fixed:0.3,entropy,learned" -> named controllers; EDT clamped to the head's tau range."""
-    controllers: list[tuple[str, TemperatureController]] = []
-    for item in (s.strip() for s in spec.split(",") if s.strip()):
-        kind, _, value = item.partition(":")
-        if kind == "fixed":
-            controllers.append((f"fixed {value}", FixedTemperature(float(value))))
-        elif kind == "entropy":
-            controllers.append(("entropy (EDT)", EntropyTemperature(tau_min=head.config.tau_min,
-                                                                     tau_max=head.config.tau_max)))
-        elif kind == "learned":
-            controllers.append(("learned", LearnedTemperature(head)))
-        elif kind == "learned-deterministic":
-            # The service's deterministic_temperature: gate where P > 0.5, tau at the Beta mean.
-            controllers.append(("learned (deterministic)", LearnedTemperature(head, deterministic=True)))
-        else:
-            raise ValueError(f"unknown controller {item!r}: use fixed:<tau>, entropy, learned or "
-                             "learned-deterministic")
-    return controllers
+    """"fixed:0.3,entropy,learned" -> named controllers (see `controller_from_spec`)."""
+    return [controller_from_spec(item, head) for item in spec.split(",") if item.strip()]
 
 
 def summarise(name: str, batches: list[RolloutBatch], n_problems: int, samples: int) -> ControllerResult:

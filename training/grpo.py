@@ -44,10 +44,7 @@ import torch
 from tqdm import trange
 
 from model import (
-    EntropyTemperature,
-    FixedTemperature,
     HeadConfig,
-    LearnedTemperature,
     TemperatureController,
     TemperatureHead,
     lm_hidden_size,
@@ -57,7 +54,7 @@ from model import (
 from training import distributed
 from training.common import JsonlLog, code_version, set_threads
 from training.config import GRPOConfig, config_to_dict
-from training.rollout import RolloutBatch, ScoreFn, recompute_log_probs, sample_completions
+from training.rollout import RolloutBatch, ScoreFn, controller_from_spec, recompute_log_probs, sample_completions
 from training.tasks.countdown import max_completion_chars, split
 
 PHASES = ("lm", "tau", "lm+tau")
@@ -122,10 +119,11 @@ def advantages_of(rewards: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     """Advantages (P, G) of rewards (P, G) by `kind`: "mean", "pass@k" (success = reward >= 1) or their sum."""
     if kind not in ADVANTAGES:
         raise ValueError(f"unknown advantage {kind!r} (choose from {', '.join(ADVANTAGES)})")
+    parts = kind.split("+")
     out = torch.zeros_like(rewards)
-    if "mean" in kind.split("+"):
+    if "mean" in parts:
         out = out + group_advantages(rewards)
-    if "pass@k" in kind.split("+"):
+    if "pass@k" in parts:
         out = out + pass_at_k_advantages((rewards >= 1.0).float(), k).to(rewards.device)
     return out
 
@@ -170,14 +168,10 @@ def batch_advantages(
 
 def rollout_controller(spec: str, head: TemperatureHead) -> TemperatureController:
     """The rollout temperature: "learned" (the head), "fixed:<tau>" or "entropy" (EDT in the head's range)."""
-    kind, _, value = spec.partition(":")
-    if kind == "learned" and not value:
-        return LearnedTemperature(head)
-    if kind == "fixed" and value:
-        return FixedTemperature(float(value))
-    if kind == "entropy" and not value:
-        return EntropyTemperature(tau_min=head.config.tau_min, tau_max=head.config.tau_max)
-    raise ValueError(f"unknown rollout temperature {spec!r}: use learned, fixed:<tau> or entropy")
+    if spec.strip() == "learned-deterministic":
+        # Its recorded log-prob is not that of a sampled action, so the head cannot be trained on it.
+        raise ValueError("rollouts need a sampled temperature: use learned, fixed:<tau> or entropy")
+    return controller_from_spec(spec, head)[1]
 
 
 def step_phases(cfg: GRPOConfig) -> list[str]:

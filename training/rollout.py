@@ -23,13 +23,41 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from model import Generation, SamplingParams, TemperatureController, TemperatureHead, forward, generate, token_log_probs
+from model import (
+    EntropyTemperature,
+    FixedTemperature,
+    Generation,
+    LearnedTemperature,
+    SamplingParams,
+    TemperatureController,
+    TemperatureHead,
+    forward,
+    generate,
+    token_log_probs,
+)
 from training.common import seeded_generator
 from training.data import decode_completion, encode_prompt
 from training.tasks.countdown import CountdownConfig, Problem, Verdict, check
 
 # Scores one completion of one problem; the default is the Countdown checker.
 ScoreFn = Callable[[Problem, str], Verdict]
+
+
+def controller_from_spec(spec: str, head: TemperatureHead) -> tuple[str, TemperatureController]:
+    """"fixed:<tau>", "entropy" (EDT clamped to the head's tau range), "learned" or "learned-deterministic"
+    (the service's deterministic_temperature: gate where P > 0.5, tau at the Beta mean) -> (name, controller)."""
+    kind, _, value = spec.strip().partition(":")
+    if kind == "fixed" and value:
+        return f"fixed {value}", FixedTemperature(float(value))
+    if not value:
+        if kind == "entropy":
+            return "entropy (EDT)", EntropyTemperature(tau_min=head.config.tau_min, tau_max=head.config.tau_max)
+        if kind == "learned":
+            return "learned", LearnedTemperature(head)
+        if kind == "learned-deterministic":
+            return "learned (deterministic)", LearnedTemperature(head, deterministic=True)
+    raise ValueError(f"unknown temperature controller {spec!r}: use fixed:<tau>, entropy, learned or "
+                     "learned-deterministic")
 
 
 @dataclass
