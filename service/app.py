@@ -31,6 +31,7 @@ from model import Checkpoint, Manifest, load_checkpoint
 from service.engine import Engine
 from service.errors import ServiceError, error_body
 from service.metrics import ServiceMetrics
+from service.openapi import install as install_openapi
 from service.routes import api, ops
 from service.scheduler import Limits, Scheduler, encode_prompt
 from service.settings import Settings
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(ops)
     _install_error_handlers(app, metrics)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     return app
 
@@ -152,12 +154,24 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.failed("validation")
         errors = exc.errors()
+        malformed = next((e for e in errors if e["type"] == "json_invalid"), None)
+        if malformed is not None:  # FastAPI's json.loads failed: the body is not JSON at all
+            position = malformed["loc"][-1]
+            reason = malformed.get("ctx", {}).get("error", "malformed")
+            return JSONResponse(error_body("invalid_json", f"{NOT_JSON}: {reason} at character {position}"), 400)
         message = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
-        param = _where(errors[0]["loc"]) if errors else None
-        return JSONResponse(error_body("validation_error", message, param or None), status_code=422)
+        param = _where(errors[0]["loc"]) if errors else "body"
+        return JSONResponse(error_body("validation_error", message, None if param == "body" else param), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer when json.loads raises anything but a decode
+            # error: bytes that are not UTF-8, or nesting deeper than the
+            # parser's recursion limit.
+            metrics.failed("validation")
+            body = error_body("invalid_json", f"{NOT_JSON}: it must be UTF-8 and not nested too deeply")
+            return JSONResponse(body, status_code=400)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
@@ -168,10 +182,13 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
 
+NOT_JSON = "the request body is not valid JSON"
+
+
 def _where(loc: tuple) -> str:
-    """('body', 'tau_min') -> 'tau_min'."""
+    """('body', 'tau_min') -> 'tau_min'; ('body',) -> 'body'."""
     parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts)
+    return ".".join(parts) or "body"
 
 
 class BodySizeLimit:

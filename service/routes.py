@@ -32,12 +32,19 @@ from pydantic import BaseModel
 import service
 from service.engine import FinishEvent, TokenEvent
 from service.errors import ServiceError, error_body, unauthorized, unavailable
+from service.openapi import PLAIN_TEXT, errors, event_stream
 from service.scheduler import Completed, RequestHandle, Scheduler
 from service.schemas import (
     CompletionRequest,
     CompletionResponse,
     GenerateRequest,
     GenerateResponse,
+    Info,
+    InfoLimits,
+    InfoLoad,
+    ModelList,
+    ServedModel,
+    StreamDone,
     StreamToken,
     completion_choice,
     completion_response,
@@ -52,16 +59,8 @@ from service.settings import Settings
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, it only shows in access logs
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"description": text}
-    for code, text in {
-        401: "missing or wrong API key",
-        413: "body too large",
-        422: "invalid request or a server limit exceeded (the message names it)",
-        429: "queue full; retry after Retry-After seconds",
-        503: "draining or engine down",
-    }.items()
-}
+# What a generation route can answer besides 200 (service/openapi.py documents each).
+GENERATION_ERRORS = (400, 401, 413, 415, 422, 429, 500, 503)
 
 
 # ---------------------------------------------------------------- dependencies
@@ -86,21 +85,49 @@ def require_api_key(request: Request) -> None:
         raise unauthorized("missing or wrong API key (send 'Authorization: Bearer <key>')")
 
 
+def require_json_body(request: Request) -> None:
+    """415 for a body declared as anything but JSON (curl -d sends a form type unless told otherwise).
+
+    A body without a Content-Type is read as JSON, as FastAPI does.
+    """
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media_type = declared.partition(";")[0].strip().lower()
+    if media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json")):
+        return
+    raise ServiceError(
+        415, "unsupported_media_type",
+        f"the body must be JSON sent with 'Content-Type: application/json', not {media_type[:80]!r}",
+    )
+
+
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
-api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+JsonBody = Depends(require_json_body)
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 ops = APIRouter()
 
 
 # ---------------------------------------------------------------- generation
 
 
-@api.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
+@api.post(
+    "/generate",
+    response_model=GenerateResponse,
+    dependencies=[JsonBody],
+    responses={
+        200: {"content": event_stream(StreamToken, StreamDone, description=(
+            "with stream=true: one event per token, a `done` event, then [DONE]; "
+            "an `error` event instead if the request fails once streaming"))},
+        **errors(*GENERATION_ERRORS),
+    },
+)
 async def generate(body: GenerateRequest, request: Request, scheduler: SchedulerDep) -> Any:
     """Generate with a per-token temperature; `stream=true` for Server-Sent Events."""
     handle = scheduler.submit(body.to_input())
     model = request.app.state.settings.served_model_name
     if body.stream:
-        return _sse(handle, _generate_events(handle, model, body), exclude_none=True)
+        return _sse(handle, _generate_events(handle, model, body))
     result = await _result_unless_disconnected(handle, request)
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -116,7 +143,17 @@ async def _generate_events(handle: RequestHandle, model: str, body: GenerateRequ
             yield stream_done(handle, model, event)
 
 
-@api.post("/completions", response_model=CompletionResponse)
+@api.post(
+    "/completions",
+    response_model=CompletionResponse,
+    dependencies=[JsonBody],
+    responses={
+        200: {"content": event_stream(CompletionResponse, description=(
+            "with stream=true: completion chunks, then [DONE]; "
+            "an `error` event instead if the request fails once streaming"))},
+        **errors(*GENERATION_ERRORS, 404),
+    },
+)
 async def completions(body: CompletionRequest, request: Request, scheduler: SchedulerDep) -> Any:
     """OpenAI-compatible completions (one prompt, n=1); per-token `temperatures` as an extra field."""
     model = request.app.state.settings.served_model_name
@@ -125,7 +162,7 @@ async def completions(body: CompletionRequest, request: Request, scheduler: Sche
                            param="model")
     handle = scheduler.submit(body.to_input())
     if body.stream:
-        return _sse(handle, _completion_chunks(handle, model, body), exclude_none=False)
+        return _sse(handle, _completion_chunks(handle, model, body))
     result = await _result_unless_disconnected(handle, request)
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -153,17 +190,24 @@ async def _completion_chunks(
             yield chunk([], usage=usage(event))
 
 
-@api.get("/models")
-async def models(request: Request) -> dict[str, Any]:
+@api.get("/models", responses=errors(401, 500))
+async def models(request: Request) -> ModelList:
     """The served model, in OpenAI's list shape."""
     name = request.app.state.settings.served_model_name
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "introllm"}]}
+    return ModelList(data=[ServedModel(id=name, created=0, owned_by="introllm")])
 
 
 # ---------------------------------------------------------------- operations
 
 
-@ops.get("/health/live")
+PROBE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": PLAIN_TEXT},
+    503: {"description": "not ready or not live; the body says why", "content": PLAIN_TEXT},
+    **errors(500),
+}
+
+
+@ops.get("/health/live", response_class=PlainTextResponse, responses=PROBE_RESPONSES)
 async def live(request: Request) -> Response:
     """200 while the process answers and its engine thread runs (a restart is the cure otherwise)."""
     scheduler: Scheduler | None = getattr(request.app.state, "scheduler", None)
@@ -172,7 +216,7 @@ async def live(request: Request) -> Response:
     return _status(200, "live")
 
 
-@ops.get("/health/ready")
+@ops.get("/health/ready", response_class=PlainTextResponse, responses=PROBE_RESPONSES)
 async def ready(request: Request) -> Response:
     """200 when the model is loaded, the engine runs and the server is not draining."""
     scheduler: Scheduler | None = getattr(request.app.state, "scheduler", None)
@@ -185,38 +229,42 @@ async def ready(request: Request) -> Response:
     return _status(200, "ready")
 
 
-@ops.get("/info")
-async def info(request: Request, scheduler: SchedulerDep) -> dict[str, Any]:
+@ops.get("/info", responses=errors(500, 503))
+async def info(request: Request, scheduler: SchedulerDep) -> Info:
     """Model, tau range, limits, device and version."""
     settings: Settings = request.app.state.settings
     limits = scheduler.limits
     running, waiting = scheduler.engine.load()
-    return {
-        "model": settings.served_model_name,
-        "version": service.__version__,
-        "base_model": request.app.state.manifest.base_model,
-        "device": str(scheduler.engine.device),
-        "dtype": str(next(scheduler.engine.model.parameters()).dtype).removeprefix("torch."),
-        "temperature_modes": ["learned", "fixed", "entropy"],
-        "tau_range": list(limits.tau_range),
-        "tau_init": scheduler.head.config.tau_init,
-        "limits": {
-            "max_running_requests": settings.max_running_requests,
-            "max_waiting_requests": settings.max_waiting_requests,
-            "max_prompt_tokens": limits.max_prompt_tokens,
-            "max_new_tokens": limits.max_new_tokens,
-            "default_max_new_tokens": limits.default_max_new_tokens,
-            "context_length": limits.context_length,
-            "max_body_bytes": settings.max_body_bytes,
-            "default_timeout_s": limits.default_timeout_s,
-            "max_timeout_s": limits.max_timeout_s,
-        },
-        "load": {"running": running, "waiting": waiting, "draining": scheduler.draining},
-        "auth": settings.api_key is not None,
-    }
+    return Info(
+        model=settings.served_model_name,
+        version=service.__version__,
+        base_model=request.app.state.manifest.base_model,
+        device=str(scheduler.engine.device),
+        dtype=str(next(scheduler.engine.model.parameters()).dtype).removeprefix("torch."),
+        temperature_modes=["learned", "fixed", "entropy"],
+        tau_range=list(limits.tau_range),
+        tau_init=scheduler.head.config.tau_init,
+        limits=InfoLimits(
+            max_running_requests=settings.max_running_requests,
+            max_waiting_requests=settings.max_waiting_requests,
+            max_prompt_tokens=limits.max_prompt_tokens,
+            max_new_tokens=limits.max_new_tokens,
+            default_max_new_tokens=limits.default_max_new_tokens,
+            context_length=limits.context_length,
+            max_body_bytes=settings.max_body_bytes,
+            default_timeout_s=limits.default_timeout_s,
+            max_timeout_s=limits.max_timeout_s,
+        ),
+        load=InfoLoad(running=running, waiting=waiting, draining=scheduler.draining),
+        auth=settings.api_key is not None,
+    )
 
 
-@ops.get("/metrics")
+@ops.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition format", "content": PLAIN_TEXT}, **errors(500)},
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -250,16 +298,14 @@ async def _disconnected(receive: Callable) -> None:
         pass
 
 
-def _sse(handle: RequestHandle, events: AsyncIterator[BaseModel], *, exclude_none: bool) -> StreamingResponse:
-    return StreamingResponse(
-        _frame(handle, events, exclude_none), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+def _sse(handle: RequestHandle, events: AsyncIterator[BaseModel]) -> StreamingResponse:
+    return StreamingResponse(_frame(handle, events), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _frame(handle: RequestHandle, events: AsyncIterator[BaseModel], exclude_none: bool) -> AsyncIterator[str]:
+async def _frame(handle: RequestHandle, events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     try:
         async for event in events:
-            yield f"data: {event.model_dump_json(exclude_none=exclude_none)}\n\n"
+            yield f"data: {event.model_dump_json()}\n\n"
         yield "data: [DONE]\n\n"
     except ServiceError as exc:
         yield f"event: error\ndata: {json.dumps(error_body(exc.type, exc.message))}\n\n"

@@ -39,7 +39,30 @@ Tau = Annotated[float, Field(gt=0, le=MAX_TEMPERATURE, allow_inf_nan=False)]
 
 
 class Strict(BaseModel):
+    """Base of request bodies: unknown fields are refused (a typo must not be ignored)."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+class Sent(BaseModel):
+    """Base of response bodies and stream events.
+
+    Every field is always sent (null when it has no value), so the published
+    document marks each one required: a generated client can rely on it. The
+    exceptions are fields sent only when the request asked for them; those
+    are declared with `ABSENT_WHEN_NONE` and are the only optional ones.
+    """
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+# For `Field(None, exclude_if=...)`: the field is left out (not sent as null)
+# when it has no value, and the document does not mark it required.
+ABSENT_WHEN_NONE = _is_none
 
 
 # ---------------------------------------------------------------- /v1/generate
@@ -106,35 +129,35 @@ class GenerateRequest(Strict):
         )
 
 
-class TokenInfo(BaseModel):
+class TokenInfo(Sent):
     id: int
     text: str
-    temperature: float | None = None
-    temperature_updated: bool | None = None
-    logprob: float | None = None
+    temperature: float | None = Field(None, exclude_if=ABSENT_WHEN_NONE, description="with return_temperatures")
+    temperature_updated: bool | None = Field(None, exclude_if=ABSENT_WHEN_NONE, description="with return_temperatures")
+    logprob: float | None = Field(None, exclude_if=ABSENT_WHEN_NONE, description="with return_logprobs")
 
 
-class Usage(BaseModel):
+class Usage(Sent):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class TemperatureSummary(BaseModel):
+class TemperatureSummary(Sent):
     mode: TemperatureMode
     mean: float | None = Field(description="mean tau over generated tokens (None when none were)")
-    min: float | None
-    max: float | None
+    min: float | None = Field(description="None when no token was generated")
+    max: float | None = Field(description="None when no token was generated")
     updates: int = Field(description="tokens at which the temperature was (re)chosen")
 
 
-class Timing(BaseModel):
+class Timing(Sent):
     queue_s: float
-    ttft_s: float | None
+    ttft_s: float | None = Field(description="None when no token was generated")
     total_s: float
 
 
-class _Outcome(BaseModel):
+class _Outcome(Sent):
     """What every finished request reports, streamed or not."""
 
     id: str
@@ -148,10 +171,12 @@ class _Outcome(BaseModel):
 
 
 class GenerateResponse(_Outcome):
-    tokens: list[TokenInfo] | None = None
+    tokens: list[TokenInfo] | None = Field(
+        None, exclude_if=ABSENT_WHEN_NONE, description="with return_temperatures or return_logprobs"
+    )
 
 
-class StreamToken(BaseModel):
+class StreamToken(Sent):
     """One SSE event per token."""
 
     type: Literal["token"] = "token"
@@ -309,14 +334,14 @@ class CompletionRequest(Strict):
         )
 
 
-class CompletionLogprobs(BaseModel):
+class CompletionLogprobs(Sent):
     tokens: list[str]
     token_logprobs: list[float]
     top_logprobs: None = None
     text_offset: list[int]
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(Sent):
     index: int = 0
     text: str
     finish_reason: str | None
@@ -326,7 +351,7 @@ class CompletionChoice(BaseModel):
     temperature_updated: list[bool]
 
 
-class CompletionResponse(BaseModel):
+class CompletionResponse(Sent):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -372,3 +397,70 @@ def completion_response(handle: RequestHandle, model: str, result: Completed, lo
         usage=usage(finish),
         temperature=temperature_summary(finish, handle.mode),
     )
+
+
+class ServedModel(Sent):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(Sent):
+    """GET /v1/models, in OpenAI's list shape."""
+
+    object: Literal["list"] = "list"
+    data: list[ServedModel]
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ErrorDetail(Sent):
+    message: str = Field(description="what went wrong, for a person")
+    type: str = Field(description="for a program: validation_error, invalid_json, not_found, overloaded, ...")
+    param: str | None = Field(description="the request field at fault, when there is one")
+    code: str | None = Field(description="always null (kept for OpenAI clients)")
+
+
+class ErrorResponse(Sent):
+    """The one error body of this API (OpenAI's shape), for every 4xx and 5xx; also the data of an SSE error event."""
+
+    error: ErrorDetail
+
+
+# ---------------------------------------------------------------- /info
+
+
+class InfoLimits(Sent):
+    max_running_requests: int
+    max_waiting_requests: int
+    max_prompt_tokens: int
+    max_new_tokens: int
+    default_max_new_tokens: int
+    context_length: int | None
+    max_body_bytes: int
+    default_timeout_s: float
+    max_timeout_s: float
+
+
+class InfoLoad(Sent):
+    running: int
+    waiting: int
+    draining: bool
+
+
+class Info(Sent):
+    """GET /info: what this server runs, its limits and its load."""
+
+    model: str
+    version: str
+    base_model: str
+    device: str
+    dtype: str
+    temperature_modes: list[TemperatureMode]
+    tau_range: Annotated[list[float], Field(min_length=2, max_length=2)]
+    tau_init: float
+    limits: InfoLimits
+    load: InfoLoad
+    auth: bool

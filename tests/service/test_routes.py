@@ -237,10 +237,11 @@ def test_bad_inputs_get_422_naming_the_problem(server, body, param, says):
         assert error["param"] == param
 
 
-def test_malformed_json_gets_422_in_the_same_error_shape(server):
+def test_malformed_json_gets_400_in_the_same_error_shape(server):
+    # 400: the body is not JSON at all; 422 is for JSON that breaks the schema.
     with server.client() as client:
         response = client.post("/v1/generate", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422 and response.json()["error"]["type"] == "validation_error"
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_json"
 
 
 def test_a_body_over_the_size_limit_gets_413(server):

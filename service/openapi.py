@@ -1,0 +1,99 @@
+"""The served OpenAPI document: everything an operation can answer, errors and streams included.
+
+What it does: the `responses` of each route (every status it can return, with
+the error body's schema and the headers that come with it: Retry-After on 429
+and 503, WWW-Authenticate on 401), the description of a streamed 200 (each
+Server-Sent Event's `data` is JSON of one of the event schemas, or the closing
+`[DONE]`; written as OpenAPI 3.2's `itemSchema`, the form FastAPI uses for its
+own SSE routes), and `install(app)`, which adds the event schemas to FastAPI's
+document so their `$ref`s resolve. Generated clients and the contract tests
+(tests/service/test_openapi_contract.py, test_fuzz.py) read this document.
+
+What it does not do: validate anything at run time; decide statuses (the
+routes and error handlers do; this module must list what they return).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from service.schemas import CompletionResponse, ErrorResponse, StreamDone, StreamToken
+
+REF = "#/components/schemas/{model}"
+# Models that appear only inside streams: FastAPI does not see them.
+STREAM_EVENT_MODELS: tuple[type[BaseModel], ...] = (StreamToken, StreamDone, CompletionResponse, ErrorResponse)
+
+ERROR_DESCRIPTIONS = {
+    400: "the body is not JSON: not UTF-8, malformed, or nested too deeply (type invalid_json)",
+    401: "missing or wrong API key",
+    404: "the model named is not served here",
+    413: "the body exceeds the server's max_body_bytes",
+    415: "the body is not declared as JSON: send Content-Type: application/json",
+    422: "invalid request, or a server limit exceeded (the message and `param` name it)",
+    429: "the queue is full: retry after Retry-After seconds",
+    500: "a server bug; the message says no more, the server log has the details",
+    503: "the model is loading, the server is draining, or its engine is down: retry after Retry-After seconds",
+}
+_RETRY_AFTER = {"description": "seconds to wait before retrying", "schema": {"type": "integer", "minimum": 1}}
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}, "required": True}},
+    429: {"Retry-After": {**_RETRY_AFTER, "required": True}},
+    503: {"Retry-After": {**_RETRY_AFTER, "required": True}},
+}
+PLAIN_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` entries of the error statuses an operation can return."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        responses[status] = {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]}
+        if status in ERROR_HEADERS:
+            responses[status]["headers"] = ERROR_HEADERS[status]
+    return responses
+
+
+def event_stream(*event_models: type[BaseModel], description: str) -> dict[str, Any]:
+    """The text/event-stream content of a streamed 200: `data` is JSON of one of `event_models`, or `[DONE]`."""
+    payload = {"anyOf": [{"$ref": REF.format(model=m.__name__)} for m in (*event_models, ErrorResponse)]}
+    return {
+        "text/event-stream": {
+            "schema": {"type": "string", "description": description},
+            "itemSchema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "event": {"type": "string", "enum": ["error"], "description": "only on an error event"},
+                    "data": {
+                        "type": "string",
+                        "anyOf": [
+                            {"const": "[DONE]", "description": "the last event of a stream that did not fail"},
+                            {"contentMediaType": "application/json", "contentSchema": payload},
+                        ],
+                    },
+                },
+            },
+        }
+    }
+
+
+def install(app: FastAPI) -> None:
+    """Serve FastAPI's document with the stream event schemas added to its components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()  # FastAPI caches it in app.openapi_schema
+            _, definitions = models_json_schema(
+                [(model, "serialization") for model in STREAM_EVENT_MODELS], ref_template=REF
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in definitions.get("$defs", {}).items():
+                schemas.setdefault(name, schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
