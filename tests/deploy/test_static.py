@@ -10,6 +10,7 @@ import yaml
 
 from tests.deploy.stack import (
     ALERTS,
+    ALERTS_TEST,
     COMPOSE,
     DOCKERFILES,
     PROMETHEUS_CONF,
@@ -69,6 +70,17 @@ def test_alert_rules_pass_promtool_and_cover_the_failure_modes():
         "IntroLLMHighErrorRatio", "IntroLLMQueueSaturated", "IntroLLMTimeToFirstTokenObjective",
         "IntroLLMReplicaDown", "IntroLLMTemperaturePinnedAtMin", "IntroLLMTemperaturePinnedAtMax",
     } <= names
+
+
+def test_alert_rules_compare_with_the_exported_limits_and_tau_range_in_promtool_unit_tests():
+    # alerts_test.yml: synthetic series with non-default limits and tau ranges, so a bound written
+    # into a rule (48 waiting, tau 0.1 / 2.0) makes a case fire or stay silent wrongly.
+    promtool = tool("promtool")
+    result = run([promtool, "test", "rules", str(ALERTS_TEST)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = {test["alertname"] for case in yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+              for test in case["alert_rule_test"]}
+    assert {"IntroLLMQueueSaturated", "IntroLLMTemperaturePinnedAtMin", "IntroLLMTemperaturePinnedAtMax"} <= tested
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
