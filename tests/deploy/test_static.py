@@ -16,6 +16,7 @@ from tests.deploy.stack import (
     PROMETHEUS_CONF,
     dashboard,
     dashboard_panels,
+    dashboard_queries,
     nginx_command,
     nginx_conf_for,
     tool,
@@ -161,3 +162,15 @@ def test_every_dashboard_panel_has_a_promql_query_and_is_templated():
             assert "introllm_" in target["expr"] or 'up{job="introllm"' in target["expr"], panel["title"]
             assert "$replica" in target["expr"], panel["title"]
     assert any(row.get("repeat") == "replica" for row in board["panels"] if row["type"] == "row")
+
+
+def test_dashboard_draws_the_bounds_each_replica_exports_beside_load_and_tau():
+    queries = {title: " ".join(expr for panel_title, expr in dashboard_queries() if panel_title == title)
+               for title, _ in dashboard_queries()}
+    for title in ("Running and waiting requests", "Running and waiting ($replica)"):
+        assert "introllm_max_running_requests" in queries[title], title
+        assert "introllm_max_waiting_requests" in queries[title], title
+    for title in ("Average tau per request", "Average tau per request ($replica)"):
+        assert "introllm_temperature_range_min" in queries[title], title
+        assert "introllm_temperature_range_max" in queries[title], title
+    assert any("introllm_model_info" in expr for expr in queries.values())
