@@ -30,7 +30,7 @@ import service
 from model import Checkpoint, Manifest, load_checkpoint
 from service.engine import Engine
 from service.errors import ServiceError, error_body
-from service.metrics import ServiceMetrics
+from service.metrics import ServerInfo, ServiceMetrics
 from service.openapi import install as install_openapi
 from service.routes import api, ops
 from service.scheduler import Limits, Scheduler, encode_prompt
@@ -77,6 +77,17 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
         compile=settings.compile,
         metrics=metrics,
     )
+    metrics.set_server(ServerInfo(
+        base_model=checkpoint.manifest.base_model,
+        checkpoint_format_version=checkpoint.manifest.format_version,
+        tau_min=head.config.tau_min,
+        tau_max=head.config.tau_max,
+        version=service.__version__,
+        device=str(engine.device),
+        dtype=str(next(checkpoint.model.parameters()).dtype).removeprefix("torch."),
+        max_running_requests=settings.max_running_requests,
+        max_waiting_requests=settings.max_waiting_requests,
+    ))
     if settings.warm_up:
         # With `compile`, this is where the decode step compiles (before readiness).
         engine.warm_up(encode_prompt(tokenizer, "warm up"))

@@ -25,6 +25,17 @@ Families, with the PromQL a dashboard uses:
 A request that times out returns its partial output (finished_reason
 "timeout") and is also counted as a failure with reason "timeout".
 
+What the server runs with, set once when the checkpoint is loaded (the facts
+of /info), so that alert rules and dashboards compare with the replica's own
+numbers rather than numbers written into them:
+  model_info{model, base_model, checkpoint_format_version, tau_min, tau_max,
+             version, device, dtype}                           always 1 (vLLM's *_info convention);
+      join it for labels: ... * on (model, replica) group_left (version) introllm_model_info
+  max_running_requests, max_waiting_requests                   gauges, the scheduling bounds:
+      saturation = num_requests_waiting / max_waiting_requests
+  temperature_range_min, temperature_range_max                 gauges, the loaded head's [tau_min, tau_max]
+      (labels cannot be compared numerically in PromQL, hence gauges beside the info labels)
+
 What it does not do: serve /metrics (routes.py) or time anything itself.
 """
 
@@ -84,6 +95,16 @@ class ServiceMetrics:
         self.token_tau = histogram("token_temperature", "Temperature applied to each generated token.",
                                    TAU_BUCKETS)
         self.tau_updates = counter("temperature_updates", "Tokens at which the temperature gate fired.")
+
+        def gauge(name: str, doc: str, label_names=("model",)) -> Gauge:
+            return Gauge(PREFIX + name, doc, label_names, registry=self.registry)
+
+        self.model_info = gauge("model_info", "What the server runs with (always 1; the facts are labels).",
+                                ("model", *INFO_LABELS))
+        self.max_running = gauge("max_running_requests", "Bound on the running batch (max_running_requests).")
+        self.max_waiting = gauge("max_waiting_requests", "Bound on waiting requests (max_waiting_requests).")
+        self.tau_min = gauge("temperature_range_min", "tau_min of the loaded temperature head.")
+        self.tau_max = gauge("temperature_range_max", "tau_max of the loaded temperature head.")
         # Create the label sets that exist from the start, so dashboards and
         # tests see zeros rather than missing series.
         for reason in FAILURE_REASONS:
@@ -109,6 +130,15 @@ class ServiceMetrics:
             tau_updates=self.tau_updates.labels(*labels),
         )
 
+    def set_server(self, info: ServerInfo) -> None:
+        """Export what the server runs with; called once the checkpoint is loaded."""
+        self.model_info.clear()  # one label set: a second call replaces, never adds
+        self.model_info.labels(self.model, *(str(getattr(info, name)) for name in INFO_LABELS)).set(1)
+        self.max_running.labels(self.model).set(info.max_running_requests)
+        self.max_waiting.labels(self.model).set(info.max_waiting_requests)
+        self.tau_min.labels(self.model).set(info.tau_min)
+        self.tau_max.labels(self.model).set(info.tau_max)
+
     def failed(self, reason: str) -> None:
         self.failure.labels(self.model, reason).inc()
 
@@ -118,6 +148,24 @@ class ServiceMetrics:
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.labels(self.model).observe(size)
+
+
+INFO_LABELS = ("base_model", "checkpoint_format_version", "tau_min", "tau_max", "version", "device", "dtype")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The facts `set_server` exports: the labels of model_info and the values of the bound gauges."""
+
+    base_model: str
+    checkpoint_format_version: int
+    tau_min: float
+    tau_max: float
+    version: str
+    device: str
+    dtype: str
+    max_running_requests: int
+    max_waiting_requests: int
 
 
 @dataclass

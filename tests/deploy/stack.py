@@ -24,6 +24,7 @@ DOCKER = REPO / "docker"
 NGINX_CONF = DOCKER / "nginx" / "nginx.conf"
 PROMETHEUS_CONF = DOCKER / "prometheus" / "prometheus.yml"
 ALERTS = DOCKER / "prometheus" / "alerts.yml"
+ALERTS_TEST = DOCKER / "prometheus" / "alerts_test.yml"  # promtool test rules
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "introllm.json"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILES = (DOCKER / "Dockerfile", DOCKER / "Dockerfile.cuda")

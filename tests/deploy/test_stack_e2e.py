@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,13 +22,16 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+import service
 from tests.deploy.stack import (
     ALERTS,
     CHECKPOINT,
     REPO,
     alert_queries,
     concrete,
+    dashboard,
     dashboard_queries,
     free_port,
     nginx_command,
@@ -41,9 +45,10 @@ pytestmark = pytest.mark.slow
 MODEL = CHECKPOINT.name
 PROMPTS = ["3 5 7 2>24\n", "1 2 3 4>01\n", "6 2 8>41\n", "9 4 1 5>72\n"]
 TAU_RANGE = (0.1, 2.0)
+METRIC_NAME = re.compile(r"\bintrollm_[a-z0-9_]+")
 # Panels whose queries must return data after the traffic (the others need failures, waits, ...).
 MUST_HAVE_DATA = ("tau per request", "Time to first token", "Inter-token latency", "End-to-end request latency",
-                  "Generated tokens per second", "Latency p99")
+                  "Generated tokens per second", "Latency p99", "Running and waiting", "Servers")
 
 
 @dataclass
@@ -302,6 +307,30 @@ def test_mean_tau_in_prometheus_matches_what_the_responses_reported(stack, traff
     # Both replicas served some of the traffic (least_conn over two upstreams).
     per_replica = stack.query("sum by (replica) (introllm_request_mean_temperature_count)", at=traffic.at)
     assert len([sample for sample in per_replica["result"] if float(sample["value"][1]) > 0]) == 2
+
+
+def test_every_metric_the_dashboard_and_the_alerts_name_is_exported_by_a_replica(stack, traffic):
+    # A misspelt or never-exported name is valid PromQL that returns nothing: the test above cannot
+    # see it. After the traffic every label set exists, so every sample name is on /metrics.
+    text = httpx.get(f"http://127.0.0.1:{stack.replica_ports[0]}/metrics", timeout=10).text
+    exported = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    queries = dashboard_queries() + alert_queries() + [("variable " + variable["name"], variable["definition"])
+                                                       for variable in dashboard()["templating"]["list"]]
+    named = {(title, name) for title, expr in queries for name in METRIC_NAME.findall(expr)}
+    missing = sorted((title, name) for title, name in named if name not in exported)
+    assert not missing, missing
+    # The alerts compare with these; the replicas run with the defaults and the bundled checkpoint.
+    for promql, value in (("introllm_max_waiting_requests", 64), ("introllm_max_running_requests", 32),
+                          ("introllm_temperature_range_min", TAU_RANGE[0]),
+                          ("introllm_temperature_range_max", TAU_RANGE[1])):
+        result = stack.query(promql, at=traffic.at)["result"]
+        assert sorted(sample["metric"]["replica"] for sample in result) == sorted(
+            f"127.0.0.1:{port}" for port in stack.replica_ports), (promql, result)
+        assert all(float(sample["value"][1]) == pytest.approx(value) for sample in result), (promql, result)
+    replica = f"127.0.0.1:{stack.replica_ports[0]}"
+    [info] = stack.query(f'introllm_model_info{{replica="{replica}"}}', at=traffic.at)["result"]
+    assert {key: info["metric"][key] for key in ("model", "device", "dtype", "version")} == {
+        "model": MODEL, "device": "cpu", "dtype": "float32", "version": service.__version__}
 
 
 def test_killing_a_replica_the_gateway_routes_around_it_and_prometheus_marks_it_down(stack, traffic):

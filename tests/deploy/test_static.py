@@ -10,11 +10,13 @@ import yaml
 
 from tests.deploy.stack import (
     ALERTS,
+    ALERTS_TEST,
     COMPOSE,
     DOCKERFILES,
     PROMETHEUS_CONF,
     dashboard,
     dashboard_panels,
+    dashboard_queries,
     nginx_command,
     nginx_conf_for,
     tool,
@@ -69,6 +71,17 @@ def test_alert_rules_pass_promtool_and_cover_the_failure_modes():
         "IntroLLMHighErrorRatio", "IntroLLMQueueSaturated", "IntroLLMTimeToFirstTokenObjective",
         "IntroLLMReplicaDown", "IntroLLMTemperaturePinnedAtMin", "IntroLLMTemperaturePinnedAtMax",
     } <= names
+
+
+def test_alert_rules_compare_with_the_exported_limits_and_tau_range_in_promtool_unit_tests():
+    # alerts_test.yml: synthetic series with non-default limits and tau ranges, so a bound written
+    # into a rule (48 waiting, tau 0.1 / 2.0) makes a case fire or stay silent wrongly.
+    promtool = tool("promtool")
+    result = run([promtool, "test", "rules", str(ALERTS_TEST)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = {test["alertname"] for case in yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+              for test in case["alert_rule_test"]}
+    assert {"IntroLLMQueueSaturated", "IntroLLMTemperaturePinnedAtMin", "IntroLLMTemperaturePinnedAtMax"} <= tested
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
@@ -149,3 +162,15 @@ def test_every_dashboard_panel_has_a_promql_query_and_is_templated():
             assert "introllm_" in target["expr"] or 'up{job="introllm"' in target["expr"], panel["title"]
             assert "$replica" in target["expr"], panel["title"]
     assert any(row.get("repeat") == "replica" for row in board["panels"] if row["type"] == "row")
+
+
+def test_dashboard_draws_the_bounds_each_replica_exports_beside_load_and_tau():
+    queries = {title: " ".join(expr for panel_title, expr in dashboard_queries() if panel_title == title)
+               for title, _ in dashboard_queries()}
+    for title in ("Running and waiting requests", "Running and waiting ($replica)"):
+        assert "introllm_max_running_requests" in queries[title], title
+        assert "introllm_max_waiting_requests" in queries[title], title
+    for title in ("Average tau per request", "Average tau per request ($replica)"):
+        assert "introllm_temperature_range_min" in queries[title], title
+        assert "introllm_temperature_range_max" in queries[title], title
+    assert any("introllm_model_info" in expr for expr in queries.values())

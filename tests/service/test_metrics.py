@@ -1,15 +1,21 @@
 """Metrics: after a known set of requests, the counters and the temperature
-histograms match what the responses reported."""
+histograms match what the responses reported; a server exports what it runs
+with (model info, limits, tau range) for alerts and dashboards to compare with."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
+from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+import service
+from model import FORMAT_VERSION, HeadConfig, TemperatureHead, build_char_tokenizer, build_tiny_lm, save_checkpoint
 from service.metrics import ServiceMetrics
-from tests.service.support import read_sse, sse_json
+from tests.service.support import TEST_LM, read_sse, settings_for, sse_json, start_server, stop_server
 
 REQUESTS = [
     {"prompt": "3 5 7 2>24\n", "max_new_tokens": 12, "seed": 1},
@@ -83,3 +89,66 @@ def test_each_app_has_its_own_registry():
     sample = ("introllm_request_failure_total", {"model": "a", "reason": "validation"})
     assert first.registry.get_sample_value(*sample) == 1
     assert second.registry.get_sample_value(*sample) == 0
+
+
+@pytest.fixture(scope="module")
+def narrow_checkpoint_dir(tmp_path_factory) -> Path:
+    """A tiny checkpoint whose head runs on [0.5, 1.5], not the default [0.1, 2.0]: nothing can be hard-coded."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_lm(tokenizer, TEST_LM, seed=0)
+    head = TemperatureHead(HeadConfig(hidden_size=TEST_LM.hidden_size, tau_min=0.5, tau_max=1.5))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-narrow"
+    return save_checkpoint(path, model, tokenizer, head, base_model="tiny-narrow-base")
+
+
+def _samples(url: str, name: str) -> list[dict[str, str]]:
+    """The label sets of every sample called `name` on a server's /metrics, with the value under "value"."""
+    text = httpx.get(f"{url}/metrics", timeout=60).text
+    return [
+        {**sample.labels, "value": sample.value}
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def test_the_server_exports_what_it_runs_with_as_an_info_metric_and_limit_gauges(narrow_checkpoint_dir):
+    # Non-default limits and tau range, so that a number written in anywhere fails here.
+    live = start_server(settings_for(narrow_checkpoint_dir, model_name="narrow",
+                                     max_running_requests=3, max_waiting_requests=5))
+    try:
+        with live.client() as client:
+            info = client.get("/info").json()
+        [model_info] = _samples(live.url, "introllm_model_info")
+        assert model_info == {
+            "model": "narrow",
+            "base_model": "tiny-narrow-base",
+            "checkpoint_format_version": str(FORMAT_VERSION),
+            "tau_min": model_info["tau_min"],
+            "tau_max": model_info["tau_max"],
+            "version": service.__version__,
+            "device": "cpu",
+            "dtype": "float32",
+            "value": 1.0,
+        }
+        assert (float(model_info["tau_min"]), float(model_info["tau_max"])) == (0.5, 1.5)
+        # The same facts as /info.
+        assert (model_info["version"], model_info["device"], model_info["dtype"]) == (
+            info["version"], info["device"], info["dtype"]
+        )
+        assert [float(model_info["tau_min"]), float(model_info["tau_max"])] == info["tau_range"]
+
+        gauges = {
+            name: _samples(live.url, f"introllm_{name}")
+            for name in ("max_running_requests", "max_waiting_requests", "temperature_range_min",
+                         "temperature_range_max")
+        }
+        assert gauges == {
+            "max_running_requests": [{"model": "narrow", "value": 3.0}],
+            "max_waiting_requests": [{"model": "narrow", "value": 5.0}],
+            "temperature_range_min": [{"model": "narrow", "value": 0.5}],
+            "temperature_range_max": [{"model": "narrow", "value": 1.5}],
+        }
+        assert info["limits"]["max_running_requests"] == 3 and info["limits"]["max_waiting_requests"] == 5
+    finally:
+        stop_server(live)
