@@ -12,6 +12,17 @@ OpenAI: a chunk with finish_reason), then `data: [DONE]`. If the engine
 fails a request mid-stream, an `event: error` carrying the error body is
 sent instead of the final event, and the stream closes without [DONE].
 
+Auth: when any key is configured (`api_key`, `api_keys`, `api_key_file`),
+/v1/* needs `Authorization: Bearer <key>` with one of them (keys.py).
+
+Logging: each generation request logs one line when it ends, in the
+request's context (so with its request id, see logs.py): status, finish
+reason, tokens, mean tau and duration, or why it ended early. That line also
+names the response body's `id` (`gen-...`/`cmpl-...`), which stays ours and
+unique per request rather than being the `X-Request-Id` (vLLM reuses the
+header there): a client or gateway may reuse or choose request ids, the body
+id is what the engine keys requests by. The log line joins the two.
+
 What it does not do: tensor work, tokenization or limits (scheduler.py),
 error rendering (app.py).
 """
@@ -19,8 +30,9 @@ error rendering (app.py).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -32,6 +44,7 @@ from pydantic import BaseModel
 import service
 from service.engine import FinishEvent, TokenEvent
 from service.errors import ServiceError, error_body, unauthorized, unavailable
+from service.keys import KeyRing
 from service.scheduler import Completed, RequestHandle, Scheduler
 from service.schemas import (
     CompletionRequest,
@@ -50,6 +63,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 
+log = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, it only shows in access logs
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -75,13 +89,14 @@ def get_scheduler(request: Request) -> Scheduler:
 
 
 def require_api_key(request: Request) -> None:
-    """Bearer auth when `api_key` is set; constant-time comparison."""
-    settings: Settings = request.app.state.settings
-    if settings.api_key is None:
+    """Bearer auth when any key is configured; compared with every key in constant time (keys.py)."""
+    keys: KeyRing = request.app.state.keys
+    if not keys.enabled:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    # matches() runs even for a wrong scheme: the time taken does not depend on the header.
+    matched = keys.matches(token.strip().encode("utf-8", "surrogateescape"))
+    if scheme.lower() != "bearer" or not matched:
         request.app.state.metrics.failed("unauthorized")
         raise unauthorized("missing or wrong API key (send 'Authorization: Bearer <key>')")
 
@@ -97,11 +112,12 @@ ops = APIRouter()
 @api.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
 async def generate(body: GenerateRequest, request: Request, scheduler: SchedulerDep) -> Any:
     """Generate with a per-token temperature; `stream=true` for Server-Sent Events."""
+    started = time.perf_counter()
     handle = scheduler.submit(body.to_input())
     model = request.app.state.settings.served_model_name
     if body.stream:
-        return _sse(handle, _generate_events(handle, model, body), exclude_none=True)
-    result = await _result_unless_disconnected(handle, request)
+        return _sse(handle, _generate_events(handle, model, body), exclude_none=True, started=started)
+    result = await _logged_result(handle, request, started)
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return generate_response(handle, model, result, body)
@@ -121,12 +137,14 @@ async def completions(body: CompletionRequest, request: Request, scheduler: Sche
     """OpenAI-compatible completions (one prompt, n=1); per-token `temperatures` as an extra field."""
     model = request.app.state.settings.served_model_name
     if body.model != model:
-        raise ServiceError(404, "not_found", f"model {body.model!r} is not served here (this server: {model!r})",
+        # The requested name is not quoted back: the error is logged, and a body may hold anything.
+        raise ServiceError(404, "not_found", f"the requested model is not served here (this server: {model!r})",
                            param="model")
+    started = time.perf_counter()
     handle = scheduler.submit(body.to_input())
     if body.stream:
-        return _sse(handle, _completion_chunks(handle, model, body), exclude_none=False)
-    result = await _result_unless_disconnected(handle, request)
+        return _sse(handle, _completion_chunks(handle, model, body), exclude_none=False, started=started)
+    result = await _logged_result(handle, request, started)
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return completion_response(handle, model, result, logprobs=body.logprobs is not None)
@@ -212,7 +230,7 @@ async def info(request: Request, scheduler: SchedulerDep) -> dict[str, Any]:
             "max_timeout_s": limits.max_timeout_s,
         },
         "load": {"running": running, "waiting": waiting, "draining": scheduler.draining},
-        "auth": settings.api_key is not None,
+        "auth": request.app.state.keys.enabled,
     }
 
 
@@ -243,6 +261,34 @@ async def _result_unless_disconnected(handle: RequestHandle, request: Request) -
         handle.cancel()  # no-op when finished
 
 
+async def _logged_result(handle: RequestHandle, request: Request, started: float) -> Completed | None:
+    """`_result_unless_disconnected`, and the request's one log line whatever happens."""
+    try:
+        result = await _result_unless_disconnected(handle, request)
+    except ServiceError as exc:
+        _log_end(handle, started, exc.status, error=exc)
+        raise
+    _log_end(handle, started, 200 if result is not None else CLIENT_CLOSED_REQUEST)
+    return result
+
+
+def _log_end(handle: RequestHandle, started: float, status: int, *, stream: bool = False,
+             error: ServiceError | None = None) -> None:
+    took = time.perf_counter() - started
+    kind = "stream" if stream else "request"
+    finish = handle.finish
+    if error is not None:
+        log.warning("%s %s failed: status %d, %s: %s, %.3f s", kind, handle.request_id, status, error.type,
+                    error.message, took)
+    elif finish is None:
+        log.info("%s %s ended: client disconnected (status %d), %.3f s", kind, handle.request_id, status, took)
+    else:
+        tau = "n/a" if finish.tau_mean is None else f"{finish.tau_mean:.4f}"
+        log.info("%s %s finished: status %d, finish_reason %s, prompt_tokens %d, completion_tokens %d, "
+                 "mean tau %s, %.3f s", kind, handle.request_id, status, finish.reason, finish.prompt_tokens,
+                 finish.completion_tokens, tau, took)
+
+
 async def _disconnected(receive: Callable) -> None:
     # After the body, the server's next message is http.disconnect (sent when
     # the client goes away, or after the response is complete).
@@ -250,20 +296,28 @@ async def _disconnected(receive: Callable) -> None:
         pass
 
 
-def _sse(handle: RequestHandle, events: AsyncIterator[BaseModel], *, exclude_none: bool) -> StreamingResponse:
+def _sse(
+    handle: RequestHandle, events: AsyncIterator[BaseModel], *, exclude_none: bool, started: float
+) -> StreamingResponse:
     return StreamingResponse(
-        _frame(handle, events, exclude_none), media_type="text/event-stream", headers=SSE_HEADERS
+        _frame(handle, events, exclude_none, started), media_type="text/event-stream", headers=SSE_HEADERS
     )
 
 
-async def _frame(handle: RequestHandle, events: AsyncIterator[BaseModel], exclude_none: bool) -> AsyncIterator[str]:
+async def _frame(
+    handle: RequestHandle, events: AsyncIterator[BaseModel], exclude_none: bool, started: float
+) -> AsyncIterator[str]:
+    error: ServiceError | None = None
     try:
         async for event in events:
             yield f"data: {event.model_dump_json(exclude_none=exclude_none)}\n\n"
         yield "data: [DONE]\n\n"
     except ServiceError as exc:
+        error = exc
         yield f"event: error\ndata: {json.dumps(error_body(exc.type, exc.message))}\n\n"
     finally:
         # Runs when the stream ends and when the client leaves (Starlette
         # cancels the response task): either way the request leaves the engine.
         handle.cancel()
+        # The status line went out as 200 when the stream opened.
+        _log_end(handle, started, 200, stream=True, error=error)
