@@ -16,6 +16,8 @@ What it does:
   each record with the current request id. uvicorn's loggers (error and
   access) are made to propagate to it, so `uvicorn.Config(log_config=None)`
   must be used for uvicorn not to install its own handlers over these.
+  transformers' logger is routed through it too, and in JSON its progress
+  bars (not log lines) are turned off.
 
 Text:  2025-01-01 12:00:00,123 INFO service.routes [3f2a...]: request gen-... finished: ...
 JSON:  {"time": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "service.routes",

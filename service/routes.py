@@ -34,6 +34,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -116,8 +117,9 @@ async def generate(body: GenerateRequest, request: Request, scheduler: Scheduler
     handle = scheduler.submit(body.to_input())
     model = request.app.state.settings.served_model_name
     if body.stream:
-        return _sse(handle, _generate_events(handle, model, body), exclude_none=True, started=started)
-    result = await _logged_result(handle, request, started)
+        return _sse(handle, _generate_events(handle, model, body), exclude_none=True,
+                    ended=_Ending(handle, handle.request_id, started))
+    result = await _logged_result(handle, request, _Ending(handle, handle.request_id, started))
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return generate_response(handle, model, result, body)
@@ -143,8 +145,9 @@ async def completions(body: CompletionRequest, request: Request, scheduler: Sche
     started = time.perf_counter()
     handle = scheduler.submit(body.to_input())
     if body.stream:
-        return _sse(handle, _completion_chunks(handle, model, body), exclude_none=False, started=started)
-    result = await _logged_result(handle, request, started)
+        return _sse(handle, _completion_chunks(handle, model, body), exclude_none=False,
+                    ended=_Ending(handle, _completion_id(handle), started))
+    result = await _logged_result(handle, request, _Ending(handle, _completion_id(handle), started))
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return completion_response(handle, model, result, logprobs=body.logprobs is not None)
@@ -153,7 +156,7 @@ async def completions(body: CompletionRequest, request: Request, scheduler: Sche
 async def _completion_chunks(
     handle: RequestHandle, model: str, body: CompletionRequest
 ) -> AsyncIterator[BaseModel]:
-    chunk_id = handle.request_id.replace("gen-", "cmpl-", 1)
+    chunk_id = _completion_id(handle)
     offset = 0
 
     def chunk(choices: list, **extra: Any) -> CompletionResponse:
@@ -261,32 +264,43 @@ async def _result_unless_disconnected(handle: RequestHandle, request: Request) -
         handle.cancel()  # no-op when finished
 
 
-async def _logged_result(handle: RequestHandle, request: Request, started: float) -> Completed | None:
+def _completion_id(handle: RequestHandle) -> str:
+    return handle.request_id.replace("gen-", "cmpl-", 1)
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """What the request's end-of-request log line needs besides how it ended."""
+
+    handle: RequestHandle
+    body_id: str  # the response body's id, which the line names
+    started: float
+
+    def log(self, status: int, *, stream: bool = False, error: ServiceError | None = None) -> None:
+        took = time.perf_counter() - self.started
+        kind = "stream" if stream else "request"
+        finish = self.handle.finish
+        if error is not None:
+            log.warning("%s %s failed: status %d, %s: %s, %.3f s", kind, self.body_id, status, error.type,
+                        error.message, took)
+        elif finish is None:
+            log.info("%s %s ended: client disconnected (status %d), %.3f s", kind, self.body_id, status, took)
+        else:
+            tau = "n/a" if finish.tau_mean is None else f"{finish.tau_mean:.4f}"
+            log.info("%s %s finished: status %d, finish_reason %s, prompt_tokens %d, completion_tokens %d, "
+                     "mean tau %s, %.3f s", kind, self.body_id, status, finish.reason, finish.prompt_tokens,
+                     finish.completion_tokens, tau, took)
+
+
+async def _logged_result(handle: RequestHandle, request: Request, ended: _Ending) -> Completed | None:
     """`_result_unless_disconnected`, and the request's one log line whatever happens."""
     try:
         result = await _result_unless_disconnected(handle, request)
     except ServiceError as exc:
-        _log_end(handle, started, exc.status, error=exc)
+        ended.log(exc.status, error=exc)
         raise
-    _log_end(handle, started, 200 if result is not None else CLIENT_CLOSED_REQUEST)
+    ended.log(200 if result is not None else CLIENT_CLOSED_REQUEST)
     return result
-
-
-def _log_end(handle: RequestHandle, started: float, status: int, *, stream: bool = False,
-             error: ServiceError | None = None) -> None:
-    took = time.perf_counter() - started
-    kind = "stream" if stream else "request"
-    finish = handle.finish
-    if error is not None:
-        log.warning("%s %s failed: status %d, %s: %s, %.3f s", kind, handle.request_id, status, error.type,
-                    error.message, took)
-    elif finish is None:
-        log.info("%s %s ended: client disconnected (status %d), %.3f s", kind, handle.request_id, status, took)
-    else:
-        tau = "n/a" if finish.tau_mean is None else f"{finish.tau_mean:.4f}"
-        log.info("%s %s finished: status %d, finish_reason %s, prompt_tokens %d, completion_tokens %d, "
-                 "mean tau %s, %.3f s", kind, handle.request_id, status, finish.reason, finish.prompt_tokens,
-                 finish.completion_tokens, tau, took)
 
 
 async def _disconnected(receive: Callable) -> None:
@@ -297,15 +311,15 @@ async def _disconnected(receive: Callable) -> None:
 
 
 def _sse(
-    handle: RequestHandle, events: AsyncIterator[BaseModel], *, exclude_none: bool, started: float
+    handle: RequestHandle, events: AsyncIterator[BaseModel], *, exclude_none: bool, ended: _Ending
 ) -> StreamingResponse:
     return StreamingResponse(
-        _frame(handle, events, exclude_none, started), media_type="text/event-stream", headers=SSE_HEADERS
+        _frame(handle, events, exclude_none, ended), media_type="text/event-stream", headers=SSE_HEADERS
     )
 
 
 async def _frame(
-    handle: RequestHandle, events: AsyncIterator[BaseModel], exclude_none: bool, started: float
+    handle: RequestHandle, events: AsyncIterator[BaseModel], exclude_none: bool, ended: _Ending
 ) -> AsyncIterator[str]:
     error: ServiceError | None = None
     try:
@@ -320,4 +334,4 @@ async def _frame(
         # cancels the response task): either way the request leaves the engine.
         handle.cancel()
         # The status line went out as 200 when the stream opened.
-        _log_end(handle, started, 200, stream=True, error=error)
+        ended.log(200, stream=True, error=error)

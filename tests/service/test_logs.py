@@ -91,6 +91,9 @@ def _exercise_keys_everywhere(client: httpx.Client) -> dict[str, httpx.Response]
                        headers={"Authorization": f"Bearer {KEYS[0]}", "X-Request-Id": "trace-stream"}) as stream:
         responses["stream"] = stream
         sse_json(read_sse(stream.iter_lines()))
+    responses["completion"] = client.post(
+        "/v1/completions", json={"model": "tiny-test", "prompt": "a", "max_tokens": 2},
+        headers={"Authorization": f"Bearer {KEYS[1]}", "X-Request-Id": "trace-cmpl"})
     responses["wrong"] = client.post("/v1/generate", json=body, headers={
         "Authorization": f"Bearer {WRONG_KEY}", "X-Request-Id": "trace-wrong"})
     responses["basic"] = client.post("/v1/generate", json=body, headers={"Authorization": f"Basic {KEYS[1]}"})
@@ -138,6 +141,9 @@ def test_json_log_lines_are_json_carry_request_ids_and_never_a_key(checkpoint_di
         finished = next(record for record in own if record["logger"] == "service.routes")["message"]
         assert f"request {responses[f'ok-{i}'].json()['id']} finished: status 200" in finished
         assert "completion_tokens 3" in finished and "mean tau" in finished
+    completion_id = responses["completion"].json()["id"]
+    assert completion_id.startswith("cmpl-")
+    assert any(r["message"].startswith(f"request {completion_id} finished") for r in lines_of("trace-cmpl"))
     stream_lines = lines_of("trace-stream")
     assert any(r["message"].startswith("stream gen-") and "finished" in r["message"] for r in stream_lines)
     assert responses["wrong"].status_code == 401
