@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app, drain
+from service.logs import configure_logging
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -75,13 +76,14 @@ class DrainingServer(uvicorn.Server):
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # logging is configure_logging's: uvicorn's lines go through its handler
         # After the drain only finished responses are left to flush.
         timeout_graceful_shutdown=5,
         proxy_headers=True,

@@ -1,11 +1,18 @@
 """The FastAPI application: `create_app(settings)` and its lifespan.
 
-What it does: builds the app (routes, error handlers, body-size limit), and in
+What it does: builds the app (routes, error handlers, body-size limit,
+request ids, API keys), and in
 its lifespan loads the checkpoint off the event loop, starts the engine
 thread, runs one warm-up request through it, and serves; on shutdown it
 drains (no new requests, in-flight ones get `drain_grace_s` to finish, then
 time out) and stops the engine. Every error leaves as JSON of one shape (see
 errors.py), pydantic's validation errors included.
+
+Request ids: `RequestIdMiddleware`, the outermost of ours, takes the client's
+`X-Request-Id` (nginx sets one) or makes one, sets it in the `REQUEST_ID`
+context variable for the request's log lines (logs.py) and returns it as the
+`X-Request-Id` header of every response: errors, 413 and streams included
+(500s get it from their handler, which runs outside our middleware).
 
 What it does not do: bind sockets or handle signals (`__main__.py`), or any
 per-request logic (routes.py, scheduler.py).
@@ -30,6 +37,8 @@ import service
 from model import Checkpoint, Manifest, load_checkpoint
 from service.engine import Engine
 from service.errors import ServiceError, error_body
+from service.keys import KeyRing
+from service.logs import REQUEST_ID, REQUEST_ID_HEADER, accept_request_id, current_request_id
 from service.metrics import ServerInfo, ServiceMetrics
 from service.openapi import install as install_openapi
 from service.routes import api, ops
@@ -136,11 +145,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.scheduler = None
+    keys = KeyRing(settings.accepted_keys(), settings.api_key_file)
+    app.state.keys = keys
     app.include_router(api)
     app.include_router(ops)
     _install_error_handlers(app, metrics)
     install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    # Added last, so it runs first: the 413 of BodySizeLimit carries the id too.
+    app.add_middleware(RequestIdMiddleware, keys=keys)
     return app
 
 
@@ -159,6 +172,8 @@ async def drain(app: FastAPI, grace_s: float) -> bool:
 def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        # Messages are ours and never quote a key or a prompt.
+        log.info("refused: %d %s: %s", exc.status, exc.type, exc.message)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -169,9 +184,13 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         if malformed is not None:  # FastAPI's json.loads failed: the body is not JSON at all
             position = malformed["loc"][-1]
             reason = malformed.get("ctx", {}).get("error", "malformed")
-            return JSONResponse(error_body("invalid_json", f"{NOT_JSON}: {reason} at character {position}"), 400)
+            message = f"{NOT_JSON}: {reason} at character {position}"
+            log.info("refused: 400 invalid_json: %s", message)
+            return JSONResponse(error_body("invalid_json", message), 400)
+        # pydantic's messages only (never the input, which may hold anything).
         message = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
         param = _where(errors[0]["loc"]) if errors else "body"
+        log.info("refused: 422 validation_error: %s", message)
         return JSONResponse(error_body("validation_error", message, None if param == "body" else param), 422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -181,8 +200,9 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
             # error: bytes that are not UTF-8, or nesting deeper than the
             # parser's recursion limit.
             metrics.failed("validation")
-            body = error_body("invalid_json", f"{NOT_JSON}: it must be UTF-8 and not nested too deeply")
-            return JSONResponse(body, status_code=400)
+            message = f"{NOT_JSON}: it must be UTF-8 and not nested too deeply"
+            log.info("refused: 400 invalid_json: %s", message)
+            return JSONResponse(error_body("invalid_json", message), status_code=400)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
@@ -190,7 +210,10 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         metrics.failed("internal")
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        # This handler runs in Starlette's outermost middleware, past ours: add the id here.
+        request_id = current_request_id()
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500, headers=headers)
 
 
 NOT_JSON = "the request body is not valid JSON"
@@ -200,6 +223,39 @@ def _where(loc: tuple) -> str:
     """('body', 'tau_min') -> 'tau_min'; ('body',) -> 'body'."""
     parts = [str(p) for p in loc if p != "body"]
     return ".".join(parts) or "body"
+
+
+class RequestIdMiddleware:
+    """ASGI middleware: one request id per HTTP request, in the log context and the response headers.
+
+    The client's `X-Request-Id` is kept when plausible (see logs.accept_request_id)
+    and not one of the API keys (a client that put its key there would
+    otherwise have it logged); else a fresh id is used. The context variable
+    is set, not reset: uvicorn runs each request in its own task (a copy of
+    the context), so the id ends with the task, after uvicorn's access line
+    and its "Exception in ASGI application" line have been logged with it.
+    """
+
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = next((value for name, value in scope["headers"] if name.lower() == b"x-request-id"), None)
+        request_id = accept_request_id(supplied, refuse=lambda value: self.keys.matches(value.encode()))
+        REQUEST_ID.set(request_id)
+        header = (b"x-request-id", request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class BodySizeLimit:
@@ -249,6 +305,7 @@ class BodySizeLimit:
 
     async def _refuse(self, send: Send) -> None:
         self.metrics.failed("validation")
+        log.info("refused: 413 payload_too_large: body over %d bytes", self.max_bytes)
         response = JSONResponse(
             error_body("payload_too_large", f"request body exceeds max_body_bytes={self.max_bytes}"), status_code=413
         )

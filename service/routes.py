@@ -12,6 +12,17 @@ OpenAI: a chunk with finish_reason), then `data: [DONE]`. If the engine
 fails a request mid-stream, an `event: error` carrying the error body is
 sent instead of the final event, and the stream closes without [DONE].
 
+Auth: when any key is configured (`api_key`, `api_keys`, `api_key_file`),
+/v1/* needs `Authorization: Bearer <key>` with one of them (keys.py).
+
+Logging: each generation request logs one line when it ends, in the
+request's context (so with its request id, see logs.py): status, finish
+reason, tokens, mean tau and duration, or why it ended early. That line also
+names the response body's `id` (`gen-...`/`cmpl-...`), which stays ours and
+unique per request rather than being the `X-Request-Id` (vLLM reuses the
+header there): a client or gateway may reuse or choose request ids, the body
+id is what the engine keys requests by. The log line joins the two.
+
 What it does not do: tensor work, tokenization or limits (scheduler.py),
 error rendering (app.py).
 """
@@ -19,9 +30,11 @@ error rendering (app.py).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -32,6 +45,7 @@ from pydantic import BaseModel
 import service
 from service.engine import FinishEvent, TokenEvent
 from service.errors import ServiceError, error_body, unauthorized, unavailable
+from service.keys import KeyRing
 from service.openapi import PLAIN_TEXT, errors, event_stream
 from service.scheduler import Completed, RequestHandle, Scheduler
 from service.schemas import (
@@ -57,6 +71,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 
+log = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, it only shows in access logs
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # What a generation route can answer besides 200 (service/openapi.py documents each).
@@ -74,13 +89,14 @@ def get_scheduler(request: Request) -> Scheduler:
 
 
 def require_api_key(request: Request) -> None:
-    """Bearer auth when `api_key` is set; constant-time comparison."""
-    settings: Settings = request.app.state.settings
-    if settings.api_key is None:
+    """Bearer auth when any key is configured; compared with every key in constant time (keys.py)."""
+    keys: KeyRing = request.app.state.keys
+    if not keys.enabled:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    # matches() runs even for a wrong scheme: the time taken does not depend on the header.
+    matched = keys.matches(token.strip().encode("utf-8", "surrogateescape"))
+    if scheme.lower() != "bearer" or not matched:
         request.app.state.metrics.failed("unauthorized")
         raise unauthorized("missing or wrong API key (send 'Authorization: Bearer <key>')")
 
@@ -98,7 +114,7 @@ def require_json_body(request: Request) -> None:
         return
     raise ServiceError(
         415, "unsupported_media_type",
-        f"the body must be JSON sent with 'Content-Type: application/json', not {media_type[:80]!r}",
+        "the body must be JSON, sent with 'Content-Type: application/json'",
     )
 
 
@@ -124,11 +140,13 @@ ops = APIRouter()
 )
 async def generate(body: GenerateRequest, request: Request, scheduler: SchedulerDep) -> Any:
     """Generate with a per-token temperature; `stream=true` for Server-Sent Events."""
+    started = time.perf_counter()
     handle = scheduler.submit(body.to_input())
     model = request.app.state.settings.served_model_name
     if body.stream:
-        return _sse(handle, _generate_events(handle, model, body))
-    result = await _result_unless_disconnected(handle, request)
+        return _sse(handle, _generate_events(handle, model, body),
+                    ended=_Ending(handle, handle.request_id, started))
+    result = await _logged_result(handle, request, _Ending(handle, handle.request_id, started))
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return generate_response(handle, model, result, body)
@@ -158,12 +176,15 @@ async def completions(body: CompletionRequest, request: Request, scheduler: Sche
     """OpenAI-compatible completions (one prompt, n=1); per-token `temperatures` as an extra field."""
     model = request.app.state.settings.served_model_name
     if body.model != model:
-        raise ServiceError(404, "not_found", f"model {body.model!r} is not served here (this server: {model!r})",
+        # The requested name is not quoted back: the error is logged, and a body may hold anything.
+        raise ServiceError(404, "not_found", f"the requested model is not served here (this server: {model!r})",
                            param="model")
+    started = time.perf_counter()
     handle = scheduler.submit(body.to_input())
     if body.stream:
-        return _sse(handle, _completion_chunks(handle, model, body))
-    result = await _result_unless_disconnected(handle, request)
+        return _sse(handle, _completion_chunks(handle, model, body),
+                    ended=_Ending(handle, _completion_id(handle), started))
+    result = await _logged_result(handle, request, _Ending(handle, _completion_id(handle), started))
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return completion_response(handle, model, result, logprobs=body.logprobs is not None)
@@ -172,7 +193,7 @@ async def completions(body: CompletionRequest, request: Request, scheduler: Sche
 async def _completion_chunks(
     handle: RequestHandle, model: str, body: CompletionRequest
 ) -> AsyncIterator[BaseModel]:
-    chunk_id = handle.request_id.replace("gen-", "cmpl-", 1)
+    chunk_id = _completion_id(handle)
     offset = 0
 
     def chunk(choices: list, **extra: Any) -> CompletionResponse:
@@ -256,7 +277,7 @@ async def info(request: Request, scheduler: SchedulerDep) -> Info:
             max_timeout_s=limits.max_timeout_s,
         ),
         load=InfoLoad(running=running, waiting=waiting, draining=scheduler.draining),
-        auth=settings.api_key is not None,
+        auth=request.app.state.keys.enabled,
     )
 
 
@@ -291,6 +312,45 @@ async def _result_unless_disconnected(handle: RequestHandle, request: Request) -
         handle.cancel()  # no-op when finished
 
 
+def _completion_id(handle: RequestHandle) -> str:
+    return handle.request_id.replace("gen-", "cmpl-", 1)
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """What the request's end-of-request log line needs besides how it ended."""
+
+    handle: RequestHandle
+    body_id: str  # the response body's id, which the line names
+    started: float
+
+    def log(self, status: int, *, stream: bool = False, error: ServiceError | None = None) -> None:
+        took = time.perf_counter() - self.started
+        kind = "stream" if stream else "request"
+        finish = self.handle.finish
+        if error is not None:
+            log.warning("%s %s failed: status %d, %s: %s, %.3f s", kind, self.body_id, status, error.type,
+                        error.message, took)
+        elif finish is None:
+            log.info("%s %s ended: client disconnected (status %d), %.3f s", kind, self.body_id, status, took)
+        else:
+            tau = "n/a" if finish.tau_mean is None else f"{finish.tau_mean:.4f}"
+            log.info("%s %s finished: status %d, finish_reason %s, prompt_tokens %d, completion_tokens %d, "
+                     "mean tau %s, %.3f s", kind, self.body_id, status, finish.reason, finish.prompt_tokens,
+                     finish.completion_tokens, tau, took)
+
+
+async def _logged_result(handle: RequestHandle, request: Request, ended: _Ending) -> Completed | None:
+    """`_result_unless_disconnected`, and the request's one log line whatever happens."""
+    try:
+        result = await _result_unless_disconnected(handle, request)
+    except ServiceError as exc:
+        ended.log(exc.status, error=exc)
+        raise
+    ended.log(200 if result is not None else CLIENT_CLOSED_REQUEST)
+    return result
+
+
 async def _disconnected(receive: Callable) -> None:
     # After the body, the server's next message is http.disconnect (sent when
     # the client goes away, or after the response is complete).
@@ -298,18 +358,22 @@ async def _disconnected(receive: Callable) -> None:
         pass
 
 
-def _sse(handle: RequestHandle, events: AsyncIterator[BaseModel]) -> StreamingResponse:
-    return StreamingResponse(_frame(handle, events), media_type="text/event-stream", headers=SSE_HEADERS)
+def _sse(handle: RequestHandle, events: AsyncIterator[BaseModel], *, ended: _Ending) -> StreamingResponse:
+    return StreamingResponse(_frame(handle, events, ended), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _frame(handle: RequestHandle, events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+async def _frame(handle: RequestHandle, events: AsyncIterator[BaseModel], ended: _Ending) -> AsyncIterator[str]:
+    error: ServiceError | None = None
     try:
         async for event in events:
             yield f"data: {event.model_dump_json()}\n\n"
         yield "data: [DONE]\n\n"
     except ServiceError as exc:
+        error = exc
         yield f"event: error\ndata: {json.dumps(error_body(exc.type, exc.message))}\n\n"
     finally:
         # Runs when the stream ends and when the client leaves (Starlette
         # cancels the response task): either way the request leaves the engine.
         handle.cancel()
+        # The status line went out as 200 when the stream opened.
+        ended.log(200, stream=True, error=error)

@@ -213,6 +213,7 @@ class RequestHandle:
     ) -> None:
         self.request_id = request_id
         self.created = int(time.time())
+        self.finish: FinishEvent | None = None  # once seen by events(): for the route's log line
         self.prompt_tokens = prompt_tokens
         self.seed = seed
         self.mode = mode
@@ -228,6 +229,8 @@ class RequestHandle:
                 if event.kind == "unavailable":
                     raise unavailable(event.message, self._retry_after_s)
                 raise internal_error(event.message)
+            if isinstance(event, FinishEvent):
+                self.finish = event
             yield event
             if isinstance(event, FinishEvent):
                 return

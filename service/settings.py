@@ -10,12 +10,15 @@ limits here are upper bounds that requests are checked against.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.keys import read_key_file
 
 # The repository root, found from this file rather than the working directory,
 # so the bundled default model is found wherever the server is started from.
@@ -26,7 +29,8 @@ DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "introllm-countdown-tiny"
 class Settings(BaseSettings):
     """Everything the operator can set; see the field descriptions."""
 
-    model_config = SettingsConfigDict(env_prefix="INTROLLM_", extra="forbid")
+    # hide_input_in_errors: a validation error would otherwise quote the input, API keys included.
+    model_config = SettingsConfigDict(env_prefix="INTROLLM_", extra="forbid", hide_input_in_errors=True)
 
     # Model
     checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="checkpoint directory to serve")
@@ -65,7 +69,41 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>'")
+    # NoDecode: pydantic-settings would read a list from the environment as JSON only;
+    # _split_keys also takes the plain comma-separated form.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="more accepted API keys (for rotation): a JSON list or comma-separated; "
+        "any of api_key, api_keys and api_key_file is accepted",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="file of accepted API keys, one per line ('#' comments and blank lines ignored); "
+        "re-read when it changes, so keys rotate without a restart",
+    )
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'text', or 'json': one JSON object per log line (time, level, logger, message, "
+        "request_id), uvicorn's lines included"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    # Not echoing the value: it holds keys.
+                    raise ValueError("api_keys: not a valid JSON list (or use comma-separated keys)") from None
+            else:
+                value = text.split(",")
+        if isinstance(value, list | tuple):
+            value = [item.strip() if isinstance(item, str) else item for item in value]
+            return [item for item in value if item != ""]
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -73,7 +111,16 @@ class Settings(BaseSettings):
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens")
         if self.default_timeout_s > self.max_timeout_s:
             raise ValueError("default_timeout_s must not exceed max_timeout_s")
+        if self.api_key_file is not None:
+            # A clear start-up error rather than a server that refuses every request.
+            if not read_key_file(self.api_key_file) and not self.accepted_keys():
+                raise ValueError(f"api_key_file {str(self.api_key_file)!r} holds no key")
         return self
+
+    def accepted_keys(self) -> list[str]:
+        """The keys of api_key and api_keys (the key file's are read by service.keys.KeyRing)."""
+        keys = [self.api_key] if self.api_key is not None else []
+        return [key.get_secret_value() for key in [*keys, *self.api_keys] if key.get_secret_value()]
 
     @property
     def served_model_name(self) -> str:

@@ -252,8 +252,16 @@ def test_gateway_forwards_a_request_id_and_answers_with_it(stack):
     with httpx.Client(base_url=stack.gateway, timeout=60) as client:
         own = client.get("/health/ready", headers={"X-Request-Id": "test-abc-123"})
         generated = client.get("/health/ready")
+        too_long = client.get("/health/ready", headers={"X-Request-Id": "x" * 129})
+        refused = client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": -1},
+                              headers={"X-Request-Id": "test-422"})
     assert own.status_code == 200 and own.headers["x-request-id"] == "test-abc-123"
     assert len(generated.headers["x-request-id"]) == 32
+    # Replaced by the gateway under the service's own rule; the replica's copy is hidden, so one header.
+    assert len(too_long.headers["x-request-id"]) == 32
+    for response in (own, generated, too_long, refused):
+        assert len(response.headers.get_list("x-request-id")) == 1
+    assert refused.status_code == 422 and refused.headers["x-request-id"] == "test-422"
 
 
 def test_stream_through_the_gateway_arrives_token_by_token(traffic):

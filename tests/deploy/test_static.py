@@ -42,7 +42,7 @@ def test_gateway_config_is_streaming_safe_and_guarded():
         "proxy_buffering off;", "proxy_read_timeout 660s;", "client_max_body_size 256k;", "least_conn;",
         "limit_req zone=introllm_per_client", "max_fails=2 fail_timeout=10s", "proxy_http_version 1.1;",
         "proxy_set_header X-Request-Id $introllm_request_id;", "proxy_set_header Authorization $http_authorization;",
-        '""      $request_id;',
+        '""      $request_id;', '"~^[!-~]{1,128}$"     $http_x_request_id;', "proxy_hide_header X-Request-Id;",
     ):
         assert directive in text, directive
 

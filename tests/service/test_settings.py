@@ -39,3 +39,39 @@ def test_environment_variables_with_the_prefix_set_fields(monkeypatch):
 def test_inconsistent_or_unknown_settings_are_refused(values):
     with pytest.raises(ValidationError):
         Settings(**values)
+
+
+@pytest.mark.parametrize("value", ["k-one,k-two", " k-one , k-two ,", '["k-one", "k-two"]'])
+def test_api_keys_come_from_the_environment_comma_separated_or_as_json(monkeypatch, value):
+    monkeypatch.setenv("INTROLLM_API_KEYS", value)
+    monkeypatch.setenv("INTROLLM_API_KEY", "k-zero")
+    settings = Settings()
+    assert settings.accepted_keys() == ["k-zero", "k-one", "k-two"]
+    assert "k-" not in repr(settings) and "k-" not in str(settings)
+
+
+def test_a_key_file_is_read_at_start_up_and_errors_never_quote_keys(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTROLLM_API_KEYS", "k-secret-one")
+    monkeypatch.setenv("INTROLLM_API_KEY_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ValidationError) as missing:
+        Settings()
+    assert "absent" in str(missing.value) and "cannot be read" in str(missing.value)
+    (tmp_path / "empty").write_text("# no keys yet\n\n")
+    monkeypatch.delenv("INTROLLM_API_KEYS")
+    monkeypatch.setenv("INTROLLM_API_KEY_FILE", str(tmp_path / "empty"))
+    with pytest.raises(ValidationError, match="holds no key"):
+        Settings()
+    monkeypatch.setenv("INTROLLM_API_KEYS", '["k-secret-one", ')  # broken JSON
+    with pytest.raises(ValidationError) as broken:
+        Settings()
+    for error in (missing.value, broken.value):
+        assert "k-secret" not in str(error) and "k-secret" not in repr(error)
+
+
+def test_log_format_is_text_or_json(monkeypatch):
+    assert Settings().log_format == "text"
+    monkeypatch.setenv("INTROLLM_LOG_FORMAT", "json")
+    assert Settings().log_format == "json"
+    monkeypatch.setenv("INTROLLM_LOG_FORMAT", "xml")
+    with pytest.raises(ValidationError):
+        Settings()
