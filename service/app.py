@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(ops)
     _install_error_handlers(app, metrics)
-    install_openapi(app)
+    install_openapi(app, settings.served_model_name)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     # Added last, so it runs first: the 413 of BodySizeLimit carries the id too.
     app.add_middleware(RequestIdMiddleware, keys=keys)
@@ -187,8 +187,13 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
             message = f"{NOT_JSON}: {reason} at character {position}"
             log.info("refused: 400 invalid_json: %s", message)
             return JSONResponse(error_body("invalid_json", message), 400)
-        # pydantic's messages only (never the input, which may hold anything).
-        message = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+        # pydantic's messages only (never the input, which may hold anything),
+        # and a few of them: a body of many bad fields must not get a reply
+        # (and a log line) larger than itself.
+        shown = [f"{_where(e['loc'])}: {e['msg']}" for e in errors[:MAX_ERRORS_SHOWN]]
+        if len(errors) > MAX_ERRORS_SHOWN:
+            shown.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more")
+        message = "; ".join(shown) or "invalid request"
         param = _where(errors[0]["loc"]) if errors else "body"
         log.info("refused: 422 validation_error: %s", message)
         return JSONResponse(error_body("validation_error", message, None if param == "body" else param), 422)
@@ -217,12 +222,15 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
 
 NOT_JSON = "the request body is not valid JSON"
+MAX_ERRORS_SHOWN = 5
+MAX_FIELD_NAME_SHOWN = 64  # an unknown field's name is the client's text: quote only its start
 
 
 def _where(loc: tuple) -> str:
     """('body', 'tau_min') -> 'tau_min'; ('body',) -> 'body'."""
     parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or "body"
+    where = ".".join(parts) or "body"
+    return where if len(where) <= MAX_FIELD_NAME_SHOWN else where[:MAX_FIELD_NAME_SHOWN] + "..."
 
 
 class RequestIdMiddleware:

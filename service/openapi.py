@@ -5,8 +5,9 @@ the error body's schema and the headers that come with it: Retry-After on 429
 and 503, WWW-Authenticate on 401), the description of a streamed 200 (each
 Server-Sent Event's `data` is JSON of one of the event schemas, or the closing
 `[DONE]`; written as OpenAPI 3.2's `itemSchema`, the form FastAPI uses for its
-own SSE routes), and `install(app)`, which adds the event schemas to FastAPI's
-document so their `$ref`s resolve. Generated clients and the contract tests
+own SSE routes), and `install(app, served_model)`, which adds the event
+schemas to FastAPI's document so their `$ref`s resolve and names the one model
+/v1/completions accepts. Generated clients and the contract tests
 (tests/service/test_openapi_contract.py, test_fuzz.py) read this document.
 
 What it does not do: validate anything at run time; decide statuses (the
@@ -62,12 +63,15 @@ def event_stream(*event_models: type[BaseModel], description: str) -> dict[str, 
     payload = {"anyOf": [{"$ref": REF.format(model=m.__name__)} for m in (*event_models, ErrorResponse)]}
     return {
         "text/event-stream": {
-            "schema": {"type": "string", "description": description},
+            # No `schema`: a tool reading the stream as a whole (schemathesis
+            # does) would check the list of parsed events against it.
             "itemSchema": {
                 "type": "object",
+                "description": description,
                 "required": ["data"],
                 "properties": {
-                    "event": {"type": "string", "enum": ["error"], "description": "only on an error event"},
+                    # Absent on the wire except on an error event; SSE parsers report it as "message".
+                    "event": {"type": "string", "enum": ["message", "error"]},
                     "data": {
                         "type": "string",
                         "anyOf": [
@@ -81,8 +85,8 @@ def event_stream(*event_models: type[BaseModel], description: str) -> dict[str, 
     }
 
 
-def install(app: FastAPI) -> None:
-    """Serve FastAPI's document with the stream event schemas added to its components."""
+def install(app: FastAPI, served_model: str) -> None:
+    """Serve FastAPI's document with the stream event schemas added and the served model named."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -94,6 +98,11 @@ def install(app: FastAPI) -> None:
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in definitions.get("$defs", {}).items():
                 schemas.setdefault(name, schema)
+            # One model per server: say which, so clients (and the fuzz) send it.
+            schemas["CompletionRequest"]["properties"]["model"] = {
+                "type": "string", "enum": [served_model], "title": "Model",
+                "description": "the served model (GET /v1/models); another name gets 404",
+            }
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
