@@ -2,7 +2,7 @@
 
 What it does: the `responses` of each route (every status it can return, with
 the error body's schema and the headers that come with it: Retry-After on 429
-and 503, WWW-Authenticate on 401), the description of a streamed 200 (each
+and 503, WWW-Authenticate on 401, X-Request-Id on all), the description of a streamed 200 (each
 Server-Sent Event's `data` is JSON of one of the event schemas, or the closing
 `[DONE]`; written as OpenAPI 3.2's `itemSchema`, the form FastAPI uses for its
 own SSE routes), and `install(app, served_model)`, which adds the event
@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.logs import MAX_REQUEST_ID_LENGTH
 from service.schemas import CompletionResponse, ErrorResponse, StreamDone, StreamToken
 
 REF = "#/components/schemas/{model}"
@@ -46,6 +47,12 @@ ERROR_HEADERS = {
     503: {"Retry-After": {**_RETRY_AFTER, "required": True}},
 }
 PLAIN_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+# On every response (service/logs.py: the client's id when acceptable, else a fresh one).
+REQUEST_ID_HEADER_DOC = {
+    "description": "the request's id, as in the server's log lines: the client's X-Request-Id or a new one",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID_LENGTH},
+    "required": True,
+}
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -98,6 +105,10 @@ def install(app: FastAPI, served_model: str) -> None:
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in definitions.get("$defs", {}).items():
                 schemas.setdefault(name, schema)
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    for response in operation.get("responses", {}).values():
+                        response.setdefault("headers", {})["X-Request-Id"] = REQUEST_ID_HEADER_DOC
             # One model per server: say which, so clients (and the fuzz) send it.
             schemas["CompletionRequest"]["properties"]["model"] = {
                 "type": "string", "enum": [served_model], "title": "Model",

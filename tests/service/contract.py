@@ -39,11 +39,13 @@ def documented_response(document: dict[str, Any], method: str, path: str, status
 
 
 def check_response(document: dict[str, Any], method: str, path: str, response: httpx.Response) -> None:
-    """Status, content type and (for JSON) body as the document says; the body must not be streamed."""
+    """Status, content type, required headers and (for JSON) body as the document says; not for streams."""
     documented = documented_response(document, method, path, response.status_code)
     media_type = response.headers.get("content-type", "").split(";")[0].strip()
     content = documented.get("content", {})
     assert media_type in content, f"{method} {path} {response.status_code}: {media_type} not in {sorted(content)}"
+    for name, header in documented.get("headers", {}).items():
+        assert not header.get("required") or name in response.headers, f"{method} {path}: no {name} header"
     if media_type == "application/json":
         _validate(document, content[media_type]["schema"], response.json(),
                   f"{method} {path} {response.status_code} body")
