@@ -1,15 +1,16 @@
 """The console command: `introllm-serve` (or `python -m service`).
 
 What it does: reads `Settings` from flags over `INTROLLM_*` environment
-variables (`introllm-serve --help` lists them; see cli.py), builds the app
-and runs uvicorn on `host:port`. SIGTERM (or a
+variables (`introllm-serve --help` lists them; see cli.py), loads the
+checkpoint, builds the app and runs uvicorn on `host:port`. SIGTERM (or a
 first Ctrl-C) starts a graceful drain: readiness fails and new requests get
 503 at once, requests in flight get `drain_grace_s` to finish (then end with
 finish_reason `timeout`), and the process exits with status 0. A second
 signal exits at once.
 
 Exit statuses: 2 for a bad command line or setting (one line on stderr); 3
-for a failed start-up (bad checkpoint, port in use).
+for a failed start-up: a broken checkpoint (one ERROR log line naming the
+file, no traceback) or a port in use.
 
 What it does not do: reload code, or serve more than one checkpoint.
 """
@@ -26,6 +27,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from model import CheckpointError
 from service.app import create_app, drain
 from service.cli import settings_from_command_line
 
@@ -80,7 +82,14 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from_command_line(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    try:
+        # Loaded before uvicorn starts, as uvicorn logs a traceback for any
+        # error raised in the lifespan. Nothing observable changes: uvicorn
+        # binds the socket only after the lifespan's start-up anyway.
+        app = create_app(settings, load_now=True)
+    except CheckpointError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(STARTUP_FAILURE)
     config = uvicorn.Config(
         app,
         host=settings.host,

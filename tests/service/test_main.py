@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.__main__ import STARTUP_FAILURE
 from service.settings import Settings
+from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 from tests.service.support import HTTP_TIMEOUT, read_sse, sse_json
 
 LONG = 450
@@ -133,6 +136,25 @@ def test_bad_command_line_exits_2_with_one_line(tmp_path, args, environment, nam
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, result.stdout
     assert "error" in lines[0] and named in lines[0]
+
+
+@pytest.mark.parametrize(("break_checkpoint", "named_file"), [case[1:] for case in BROKEN_CHECKPOINTS],
+                         ids=[case[0] for case in BROKEN_CHECKPOINTS])
+def test_broken_checkpoint_exits_3_with_one_error_line_naming_the_file(
+    checkpoint_dir, tmp_path, break_checkpoint, named_file
+):
+    broken = shutil.copytree(checkpoint_dir, tmp_path / "broken")
+    break_checkpoint(broken)
+    env = _child_env(
+        INTROLLM_CHECKPOINT=str(broken), INTROLLM_PORT=str(_free_port()), INTROLLM_DEVICE="cpu",
+        INTROLLM_TORCH_THREADS="1", INTROLLM_WARM_UP="false",
+    )
+    result = _run([], env, tmp_path)
+    assert result.returncode == STARTUP_FAILURE, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    errors = [line for line in result.stdout.splitlines() if re.search(r"\bERROR\b", line)]
+    assert len(errors) == 1, result.stdout
+    assert named_file in errors[0]
 
 
 def test_sigterm_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp_path):
