@@ -30,7 +30,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 # Serves the bundled default model on 127.0.0.1:8000; settings come from
-# INTROLLM_* environment variables (INTROLLM_HOST, INTROLLM_PORT, ...).
+# INTROLLM_* environment variables (INTROLLM_HOST, INTROLLM_PORT, ...), or
+# flags when run directly: `.venv/bin/introllm-serve --help` lists them.
 serve: install
 	$(VENV)/bin/introllm-serve
 

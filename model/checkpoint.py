@@ -10,10 +10,12 @@ A checkpoint is a directory:
                                             model name, training summary
 
 What it does: writes that directory, and loads it back after checking
-everything, failing with a `CheckpointError` that names the problem. Weights
-are read from safetensors only: a directory holding pickled weights (.bin,
-.pt, ...) is refused outright, nothing is ever unpickled, and
-`trust_remote_code` stays off unless the caller turns it on.
+everything, failing with a `CheckpointError` whose one-line message names the
+file and what is wrong with it (missing, truncated, not JSON, not matching).
+Every safetensors header is checked before any weight is read. Weights are
+read from safetensors only: a directory holding pickled weights (.bin, .pt,
+...) is refused outright, nothing is ever unpickled, and `trust_remote_code`
+stays off unless the caller turns it on.
 
 What it does not do: decide where checkpoints live or download anything; the
 path is the operator's, never a request's.
@@ -28,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from model.lm import lm_hidden_size
 from model.temperature_head import HeadConfig, TemperatureHead
@@ -37,6 +40,8 @@ from model.temperature_head import HeadConfig, TemperatureHead
 FORMAT_VERSION = 1
 MANIFEST_FILE = "introllm.json"
 HEAD_FILE = "temperature_head.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
 LM_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -123,8 +128,16 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     try:
         head = HeadConfig.from_dict(data["head"])
         return Manifest(version, head, str(data["base_model"]), dict(data.get("training", {})))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"invalid manifest {manifest_path}: {exc}") from exc
+    except KeyError as exc:
+        raise CheckpointError(f"invalid manifest {manifest_path}: missing key {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"invalid manifest {manifest_path}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """An underlying library error on one line (some span paragraphs), short enough for a log line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:400] + " ..."
 
 
 def _check_files(path: Path) -> None:
@@ -133,11 +146,39 @@ def _check_files(path: Path) -> None:
         raise CheckpointError(
             f"refusing non-safetensors weights in {path}: {', '.join(pickled)} (only .safetensors files are loaded)"
         )
-    for name in ("config.json", HEAD_FILE):
+    for name in (CONFIG_FILE, HEAD_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"missing file {name} in checkpoint {path}")
     if not any((path / name).is_file() for name in LM_WEIGHT_FILES):
         raise CheckpointError(f"missing file {LM_WEIGHT_FILES[0]} in checkpoint {path}: no LM weights")
+    # Headers first: a truncated or foreign file is reported by name before
+    # any loader (whose errors name neither the file nor the problem) sees it.
+    for weights in (path / HEAD_FILE, *_lm_weight_files(path)):
+        _check_safetensors_header(weights)
+
+
+def _lm_weight_files(path: Path) -> list[Path]:
+    single = path / LM_WEIGHT_FILES[0]
+    if single.is_file():
+        return [single]
+    index = path / LM_WEIGHT_FILES[1]
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"invalid shard index {index}: {_reason(exc)}") from exc
+    for shard in shards:
+        if not (path / shard).is_file():
+            raise CheckpointError(f"missing file {shard} in checkpoint {path}: named by {index.name}")
+    return [path / shard for shard in shards]
+
+
+def _check_safetensors_header(file: Path) -> None:
+    """Parse the header and check that the file covers every tensor it lists (reads no tensor data)."""
+    try:
+        with safe_open(str(file), framework="pt") as weights:
+            weights.keys()
+    except Exception as exc:  # safetensors raises its own error types, OSError for unreadable files
+        raise CheckpointError(f"{file} is not a readable safetensors file (truncated?): {_reason(exc)}") from exc
 
 
 def _load_head(path: Path, config: HeadConfig, device: torch.device | str) -> TemperatureHead:
@@ -146,11 +187,11 @@ def _load_head(path: Path, config: HeadConfig, device: torch.device | str) -> Te
     try:
         state = load_file(str(path / HEAD_FILE))
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read {path / HEAD_FILE}: {exc}") from exc
+        raise CheckpointError(f"cannot read {path / HEAD_FILE}: {_reason(exc)}") from exc
     found = {name: tuple(t.shape) for name, t in state.items()}
     if found != expected:
         raise CheckpointError(
-            f"{HEAD_FILE} does not match the manifest's head config (hidden_size={config.hidden_size}): "
+            f"{path / HEAD_FILE} does not match the manifest's head config (hidden_size={config.hidden_size}): "
             f"expected tensors {expected}, found {found}"
         )
     head.load_state_dict(state)
@@ -169,17 +210,29 @@ def load_checkpoint(
     manifest = read_manifest(path)
     _check_files(path)
     head = _load_head(path, manifest.head, device)
+    # transformers raises many types (OSError, ValueError, KeyError, its own,
+    # tokenizers' plain Exception) for a bad file; each step names its files.
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read the LM config {path / CONFIG_FILE}: {_reason(exc)}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        missing = "" if (path / TOKENIZER_FILE).is_file() else f"missing file {TOKENIZER_FILE}; "
+        raise CheckpointError(f"cannot load the tokenizer {path / TOKENIZER_FILE}: {missing}{_reason(exc)}") from exc
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            path, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
         )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load the LM or tokenizer from {path}: {exc}") from exc
+    except Exception as exc:
+        weights = ", ".join(str(file) for file in _lm_weight_files(path))
+        raise CheckpointError(f"cannot load the LM from {weights} with {CONFIG_FILE}: {_reason(exc)}") from exc
     lm_width = lm_hidden_size(model)
     if lm_width != manifest.head.hidden_size:
         raise CheckpointError(
-            f"temperature head hidden_size {manifest.head.hidden_size} does not match the LM's hidden size {lm_width}"
+            f"temperature head hidden_size {manifest.head.hidden_size} does not match the LM's hidden size {lm_width}: "
+            f"{path / HEAD_FILE} (sized by {MANIFEST_FILE}) is for another LM than {CONFIG_FILE}"
         )
     model = model.to(device).eval()
     return Checkpoint(model=model, tokenizer=tokenizer, head=head, manifest=manifest, path=path)

@@ -1,14 +1,18 @@
 """The console command: `introllm-serve` (or `python -m service`).
 
-What it does: reads `Settings` from the environment (`INTROLLM_*`), builds the
-app and runs uvicorn on `host:port`. SIGTERM (or a first Ctrl-C) starts a
-graceful drain: readiness fails and new requests get 503 at once, requests in
-flight get `drain_grace_s` to finish (then end with finish_reason `timeout`),
-and the process exits with status 0. A second signal exits at once. A failed
-start-up (bad checkpoint, port in use) exits with status 3.
+What it does: reads `Settings` from flags over `INTROLLM_*` environment
+variables (`introllm-serve --help` lists them; see cli.py), loads the
+checkpoint, builds the app and runs uvicorn on `host:port`. SIGTERM (or a
+first Ctrl-C) starts a graceful drain: readiness fails and new requests get
+503 at once, requests in flight get `drain_grace_s` to finish (then end with
+finish_reason `timeout`), and the process exits with status 0. A second
+signal exits at once.
 
-What it does not do: parse command-line flags (settings come from the
-environment only, like the container's), or reload code.
+Exit statuses: 2 for a bad command line or setting (one line on stderr); 3
+for a failed start-up: a broken checkpoint (one ERROR log line naming the
+file, no traceback) or a port in use.
+
+What it does not do: reload code, or serve more than one checkpoint.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
+from model import CheckpointError
 from service.app import create_app, drain
+from service.cli import settings_from_command_line
 from service.logs import configure_logging
-from service.settings import Settings
 
 log = logging.getLogger("service")
 STARTUP_FAILURE = 3  # uvicorn's own exit code for this
@@ -74,10 +80,17 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def main() -> None:
-    settings = Settings()
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = settings_from_command_line(argv)
     configure_logging(settings)
-    app = create_app(settings)
+    try:
+        # Loaded before uvicorn starts, as uvicorn logs a traceback for any
+        # error raised in the lifespan. Nothing observable changes: uvicorn
+        # binds the socket only after the lifespan's start-up anyway.
+        app = create_app(settings, load_now=True)
+    except CheckpointError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(STARTUP_FAILURE)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -1,9 +1,9 @@
 """The FastAPI application: `create_app(settings)` and its lifespan.
 
 What it does: builds the app (routes, error handlers, body-size limit,
-request ids, API keys), and in
-its lifespan loads the checkpoint off the event loop, starts the engine
-thread, runs one warm-up request through it, and serves; on shutdown it
+request ids, API keys), and in its lifespan loads the checkpoint off the
+event loop (or uses the one `create_app(..., load_now=True)` loaded), starts
+the engine thread, runs one warm-up request through it, and serves; on shutdown it
 drains (no new requests, in-flight ones get `drain_grace_s` to finish, then
 time out) and stops the engine. Every error leaves as JSON of one shape (see
 errors.py), pydantic's validation errors included.
@@ -115,13 +115,20 @@ def _eos_ids(checkpoint: Checkpoint) -> set[int]:
     return ids
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, load_now: bool = False) -> FastAPI:
+    """The app; its lifespan loads the checkpoint, unless `load_now` loads it here (blocking).
+
+    With `load_now`, a broken checkpoint raises `CheckpointError` from this
+    call, where the console command reports it in one line; raised inside the
+    lifespan, it would reach uvicorn, which logs a traceback.
+    """
     settings = settings or Settings()
     metrics = ServiceMetrics(settings.served_model_name)
+    preloaded = load(settings, metrics) if load_now else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = await asyncio.to_thread(load, settings, metrics)
+        loaded = preloaded or await asyncio.to_thread(load, settings, metrics)
         scheduler = loaded.scheduler
         scheduler.engine.start()
         try:

@@ -2,10 +2,13 @@
 
 What it does: one `Settings` object with every knob of the service (model,
 device, limits, deadlines, drain grace period, auth, bind address), validated
-once at start-up. `INTROLLM_MAX_NEW_TOKENS=256` sets `max_new_tokens`.
+once at start-up. `INTROLLM_MAX_NEW_TOKENS=256` sets `max_new_tokens`; the
+console command also takes each field as a flag (`--max-new-tokens 256`, see
+cli.py). Every field has a description: it is the flag's `--help` text.
 
-What it does not do: read the checkpoint or decide per-request values; the
-limits here are upper bounds that requests are checked against.
+What it does not do: read the checkpoint or decide per-request values (the
+limits here are upper bounds that requests are checked against), or parse the
+command line: `Settings()` reads the environment only.
 """
 
 from __future__ import annotations
@@ -34,20 +37,20 @@ class Settings(BaseSettings):
 
     # Model
     checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="checkpoint directory to serve")
-    model_name: str | None = Field(None, description="name served to clients (default: the checkpoint folder name)")
+    model_name: str | None = Field(None, description="name served to clients; unset: the checkpoint folder name")
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto': bfloat16 on cuda, float32 on cpu"
     )
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
-    trust_remote_code: bool = False
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; unset: torch's choice")
+    trust_remote_code: bool = Field(False, description="run Python code shipped with the checkpoint (unsafe)")
 
     # Scheduling bounds
     max_running_requests: int = Field(32, ge=1, description="sequences decoded together at most")
     max_waiting_requests: int = Field(64, ge=0, description="admitted requests waiting for a slot; beyond: 429")
     max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt, in tokens, BOS included")
     max_new_tokens: int = Field(512, ge=1, description="largest max_new_tokens a request may ask for")
-    default_max_new_tokens: int = Field(64, ge=1)
+    default_max_new_tokens: int = Field(64, ge=1, description="max_new_tokens of a request that sets none")
     compile: bool = Field(
         False,
         description="torch.compile the decode step (one compile per batch bucket and attention width, "
@@ -66,8 +69,8 @@ class Settings(BaseSettings):
     warm_up: bool = Field(True, description="run one short request through the engine before reporting ready")
 
     # HTTP
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on ('0.0.0.0': every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     api_key: SecretStr | None = Field(None, description="when set, /v1/* needs 'Authorization: Bearer <key>'")
     # NoDecode: pydantic-settings would read a list from the environment as JSON only;
     # _split_keys also takes the plain comma-separated form.
@@ -81,7 +84,7 @@ class Settings(BaseSettings):
         description="file of accepted API keys, one per line ('#' comments and blank lines ignored); "
         "re-read when it changes, so keys rotate without a restart",
     )
-    log_level: str = "info"
+    log_level: str = Field("info", description="log level of the service and uvicorn: debug, info, warning, error")
     log_format: Literal["text", "json"] = Field(
         "text", description="'text', or 'json': one JSON object per log line (time, level, logger, message, "
         "request_id), uvicorn's lines included"

@@ -1,5 +1,6 @@
 import json
 import pickle
+import re
 import shutil
 
 import pytest
@@ -17,6 +18,7 @@ from model import (
     save_checkpoint,
 )
 from model.checkpoint import HEAD_FILE, MANIFEST_FILE
+from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 
 
 @pytest.fixture()
@@ -111,3 +113,11 @@ def test_load_does_not_unpickle_anything(checkpoint_dir, monkeypatch):
 def test_saved_files_are_readable_by_other_users(checkpoint_dir):
     for item in checkpoint_dir.iterdir():
         assert item.stat().st_mode & 0o044 == 0o044, item.name
+
+
+@pytest.mark.parametrize(("break_checkpoint", "named_file"), [case[1:] for case in BROKEN_CHECKPOINTS],
+                         ids=[case[0] for case in BROKEN_CHECKPOINTS])
+def test_broken_checkpoint_raises_checkpoint_error_naming_the_file(checkpoint_dir, break_checkpoint, named_file):
+    break_checkpoint(checkpoint_dir)
+    with pytest.raises(CheckpointError, match=re.escape(named_file)):
+        load_checkpoint(checkpoint_dir)

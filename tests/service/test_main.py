@@ -1,20 +1,33 @@
-"""The console command in a real process: SIGTERM drains in-flight requests, then exits 0."""
+"""The console command in a real process: its flags and `--help`, start-up failures, and SIGTERM.
+
+The child runs this worktree's code (PYTHONPATH is the repository root), not
+whichever copy of the project is installed in the environment.
+"""
 
 from __future__ import annotations
 
 import os
 import queue
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import httpx
+import pytest
 
+from service.__main__ import STARTUP_FAILURE
+from service.settings import Settings
+from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 from tests.service.support import HTTP_TIMEOUT, read_sse, sse_json
 
 LONG = 450
+REPO_ROOT = Path(__file__).resolve().parents[2]
+USAGE_ERROR = 2  # argparse's exit status for a bad command line
 
 
 def _free_port() -> int:
@@ -45,17 +58,112 @@ class _Lines:
                 return
 
 
-def test_sigterm_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp_path):
-    port = _free_port()
-    env = {
-        **os.environ, "INTROLLM_CHECKPOINT": str(checkpoint_dir), "INTROLLM_PORT": str(port),
-        "INTROLLM_DEVICE": "cpu", "INTROLLM_TORCH_THREADS": "1", "INTROLLM_DRAIN_GRACE_S": "60",
-        "INTROLLM_LOG_LEVEL": "info", "OMP_NUM_THREADS": "1",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"], env=env, cwd=tmp_path, text=True,
+def _child_env(**settings: str) -> dict[str, str]:
+    """The environment of a child server: this worktree's code, one thread, no inherited INTROLLM_* settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("INTROLLM_")}
+    env.update(PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", COLUMNS="1000")
+    env.update(settings)
+    return env
+
+
+def _serve(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", *args], env=env, cwd=cwd, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], env=env, cwd=cwd, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+    )
+
+
+def test_help_lists_every_setting_with_its_flag_environment_variable_and_default(tmp_path):
+    env = _child_env(INTROLLM_CHECKPOINT=str(tmp_path / "no-such-checkpoint"), INTROLLM_API_KEY="sekrit-value")
+    result = _run(["--help"], env, tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert "Traceback" not in result.stdout and "sekrit-value" not in result.stdout
+    options = " ".join(result.stdout.split("options:", 1)[1].split())
+    for name, field in Settings.model_fields.items():
+        flag, variable = f"--{name.replace('_', '-')}", f"INTROLLM_{name.upper()}"
+        found = re.search(rf"(?<![\w-]){flag}[ ,]", options)  # "--compile, --no-compile" for a bool
+        assert found, f"no flag for {name}"
+        start = found.start()
+        end = options.index(variable, start)
+        described = options[start:end]
+        assert f"(default: {field.default})" in described, f"{name}: {described}"
+        assert field.description, f"{name} has no description"
+        assert " ".join(field.description.split()) in described, f"{name}: {described}"
+
+
+def test_flags_win_over_environment(checkpoint_dir, tmp_path):
+    env_port, flag_port = _free_port(), _free_port()
+    env = _child_env(
+        INTROLLM_PORT=str(env_port), INTROLLM_CHECKPOINT=str(tmp_path / "no-such-checkpoint"),
+        INTROLLM_DEVICE="cpu", INTROLLM_TORCH_THREADS="1", INTROLLM_WARM_UP="true", INTROLLM_LOG_LEVEL="info",
+    )
+    process = _serve(["--port", str(flag_port), "--checkpoint", str(checkpoint_dir), "--no-warm-up"], env, tmp_path)
+    try:
+        lines = _Lines(process.stdout)
+        lines.wait_for("Application startup complete")
+        response = httpx.get(f"http://127.0.0.1:{flag_port}/health/ready", timeout=HTTP_TIMEOUT)
+        assert response.status_code == 200
+        info = httpx.get(f"http://127.0.0.1:{flag_port}/info", timeout=HTTP_TIMEOUT).json()
+        assert checkpoint_dir.name in str(info)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "environment", "named"),
+    [
+        (["--no-such-flag"], {}, "--no-such-flag"),
+        (["--port", "abc"], {}, "--port"),
+        (["--max-new-tokens", "8", "--default-max-new-tokens", "9"], {}, "default_max_new_tokens"),
+        ([], {"INTROLLM_PORT": "abc"}, "INTROLLM_PORT"),
+    ],
+    ids=["unknown-flag", "flag-value-not-an-int", "inconsistent-flags", "environment-value-not-an-int"],
+)
+def test_bad_command_line_exits_2_with_one_line(tmp_path, args, environment, named):
+    result = _run(args, _child_env(**environment), tmp_path)
+    assert result.returncode == USAGE_ERROR, result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    assert "error" in lines[0] and named in lines[0]
+
+
+@pytest.mark.parametrize(("break_checkpoint", "named_file"), [case[1:] for case in BROKEN_CHECKPOINTS],
+                         ids=[case[0] for case in BROKEN_CHECKPOINTS])
+def test_broken_checkpoint_exits_3_with_one_error_line_naming_the_file(
+    checkpoint_dir, tmp_path, break_checkpoint, named_file
+):
+    broken = shutil.copytree(checkpoint_dir, tmp_path / "broken")
+    break_checkpoint(broken)
+    env = _child_env(
+        INTROLLM_CHECKPOINT=str(broken), INTROLLM_PORT=str(_free_port()), INTROLLM_DEVICE="cpu",
+        INTROLLM_TORCH_THREADS="1", INTROLLM_WARM_UP="false",
+    )
+    result = _run([], env, tmp_path)
+    assert result.returncode == STARTUP_FAILURE, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    errors = [line for line in result.stdout.splitlines() if re.search(r"\bERROR\b", line)]
+    assert len(errors) == 1, result.stdout
+    assert named_file in errors[0]
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp_path):
+    port = _free_port()
+    env = _child_env(
+        INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(port), INTROLLM_DEVICE="cpu",
+        INTROLLM_TORCH_THREADS="1", INTROLLM_DRAIN_GRACE_S="60", INTROLLM_LOG_LEVEL="info",
+    )
+    process = _serve([], env, tmp_path)
     try:
         lines = _Lines(process.stdout)
         lines.wait_for("Application startup complete")
