@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # NoDecode: pydantic-settings would read a list from the environment as JSON only;
     # _split_keys also takes the plain comma-separated form.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list,
+        [],  # pydantic copies a mutable default per instance; a literal shows in --help
         description="more accepted API keys (for rotation): a JSON list or comma-separated; "
         "any of api_key, api_keys and api_key_file is accepted",
     )
@@ -84,7 +84,9 @@ class Settings(BaseSettings):
         description="file of accepted API keys, one per line ('#' comments and blank lines ignored); "
         "re-read when it changes, so keys rotate without a restart",
     )
-    log_level: str = Field("info", description="log level of the service and uvicorn: debug, info, warning, error")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="log level of the service and uvicorn"
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="'text', or 'json': one JSON object per log line (time, level, logger, message, "
         "request_id), uvicorn's lines included"

@@ -127,8 +127,10 @@ def test_flags_win_over_environment(checkpoint_dir, tmp_path):
         (["--port", "abc"], {}, "--port"),
         (["--max-new-tokens", "8", "--default-max-new-tokens", "9"], {}, "default_max_new_tokens"),
         ([], {"INTROLLM_PORT": "abc"}, "INTROLLM_PORT"),
+        (["--log-level", "loud"], {}, "--log-level"),
     ],
-    ids=["unknown-flag", "flag-value-not-an-int", "inconsistent-flags", "environment-value-not-an-int"],
+    ids=["unknown-flag", "flag-value-not-an-int", "inconsistent-flags", "environment-value-not-an-int",
+         "unknown-log-level"],
 )
 def test_bad_command_line_exits_2_with_one_line(tmp_path, args, environment, named):
     result = _run(args, _child_env(**environment), tmp_path)
@@ -138,8 +140,18 @@ def test_bad_command_line_exits_2_with_one_line(tmp_path, args, environment, nam
     assert "error" in lines[0] and named in lines[0]
 
 
-@pytest.mark.parametrize(("break_checkpoint", "named_file"), [case[1:] for case in BROKEN_CHECKPOINTS],
-                         ids=[case[0] for case in BROKEN_CHECKPOINTS])
+# One process per kind of file (about 6 s each); tests/model/test_checkpoint.py
+# checks every case of BROKEN_CHECKPOINTS in-process, and every CheckpointError
+# takes the same path through main().
+IN_A_PROCESS = {
+    "lm-weights-truncated", "head-width-not-matching-lm", "pickled-weights-only", "tokenizer-garbage",
+    "manifest-not-json",
+}
+
+
+@pytest.mark.parametrize(("break_checkpoint", "named_file"),
+                         [case[1:] for case in BROKEN_CHECKPOINTS if case[0] in IN_A_PROCESS],
+                         ids=[case[0] for case in BROKEN_CHECKPOINTS if case[0] in IN_A_PROCESS])
 def test_broken_checkpoint_exits_3_with_one_error_line_naming_the_file(
     checkpoint_dir, tmp_path, break_checkpoint, named_file
 ):
