@@ -23,14 +23,18 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
-from fastapi import FastAPI
 
-from model import CheckpointError
-from service.app import create_app, drain
 from service.cli import settings_from_command_line
 from service.logs import configure_logging
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+# The app (torch, transformers: seconds to import) is imported once the
+# command line is read, so `--help` and a bad flag are answered at once.
 
 log = logging.getLogger("service")
 STARTUP_FAILURE = 3  # uvicorn's own exit code for this
@@ -73,6 +77,8 @@ class DrainingServer(uvicorn.Server):
             self._draining = asyncio.ensure_future(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
+        from service.app import drain
+
         try:
             idle = await drain(self._app, self._grace_s)
             log.info("drain finished (%s); exiting", "idle" if idle else "requests still running")
@@ -83,6 +89,9 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from_command_line(argv)
     configure_logging(settings)
+    from model import CheckpointError
+    from service.app import create_app
+
     try:
         # Loaded before uvicorn starts, as uvicorn logs a traceback for any
         # error raised in the lifespan. Nothing observable changes: uvicorn

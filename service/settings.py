@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.keys import read_key_file
+
+if TYPE_CHECKING:
+    import torch
 
 # The repository root, found from this file rather than the working directory,
 # so the bundled default model is found wherever the server is started from.
@@ -131,12 +133,18 @@ class Settings(BaseSettings):
     def served_model_name(self) -> str:
         return self.model_name or self.checkpoint.name
 
+    # torch is imported here, not at the top: `introllm-serve --help` and a bad
+    # flag are answered at once, without the seconds torch takes to import.
     def torch_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
+        import torch
+
         if self.dtype == "auto":
             return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
         return getattr(torch, self.dtype)
