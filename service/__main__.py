@@ -88,6 +88,7 @@ class DrainingServer(uvicorn.Server):
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from_command_line(argv)
+    settings.use_compile_cache_dir()  # before torch is imported
     configure_logging(settings)
     from model import CheckpointError
     from service.app import create_app

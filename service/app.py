@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -56,8 +57,15 @@ class Loaded:
 
 def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
     """Read the checkpoint and build engine + scheduler (blocking: run it in a thread)."""
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.engine_threads())
+    compile, why = settings.compile_decision()
+    if compile:
+        # The console command points TORCHINDUCTOR_CACHE_DIR at compile_cache_dir (use_compile_cache_dir).
+        log.info("torch.compile on (%s); compiled code cached in %s: the first start compiles for minutes "
+                 "on a small CPU, later starts reuse it", why, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+    else:
+        log.info("torch.compile off (%s)", why)
+    log.info("engine: %d torch threads", torch.get_num_threads())
     checkpoint: Checkpoint = load_checkpoint(
         settings.checkpoint, settings.torch_device(), settings.torch_dtype(),
         trust_remote_code=settings.trust_remote_code,
@@ -83,7 +91,7 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
         # The scheduler keeps prompt + max_new_tokens within both bounds.
         max_sequence_length=min(limits.max_prompt_tokens + limits.max_new_tokens, context or 1 << 62),
         prefill_token_budget=settings.prefill_token_budget,
-        compile=settings.compile,
+        compile=compile,
         metrics=metrics,
     )
     metrics.set_server(ServerInfo(

@@ -14,6 +14,9 @@ command line: `Settings()` reads the environment only.
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -31,11 +34,30 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "introllm-countdown-tiny"
 
 
+def usable_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's `cpus` limit).
+
+    A container limited to 2 CPUs on a 16-core host sees 16 in its affinity;
+    16 torch threads there would fight over 2 CPUs' worth of time.
+    """
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return affinity
+    if quota == "max":
+        return affinity
+    return max(1, min(affinity, math.ceil(int(quota) / int(period))))
+
+
 class Settings(BaseSettings):
     """Everything the operator can set; see the field descriptions."""
 
     # hide_input_in_errors: a validation error would otherwise quote the input, API keys included.
-    model_config = SettingsConfigDict(env_prefix="INTROLLM_", extra="forbid", hide_input_in_errors=True)
+    # env_ignore_empty: an empty variable means "unset" (compose passes ${X:-} through).
+    model_config = SettingsConfigDict(
+        env_prefix="INTROLLM_", extra="forbid", hide_input_in_errors=True, env_ignore_empty=True
+    )
 
     # Model
     checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="checkpoint directory to serve")
@@ -44,7 +66,11 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto': bfloat16 on cuda, float32 on cpu"
     )
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; unset: torch's choice")
+    torch_threads: int | None = Field(
+        None, ge=1,
+        description="torch intra-op threads of the engine; unset: the CPUs this process may use (affinity and "
+        "cgroup quota), less one left to HTTP (at least 1)",
+    )
     trust_remote_code: bool = Field(False, description="run Python code shipped with the checkpoint (unsafe)")
 
     # Scheduling bounds
@@ -53,10 +79,15 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt, in tokens, BOS included")
     max_new_tokens: int = Field(512, ge=1, description="largest max_new_tokens a request may ask for")
     default_max_new_tokens: int = Field(64, ge=1, description="max_new_tokens of a request that sets none")
-    compile: bool = Field(
-        False,
-        description="torch.compile the decode step (one compile per batch bucket and attention width, "
-        "seconds each on CPU, done before serving); faster steady state",
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the decode and sampling steps before serving (faster steady state; the "
+        "first start compiles for minutes on a small CPU, later starts reuse compile_cache_dir); 'auto': on "
+        "when a C++ compiler is found (CPU and CUDA alike need one), else off with a log line",
+    )
+    compile_cache_dir: Path = Field(
+        Path.home() / ".cache" / "introllm" / "torch-compile",
+        description="where compiled code is kept across restarts (TORCHINDUCTOR_CACHE_DIR wins when set)",
     )
     prefill_token_budget: int = Field(
         2048, ge=1, description="prompt tokens prefilled between two decode steps (at least one request)"
@@ -141,6 +172,35 @@ class Settings(BaseSettings):
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def use_compile_cache_dir(self) -> None:
+        """Point torch.compile's on-disk cache at `compile_cache_dir`, unless TORCHINDUCTOR_CACHE_DIR is set.
+
+        Call before torch is imported: importing torch's compiler sets the
+        variable to a default under /tmp, lost with a container.
+        """
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.compile_cache_dir))
+
+    def engine_threads(self) -> int:
+        """torch threads for the engine: `torch_threads`, or every usable CPU but one (the event loop's)."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        # On 2 cores one thread measured faster than two next to a busy event
+        # loop (BENCHMARKS.md: 1563 against 1071 tok/s at batch 16).
+        return max(1, usable_cpus() - 1)
+
+    def compile_decision(self) -> tuple[bool, str]:
+        """Whether to torch.compile, and why (logged at start-up)."""
+        if self.compile is not True and self.compile is not False:  # "auto"
+            # Inductor builds C++ for the CPU, and Triton its CUDA launchers with a C compiler.
+            compiler = next(
+                (found for name in (os.environ.get("CXX"), "g++", "c++", "clang++") if name
+                 and (found := shutil.which(name))), None,
+            )
+            if compiler is None:
+                return False, "compile=auto: no C++ compiler found (install g++, or set compile=false)"
+            return True, f"compile=auto: {self.torch_device().type}, C++ compiler {compiler}"
+        return self.compile, f"compile={str(self.compile).lower()}"
 
     def torch_dtype(self) -> torch.dtype:
         import torch

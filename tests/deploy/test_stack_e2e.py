@@ -133,6 +133,7 @@ def stack(tmp_path_factory):
                 **os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "INTROLLM_TORCH_THREADS": "1",
                 "INTROLLM_CHECKPOINT": str(CHECKPOINT), "INTROLLM_HOST": "127.0.0.1", "INTROLLM_PORT": str(port),
                 "INTROLLM_DEVICE": "cpu", "INTROLLM_DRAIN_GRACE_S": "2", "INTROLLM_LOG_LEVEL": "warning",
+                "INTROLLM_COMPILE": "false",  # the default compiles for minutes on this machine
             }
             replicas.append(start(f"replica{index}", [sys.executable, "-m", "service"], tmp, env))
         processes += replicas

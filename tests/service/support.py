@@ -79,7 +79,9 @@ def reference_tokens(generation: Generation) -> list[int]:
 
 def settings_for(checkpoint_dir: Path, **overrides) -> Settings:
     values = dict(
-        checkpoint=checkpoint_dir, device="cpu", dtype="float32", max_running_requests=8, max_waiting_requests=32,
+        # compile off and one thread: the defaults compile for minutes and take every CPU but one.
+        checkpoint=checkpoint_dir, device="cpu", dtype="float32", compile=False, torch_threads=1,
+        max_running_requests=8, max_waiting_requests=32,
         max_new_tokens=400, default_max_new_tokens=16, max_prompt_tokens=128, drain_grace_s=5.0,
     )
     values.update(overrides)

@@ -45,7 +45,7 @@ def _serve_and_collect(checkpoint_dir: Path, tmp_path: Path, log_format: str,
         "INTROLLM_DEVICE": "cpu", "INTROLLM_TORCH_THREADS": "1", "INTROLLM_DRAIN_GRACE_S": "5",
         "INTROLLM_LOG_LEVEL": "debug", "INTROLLM_LOG_FORMAT": log_format, "OMP_NUM_THREADS": "1",
         "INTROLLM_API_KEYS": ",".join(KEYS), "INTROLLM_API_KEY_FILE": str(key_file),
-        "INTROLLM_MAX_BODY_BYTES": "4096",
+        "INTROLLM_MAX_BODY_BYTES": "4096", "INTROLLM_COMPILE": "false",
         # This worktree's code, whatever the working directory.
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
     }

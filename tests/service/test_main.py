@@ -61,7 +61,8 @@ class _Lines:
 def _child_env(**settings: str) -> dict[str, str]:
     """The environment of a child server: this worktree's code, one thread, no inherited INTROLLM_* settings."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("INTROLLM_")}
-    env.update(PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", COLUMNS="1000")
+    # compile off: the default compiles for minutes on this machine.
+    env.update(PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", COLUMNS="1000", INTROLLM_COMPILE="false")
     env.update(settings)
     return env
 

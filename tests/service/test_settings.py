@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.settings import DEFAULT_CHECKPOINT, REPO_ROOT, Settings
+from service.settings import DEFAULT_CHECKPOINT, REPO_ROOT, Settings, usable_cpus
 
 
 def test_default_checkpoint_is_the_bundled_model_wherever_the_server_starts(tmp_path, monkeypatch):
@@ -75,3 +75,38 @@ def test_log_format_is_text_or_json(monkeypatch):
     monkeypatch.setenv("INTROLLM_LOG_FORMAT", "xml")
     with pytest.raises(ValidationError):
         Settings()
+
+
+# ---------------------------------------------------------------- fast defaults
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [("max 100000\n", None), ("200000 100000\n", 2),
+                                                   ("150000 100000\n", 2), ("50000 100000\n", 1)])
+def test_usable_cpus_is_capped_by_a_cgroup_quota(tmp_path, cpu_max, expected):
+    # A container limited to 2 CPUs on a larger host must not start a thread per host core.
+    quota = tmp_path / "cpu.max"
+    quota.write_text(cpu_max)
+    affinity = usable_cpus(tmp_path / "absent")
+    assert usable_cpus(quota) == (affinity if expected is None else min(affinity, expected))
+
+
+def test_the_engine_gets_every_usable_cpu_but_one_unless_told(monkeypatch):
+    assert Settings().engine_threads() == max(1, usable_cpus() - 1)
+    monkeypatch.setenv("INTROLLM_TORCH_THREADS", "3")
+    assert Settings().engine_threads() == 3
+    monkeypatch.setenv("INTROLLM_TORCH_THREADS", "")  # compose's ${X:-}: unset, not an error
+    assert Settings().engine_threads() == max(1, usable_cpus() - 1)
+
+
+def test_compile_auto_turns_on_only_with_a_cpp_compiler(monkeypatch, tmp_path):
+    assert Settings(compile=False).compile_decision()[0] is False
+    assert Settings(compile=True).compile_decision()[0] is True
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    enabled, why = Settings(device="cpu").compile_decision()
+    assert enabled is False and "no C++ compiler" in why
+    compiler = tmp_path / "g++"
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    enabled, why = Settings(device="cpu").compile_decision()
+    assert enabled is True and str(compiler) in why
