@@ -5,21 +5,26 @@ In the manner of vLLM's `bench serve`: the server under load, and Hugging Face
 
 What it does:
   1. starts `python -m service` on a checkpoint (default: the bundled model) in
-     a subprocess, on the same device and dtype as the baseline (with
-     `--compile`, `INTROLLM_COMPILE=true`: the decode step compiles before the
-     server reports ready), and waits up to 600 s until it is ready;
+     a subprocess exactly as `make serve` does: nothing but the port and the
+     checkpoint is set unless a flag asks (`--threads`, `--device`,
+     `--compile`), so it runs the server's defaults (compile=auto, threads:
+     every CPU but one); it waits up to 600 s until the server is ready (a
+     first start compiles for minutes) and records what it runs (/info);
   2. for each concurrency level, runs that many clients over a fixed set of
-     Countdown prompts (fixed seed; `--requests` per level, at least twice the
-     concurrency so that every client is busy at once); each client streams
-     `/v1/generate` with `ignore_eos` so every request yields exactly
-     `--new-tokens` tokens, and records time to first token (TTFT), the gaps
+     prompts (fixed seed; `--requests` per level, at least twice the
+     concurrency so that every client is busy at once). `--workload fixed`:
+     Countdown-format prompts streamed with `ignore_eos`, so every request
+     yields exactly `--new-tokens` tokens; `--workload task`: the bundled
+     task's held-out problems, each ending at EOS as a user's would. Each
+     client streams `/v1/generate` and records time to first token (TTFT), the gaps
      between consecutive token events (inter-token latency, ITL) and
      end-to-end latency (E2E);
   3. reads the server's peak resident memory (VmHWM in /proc/<pid>/status)
      after the sweep, then stops the server;
   4. loads the same checkpoint in this process and runs `model.generate()`
-     (do_sample, top_k=0, temperature 1, the same number of new tokens forced
-     with min_new_tokens) one prompt at a time, with TTFT and ITL from a
+     (do_sample, top_k=0, temperature 1; with `fixed`, the same number of new
+     tokens forced with min_new_tokens; with `task`, ending at EOS) one prompt
+     at a time, with TTFT and ITL from a
      streamer's token callbacks;
   5. prints a table (request/s, output tokens/s, TTFT/ITL/E2E mean, p50, p99,
      failures) and two ratios (output tok/s at 16 clients over generate();
@@ -30,13 +35,13 @@ What it does:
      computed here from the checkpoint's config since the server does not
      report its KV cache over HTTP). Exits 1 when any request failed.
 
-    python bench/serve.py                         # bundled model, 1/4/16/64 clients
-    python bench/serve.py --compile               # the same, server decode step compiled
+    python bench/serve.py                         # bundled model, 1/4/16/64 clients, server defaults
+    python bench/serve.py --compile false         # the same, server decode step not compiled
     python bench/serve.py --quick --tiny-random   # seconds: a smoke test (1 and 4 clients)
     python bench/serve.py --checkpoint DIR --concurrency 1 16 --requests 128 --json out.json
 
-JSON keys: checkpoint, settings (the flags), machine, server (compile,
-peak_rss_mib, ...), model (parameters, kv_bytes_per_token, ...), levels (one
+JSON keys: checkpoint, settings (the flags), machine, server (overrides,
+info, ready_s, peak_rss_mib, ...), model (parameters, kv_bytes_per_token, ...), levels (one
 row per concurrency level), baseline (the generate() row, or null), summary
 (the two ratios, null when a level is missing), records (per request).
 
@@ -75,7 +80,7 @@ sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
 from model import load_checkpoint  # noqa: E402
 from service.scheduler import encode_prompt  # noqa: E402
 from service.settings import DEFAULT_CHECKPOINT  # noqa: E402
-from training.tasks.countdown import format_prompt, make_problem  # noqa: E402
+from training.tasks.countdown import DEFAULT_CONFIG, format_prompt, make_problem, split  # noqa: E402
 
 DEFAULT_CONCURRENCY = [1, 4, 16, 64]
 QUICK_CONCURRENCY = [1, 4]
@@ -160,6 +165,12 @@ def fixed_prompts(count: int, seed: int) -> list[str]:
     return [format_prompt(make_problem(rng)) for _ in range(count)]
 
 
+def heldout_prompts(count: int, seed: int) -> list[str]:
+    """The bundled task's held-out problems (training's split of that seed), the `task` workload's prompts."""
+    _, heldout = split(DEFAULT_CONFIG, n_train=0, n_heldout=count, seed=seed)
+    return [format_prompt(problem) for problem in heldout]
+
+
 def requests_for(concurrency: int, requested: int) -> int:
     """`--requests`, but at least two per client so that all clients run at once."""
     return max(requested, 2 * concurrency)
@@ -207,28 +218,24 @@ def model_facts(checkpoint: Path, dtype: torch.dtype) -> dict:
 
 
 class ServerProcess:
-    """`python -m service` in a subprocess, on a free loopback port."""
+    """`python -m service` in a subprocess, on a free loopback port, started as `make serve` starts it.
 
-    def __init__(
-        self, checkpoint: Path, threads: int, max_running: int, device: str, *, compile: bool = False
-    ) -> None:
+    Only the port, the checkpoint and the settings in `overrides` (from this
+    script's flags, none by default) are set: everything else is the server's
+    default, so the numbers are those a user of `make serve` gets.
+    """
+
+    def __init__(self, checkpoint: Path, overrides: dict[str, str]) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        env = {
-            **os.environ,
+        env = {key: value for key, value in os.environ.items() if not key.startswith("INTROLLM_")}
+        env.update({
             "INTROLLM_CHECKPOINT": str(checkpoint),
             "INTROLLM_HOST": "127.0.0.1",
             "INTROLLM_PORT": str(self.port),
-            "INTROLLM_TORCH_THREADS": str(threads),
-            "INTROLLM_MAX_RUNNING_REQUESTS": str(max_running),
-            "INTROLLM_MAX_WAITING_REQUESTS": "1024",
-            "INTROLLM_LOG_LEVEL": "warning",
-            "INTROLLM_DEVICE": device,
-            "INTROLLM_DTYPE": str(serving_dtype(device)).removeprefix("torch."),
-            "INTROLLM_COMPILE": "true" if compile else "false",
-            "OMP_NUM_THREADS": str(threads),
-        }
+            **overrides,
+        })
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -337,8 +344,14 @@ async def run_level(url: str, prompts: list[str], concurrency: int, body: dict) 
 # ---------------------------------------------------------------- the baseline
 
 
-def run_hf_generate(checkpoint: Path, prompts: list[str], new_tokens: int, seed: int, device: str) -> Level:
-    """The same model with transformers' generate(), one request at a time, on the server's device and dtype."""
+def run_hf_generate(
+    checkpoint: Path, prompts: list[str], new_tokens: int, seed: int, device: str, *, stop_at_eos: bool = False
+) -> Level:
+    """The same model with transformers' generate(), one request at a time, on the server's device and dtype.
+
+    `stop_at_eos`: end at the model's EOS as the server does (the `task`
+    workload); otherwise exactly `new_tokens` are forced.
+    """
     from transformers.generation.streamers import BaseStreamer
 
     ckpt = load_checkpoint(checkpoint, device, serving_dtype(device))
@@ -373,7 +386,8 @@ def run_hf_generate(checkpoint: Path, prompts: list[str], new_tokens: int, seed:
             start = time.perf_counter()
             out = model.generate(
                 ids, do_sample=True, top_k=0, temperature=1.0, max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+                min_new_tokens=0 if stop_at_eos else new_tokens, pad_token_id=tokenizer.pad_token_id,
+                streamer=streamer,
             )
             end = time.perf_counter()
             produced = int(out.shape[1] - ids.shape[1])
@@ -438,14 +452,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64,
                         help="requests per concurrency level (at least 2 x the concurrency)")
     parser.add_argument("--baseline-requests", type=int, default=None, help="default: --requests")
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64, help="max_new_tokens of each request")
+    parser.add_argument("--workload", choices=["fixed", "task"], default="fixed",
+                        help="fixed: Countdown-format prompts, exactly --new-tokens tokens each (ignore_eos); "
+                        "task: the bundled task's held-out problems, each ending at EOS (at most --new-tokens)")
     parser.add_argument("--temperature-mode", choices=["learned", "fixed", "entropy"], default="learned")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, server and baseline alike")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="server and baseline alike (dtype: bfloat16 on cuda, float32 on cpu)")
-    parser.add_argument("--compile", action="store_true",
-                        help="start the server with INTROLLM_COMPILE=true (torch.compile the decode step)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads, server and baseline alike (default: each side's own default)")
+    parser.add_argument("--baseline-threads", type=int, default=None,
+                        help="torch threads of the generate() baseline alone (default: --threads, else torch's)")
+    parser.add_argument("--device", default=None,
+                        help="server and baseline alike (default: cuda when available, else cpu; dtype: bfloat16 "
+                        "on cuda, float32 on cpu)")
+    parser.add_argument("--compile", nargs="?", const="true", choices=["auto", "true", "false"], default=None,
+                        help="the server's INTROLLM_COMPILE (default: the server's default, auto)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny run: concurrency 1 and 4, 4 requests (8 at 4 clients), 8 tokens")
     parser.add_argument("--no-baseline", action="store_true")
@@ -456,31 +477,44 @@ def main() -> None:
         args.baseline_requests = args.baseline_requests or 2
     if min(args.concurrency) < 1 or args.requests < 1 or args.new_tokens < 1:
         sys.exit("--concurrency, --requests and --new-tokens must be at least 1")
-    torch.set_num_threads(args.threads)
+    baseline_threads = args.baseline_threads or args.threads
+    if baseline_threads is not None:
+        torch.set_num_threads(baseline_threads)
     load_before = _load_avg()
-    dtype = serving_dtype(args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = serving_dtype(device)
+    # Only what the flags ask for; the rest is the server's default (what `make serve` runs).
+    overrides = {
+        **({} if args.threads is None else {"INTROLLM_TORCH_THREADS": str(args.threads)}),
+        **({} if args.device is None else {"INTROLLM_DEVICE": args.device}),
+        **({} if args.compile is None else {"INTROLLM_COMPILE": args.compile}),
+    }
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = _tiny_random_checkpoint(Path(scratch)) if args.tiny_random else args.checkpoint
         if not args.url and not checkpoint.is_dir():
             sys.exit(f"checkpoint not found: {checkpoint} (train it, pass --checkpoint, or use --tiny-random)")
         facts = model_facts(checkpoint, dtype) if checkpoint.is_dir() else None
-        body: dict = {"max_new_tokens": args.new_tokens, "ignore_eos": True, "stream": True, "seed": args.seed}
+        fixed_length = args.workload == "fixed"
+        body: dict = {"max_new_tokens": args.new_tokens, "ignore_eos": fixed_length, "stream": True,
+                      "seed": args.seed}
         if args.temperature_mode == "fixed":
             body["temperature"] = 1.0
         else:
             body["temperature_mode"] = args.temperature_mode
-        prompts = fixed_prompts(max(requests_for(c, args.requests) for c in args.concurrency), args.seed)
+        count = max(max(requests_for(c, args.requests) for c in args.concurrency), args.baseline_requests or 0)
+        prompts = fixed_prompts(count, args.seed) if fixed_length else heldout_prompts(count, args.seed)
 
         server = None
         if not args.url:
-            server = ServerProcess(checkpoint, args.threads, max(args.concurrency), args.device, compile=args.compile)
+            server = ServerProcess(checkpoint, overrides)
         levels: list[Level] = []
-        ready_s = peak_rss_mib = None
+        ready_s = peak_rss_mib = info = None
         try:
             url = args.url or server.url
             if server is not None:
                 ready_s = server.wait_ready()
+            info = httpx.get(f"{url}/info", timeout=30).json()  # what the server runs with (threads aside)
             for concurrency in args.concurrency:
                 level_prompts = prompts[: requests_for(concurrency, args.requests)]
                 levels.append(asyncio.run(run_level(url, level_prompts, concurrency, body)))
@@ -492,7 +526,8 @@ def main() -> None:
         baseline = None
         if not args.no_baseline:
             baseline_prompts = prompts[: args.baseline_requests or args.requests]
-            baseline = run_hf_generate(checkpoint, baseline_prompts, args.new_tokens, args.seed, args.device)
+            baseline = run_hf_generate(checkpoint, baseline_prompts, args.new_tokens, args.seed, device,
+                                       stop_at_eos=not fixed_length)
     load_after = _load_avg()
 
     rows = [level.summary() for level in levels]
@@ -500,9 +535,11 @@ def main() -> None:
     ratios = summary_ratios(rows, baseline_row)
     checkpoint_name = "tiny-random" if args.tiny_random else str(checkpoint)
     header = (
-        f"checkpoint={checkpoint_name}  new_tokens={args.new_tokens}  mode={args.temperature_mode}  "
-        f"device={args.device}  dtype={str(dtype).removeprefix('torch.')}  compile={args.compile}  "
-        f"threads={args.threads}  cpus={os.cpu_count()}  load={load_before} -> {load_after}  torch={torch.__version__}"
+        f"checkpoint={checkpoint_name}  workload={args.workload}  new_tokens={args.new_tokens}  "
+        f"mode={args.temperature_mode}  "
+        f"device={device}  dtype={str(dtype).removeprefix('torch.')}  server overrides={overrides or 'none'}  "
+        f"baseline threads={torch.get_num_threads()}  cpus={os.cpu_count()}  load={load_before} -> {load_after}  "
+        f"torch={torch.__version__}"
     )
     _print_table(rows + ([baseline_row] if baseline_row else []), header)
     if facts is not None:
@@ -517,14 +554,14 @@ def main() -> None:
         "checkpoint": checkpoint_name,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {
-            "platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+            "platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
             "load_avg_before": load_before, "load_avg_after": load_after,
-            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "device": args.device,
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "device": device,
         },
         "server": {
-            "started_here": server is not None, "url": args.url, "compile": args.compile,
+            "started_here": server is not None, "url": args.url, "overrides": overrides,
             "ready_s": None if ready_s is None else round(ready_s, 2), "peak_rss_mib": peak_rss_mib,
-            "max_running_requests": max(args.concurrency) if server is not None else None,
+            "info": info,
         },
         "model": facts,
         "levels": rows,
