@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from model import Checkpoint, Manifest, load_checkpoint
+from model import Checkpoint, load_checkpoint
 from service.engine import Engine
 from service.errors import ServiceError, error_body
 from service.keys import KeyRing
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Loaded:
     scheduler: Scheduler
-    manifest: Manifest
+    server: ServerInfo  # what it runs with: exported as metrics, shown by /info
 
 
 def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
@@ -94,7 +94,7 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
         compile=compile,
         metrics=metrics,
     )
-    metrics.set_server(ServerInfo(
+    server = ServerInfo(
         base_model=checkpoint.manifest.base_model,
         checkpoint_format_version=checkpoint.manifest.format_version,
         tau_min=head.config.tau_min,
@@ -104,11 +104,12 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
         dtype=str(next(checkpoint.model.parameters()).dtype).removeprefix("torch."),
         max_running_requests=settings.max_running_requests,
         max_waiting_requests=settings.max_waiting_requests,
-    ))
+    )
+    metrics.set_server(server)
     if settings.warm_up:
         # With `compile`, this is where the decode step compiles (before readiness).
         engine.warm_up(encode_prompt(tokenizer, "warm up"))
-    return Loaded(Scheduler(engine, tokenizer, head, limits, metrics), checkpoint.manifest)
+    return Loaded(Scheduler(engine, tokenizer, head, limits, metrics), server)
 
 
 def _eos_ids(checkpoint: Checkpoint) -> set[int]:
@@ -142,7 +143,7 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
         try:
             if settings.warm_up:
                 await scheduler.warm_up()
-            app.state.manifest = loaded.manifest
+            app.state.server = loaded.server
             app.state.scheduler = scheduler
             log.info("serving %s on %s", settings.served_model_name, scheduler.engine.device)
             yield

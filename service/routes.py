@@ -42,10 +42,10 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-import service
 from service.engine import FinishEvent, TokenEvent
 from service.errors import ServiceError, error_body, unauthorized, unavailable
 from service.keys import KeyRing
+from service.metrics import ServerInfo
 from service.openapi import PLAIN_TEXT, errors, event_stream
 from service.scheduler import Completed, RequestHandle, Scheduler
 from service.schemas import (
@@ -252,20 +252,21 @@ async def ready(request: Request) -> Response:
 async def info(request: Request, scheduler: SchedulerDep) -> Info:
     """Model, tau range, limits, device and version."""
     settings: Settings = request.app.state.settings
+    server: ServerInfo = request.app.state.server
     limits = scheduler.limits
     running, waiting = scheduler.engine.load()
     return Info(
         model=settings.served_model_name,
-        version=service.__version__,
-        base_model=request.app.state.manifest.base_model,
-        device=str(scheduler.engine.device),
-        dtype=str(next(scheduler.engine.model.parameters()).dtype).removeprefix("torch."),
+        version=server.version,
+        base_model=server.base_model,
+        device=server.device,
+        dtype=server.dtype,
         temperature_modes=["learned", "fixed", "entropy"],
         tau_range=list(limits.tau_range),
         tau_init=scheduler.head.config.tau_init,
         limits=InfoLimits(
-            max_running_requests=settings.max_running_requests,
-            max_waiting_requests=settings.max_waiting_requests,
+            max_running_requests=server.max_running_requests,
+            max_waiting_requests=server.max_waiting_requests,
             max_prompt_tokens=limits.max_prompt_tokens,
             max_new_tokens=limits.max_new_tokens,
             default_max_new_tokens=limits.default_max_new_tokens,

@@ -191,7 +191,7 @@ class Settings(BaseSettings):
 
     def compile_decision(self) -> tuple[bool, str]:
         """Whether to torch.compile, and why (logged at start-up)."""
-        if self.compile is not True and self.compile is not False:  # "auto"
+        if self.compile == "auto":
             # Inductor builds C++ for the CPU, and Triton its CUDA launchers with a C compiler.
             compiler = next(
                 (found for name in (os.environ.get("CXX"), "g++", "c++", "clang++") if name

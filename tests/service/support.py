@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,23 @@ def start_server(settings: Settings) -> LiveServer:
     with live.client() as client:  # answered once start-up is complete
         assert client.get("/health/ready").status_code == 200
     return live
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def reaped(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """A child server, killed at the end unless it already exited: a failing test leaves no orphan."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def stop_server(live: LiveServer) -> None:

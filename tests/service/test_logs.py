@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,23 +20,17 @@ from pathlib import Path
 import httpx
 
 from service.settings import REPO_ROOT
-from tests.service.support import HTTP_TIMEOUT, read_sse, sse_json
+from tests.service.support import HTTP_TIMEOUT, free_port, read_sse, reaped, sse_json
 
 KEYS = ["log-test-key-from-list-1", "log-test-key-from-list-2"]
 FILE_KEY = "log-test-key-from-file"
 WRONG_KEY = "log-test-wrong-key-zzz"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _serve_and_collect(checkpoint_dir: Path, tmp_path: Path, log_format: str,
                        exercise: Callable[[httpx.Client], None]) -> str:
     """Start the server, run `exercise` against it, stop it; its whole output."""
-    port = _free_port()
+    port = free_port()
     key_file = tmp_path / "keys"
     key_file.write_text(f"# keys\n{FILE_KEY}\n")
     env = {
@@ -51,18 +44,14 @@ def _serve_and_collect(checkpoint_dir: Path, tmp_path: Path, log_format: str,
     }
     output = tmp_path / "output.log"
     with output.open("w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=tmp_path, text=True,
-                                   stdout=sink, stderr=subprocess.STDOUT)
-        try:
+        child = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=tmp_path, text=True,
+                                 stdout=sink, stderr=subprocess.STDOUT)
+        with reaped(child) as process:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT) as client:
                 _wait_ready(client, process, output)
                 exercise(client)
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     return output.read_text()
 
 

@@ -11,7 +11,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,17 +22,11 @@ import pytest
 from service.__main__ import STARTUP_FAILURE
 from service.settings import Settings
 from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
-from tests.service.support import HTTP_TIMEOUT, read_sse, sse_json
+from tests.service.support import HTTP_TIMEOUT, free_port, read_sse, reaped, sse_json
 
 LONG = 450
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USAGE_ERROR = 2  # argparse's exit status for a bad command line
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class _Lines:
@@ -100,13 +93,13 @@ def test_help_lists_every_setting_with_its_flag_environment_variable_and_default
 
 
 def test_flags_win_over_environment(checkpoint_dir, tmp_path):
-    env_port, flag_port = _free_port(), _free_port()
+    env_port, flag_port = free_port(), free_port()
     env = _child_env(
         INTROLLM_PORT=str(env_port), INTROLLM_CHECKPOINT=str(tmp_path / "no-such-checkpoint"),
         INTROLLM_DEVICE="cpu", INTROLLM_TORCH_THREADS="1", INTROLLM_WARM_UP="true", INTROLLM_LOG_LEVEL="info",
     )
-    process = _serve(["--port", str(flag_port), "--checkpoint", str(checkpoint_dir), "--no-warm-up"], env, tmp_path)
-    try:
+    args = ["--port", str(flag_port), "--checkpoint", str(checkpoint_dir), "--no-warm-up"]
+    with reaped(_serve(args, env, tmp_path)) as process:
         lines = _Lines(process.stdout)
         lines.wait_for("Application startup complete")
         response = httpx.get(f"http://127.0.0.1:{flag_port}/health/ready", timeout=HTTP_TIMEOUT)
@@ -115,10 +108,6 @@ def test_flags_win_over_environment(checkpoint_dir, tmp_path):
         assert checkpoint_dir.name in str(info)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.parametrize(
@@ -157,7 +146,7 @@ def test_broken_checkpoint_exits_3_with_one_error_line_naming_the_file(
     broken = shutil.copytree(checkpoint_dir, tmp_path / "broken")
     break_checkpoint(broken)
     env = _child_env(
-        INTROLLM_CHECKPOINT=str(broken), INTROLLM_PORT=str(_free_port()), INTROLLM_DEVICE="cpu",
+        INTROLLM_CHECKPOINT=str(broken), INTROLLM_PORT=str(free_port()), INTROLLM_DEVICE="cpu",
         INTROLLM_TORCH_THREADS="1", INTROLLM_WARM_UP="false",
     )
     result = _run([], env, tmp_path)
@@ -169,13 +158,12 @@ def test_broken_checkpoint_exits_3_with_one_error_line_naming_the_file(
 
 
 def test_sigterm_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = _child_env(
         INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(port), INTROLLM_DEVICE="cpu",
         INTROLLM_TORCH_THREADS="1", INTROLLM_DRAIN_GRACE_S="60", INTROLLM_LOG_LEVEL="info",
     )
-    process = _serve([], env, tmp_path)
-    try:
+    with reaped(_serve([], env, tmp_path)) as process:
         lines = _Lines(process.stdout)
         lines.wait_for("Application startup complete")
         body = {"prompt": "1 2>3\n", "max_new_tokens": LONG, "ignore_eos": True, "stream": True}
@@ -190,7 +178,3 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp
         assert payloads[-1]["usage"]["completion_tokens"] == LONG
         assert process.wait(timeout=60) == 0
         lines.wait_for("drain finished")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
