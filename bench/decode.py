@@ -25,8 +25,9 @@ depend on the weights' values; no download is possible here).
     python bench/decode.py --shape qwen2.5-0.5b --batches 1 4 --new-tokens 16 --repeats 2
     python bench/decode.py --device cuda --dtype bfloat16 --shape qwen2.5-0.5b --batches 1 64
 
-What it does not do: HTTP (bench/serve.py), detokenization (the engine gets
-a null text stream here), or compare runs from different machines.
+What it does not do: HTTP or the engine process (bench/serve.py),
+detokenization (the API process's work, not the engine's), or compare runs
+from different machines.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
 
 from model import HeadConfig, TemperatureHead, forward, load_checkpoint, new_cache  # noqa: E402
-from service.engine import DecodeParams, Engine, EngineRequest, ErrorEvent, FinishEvent  # noqa: E402
+from service.engine import DecodeParams, Ended, Engine, EngineRequest, Failed, Sampled  # noqa: E402
 from service.sampling import ControllerSpec  # noqa: E402
 from service.settings import DEFAULT_CHECKPOINT  # noqa: E402
 
@@ -79,30 +80,18 @@ def load_shape(shape: str, device: torch.device, dtype: torch.dtype, checkpoint:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-class _NullText:
-    """The engine's text stream without a tokenizer: no text, never a stop string."""
-
-    text = ""
-
-    def push(self, token_id: int) -> tuple[str, bool]:
-        return "", False
-
-    def flush(self) -> str:
-        return ""
-
-
 class _Collect:
     """Counts tokens and records how each request ended."""
 
     def __init__(self) -> None:
         self.tokens = 0
-        self.finish: FinishEvent | ErrorEvent | None = None
+        self.finish: Ended | Failed | None = None
 
     def push(self, events) -> None:
         for event in events:
-            if isinstance(event, FinishEvent | ErrorEvent):
+            if isinstance(event, Ended | Failed):
                 self.finish = event
-            else:
+            elif isinstance(event, Sampled):
                 self.tokens += 1
 
 
@@ -111,12 +100,12 @@ def engine_run(engine: Engine, prompts: torch.Tensor, spec: ControllerSpec, new_
     for i, sink in enumerate(sinks):
         engine.submit(EngineRequest(
             prompt_ids=prompts[i].tolist(), controller=spec, params=DecodeParams(new_tokens, ignore_eos=True),
-            seed=i, deadline=math.inf, text=_NullText(), sink=sink,
+            seed=i, deadline=math.inf, sink=sink,
         ))
     if not engine.wait_idle(timeout=3600):
         raise TimeoutError("engine did not finish")
     for sink in sinks:
-        if not isinstance(sink.finish, FinishEvent) or sink.tokens != new_tokens:
+        if not isinstance(sink.finish, Ended) or sink.tokens != new_tokens:
             raise RuntimeError(f"a request failed: {sink.finish}")
 
 

@@ -1,4 +1,4 @@
-"""The decode engine: one thread doing continuous batching over `model/`.
+"""The decode engine: continuous batching over `model/`, in one thread.
 
 What it does: owns the model and a running batch (`kv.SlotBatch`: one
 preallocated KV slot per row, optionally with a compiled decode step). Its loop,
@@ -9,25 +9,27 @@ between two decode steps:
      budget per iteration): those with equal prompt lengths are prefilled
      together (no padding, so each row's result is that of a solo prefill),
      their first tokens sampled, and each joins the batch as a new row;
-  4. runs one decode step for every row and samples the next token per row
-     (`sampling.sample_rows`, with counter-based noise keyed by each request's
-     seed and token index), then emits one `TokenEvent` per row and a
-     `FinishEvent` for rows that hit EOS, a stop string, their token budget or
-     their deadline; those rows leave the batch at once.
-Every event is handed to the request's `Sink`, which must not block (the
-service's sink posts it to the event loop with `call_soon_threadsafe`).
+  4. runs one decode step for every row (unless paused) and samples the next
+     token per row (`sampling.sample_rows`, with counter-based noise keyed by
+     each request's seed and token index), then emits one `Sampled` event per
+     row and an `Ended` event for rows that hit EOS, their token budget or
+     their deadline; those rows leave the batch at once;
+  5. calls `after_iteration` (the engine process sends the iteration's events
+     to the API process there, one message per step for all rows).
+Every event is handed to the request's `Sink`, which must not block.
 
 Bounds: at most `max_running` rows decode together; `submit` refuses a
 request (`EngineFull`) when running + waiting would exceed max_running +
 max_waiting, so nothing queues without limit. A failure while prefilling one
 request fails that request; a failure in a batched step fails the rows of
 that batch; the engine then carries on with an empty batch. A request never
-stays half-done: each gets exactly one terminal event (`FinishEvent` or
-`ErrorEvent`).
+stays half-done: each gets exactly one terminal event (`Ended` or `Failed`).
 
-What it does not do: HTTP, JSON, asyncio, tokenization or validation. Text
-comes from the request's `TextStream` (token ids in, text and "stop string
-hit" out); limits are checked by the scheduler before `submit`.
+What it does not do: HTTP, asyncio, tokenization, text, stop strings,
+validation or Prometheus. Events carry token ids; the reader detokenizes,
+looks for stop strings and ends a request early through its `Ticket`
+(scheduler.RequestState). It runs in whatever process creates it: the
+server's engine process (engine_process.py), or a test's.
 """
 
 from __future__ import annotations
@@ -38,88 +40,73 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
 from transformers import PreTrainedModel
 
 from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
+from service.events import FinishReason
 from service.kv import SlotBatch, prefill_alone
-from service.metrics import RequestMetrics, ServiceMetrics
 from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows
 
 log = logging.getLogger(__name__)
-
-FinishReason = Literal["length", "eos", "stop", "timeout", "cancelled"]
 
 
 # ---------------------------------------------------------------- events
 
 
 @dataclass(frozen=True)
-class TokenEvent:
-    """One generated token. `text` is the text it released (possibly empty: a
-    partial character, or text held back while it may begin a stop string)."""
+class Started:
+    """Prefill began (`at` on `time.monotonic()`, the same clock in every process of a machine)."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One generated token and how it was drawn."""
 
     index: int
     token_id: int
-    text: str
     tau: float
     updated: bool
     logprob: float
+    at: float
 
 
 @dataclass(frozen=True)
-class FinishEvent:
-    """The last event of a request that ran (or timed out / was cancelled while waiting)."""
+class Ended:
+    """The request left the engine normally (or was cancelled, stopped or timed out while waiting)."""
 
     reason: FinishReason
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    tau_mean: float | None
-    tau_min: float | None
-    tau_max: float | None
-    tau_updates: int
-    queue_s: float
-    ttft_s: float | None
-    total_s: float
-    seed: int
+    at: float
 
 
 @dataclass(frozen=True)
-class ErrorEvent:
-    """The last event of a request the engine could not complete."""
+class Failed:
+    """The engine could not complete the request."""
 
     kind: Literal["internal", "unavailable"]
     message: str
 
 
-Event = TokenEvent | FinishEvent | ErrorEvent
+EngineEvent = Started | Sampled | Ended | Failed
 
 
 class Sink(Protocol):
     """Where a request's events go. Called from the engine thread; must not block."""
 
-    def push(self, events: list[Event]) -> None: ...
+    def push(self, events: list[EngineEvent]) -> None: ...
 
 
-class TextStream(Protocol):
-    """Incremental detokenizer with stop strings (see scheduler.TextStream)."""
+class Observer(Protocol):
+    """Engine-wide figures, reported from the engine thread (metrics.ServiceMetrics is one)."""
 
-    def push(self, token_id: int) -> tuple[str, bool]:
-        """Text released by this token, and whether a stop string is now complete."""
-        ...
+    def observe_batch(self, size: int) -> None: ...
 
-    def flush(self) -> str:
-        """Text still held back, released at the end of the request."""
-        ...
-
-    @property
-    def text(self) -> str:
-        """All text released so far."""
-        ...
+    def set_load(self, running: int, waiting: int) -> None: ...
 
 
 # ---------------------------------------------------------------- requests
@@ -143,10 +130,7 @@ class EngineRequest:
     params: DecodeParams
     seed: int
     deadline: float
-    text: TextStream
     sink: Sink
-    metrics: RequestMetrics | None = None
-    submitted_at: float = field(default_factory=time.monotonic)
 
 
 class EngineFull(Exception):
@@ -158,31 +142,29 @@ class EngineUnavailable(Exception):
 
 
 class Ticket:
-    """The caller's handle on a submitted request: it can only cancel it."""
+    """The caller's handle on a submitted request: it can only end it early."""
 
     def __init__(self, engine: Engine, sequence: _Sequence) -> None:
         self._engine = engine
         self._sequence = sequence
 
-    def cancel(self) -> None:
-        """Ask for removal at the next step boundary; a no-op once the request has finished."""
-        self._engine._cancel(self._sequence)
+    def cancel(self, reason: Literal["cancelled", "stop"] = "cancelled") -> None:
+        """Ask for removal at the next step boundary; a no-op once the request has finished.
+
+        reason "stop": the reader found a stop string and has already ended the
+        request on its side; the engine only frees the row."""
+        self._engine._cancel(self._sequence, reason)
 
 
 @dataclass
 class _Sequence:
     """Engine-side state of one request, touched only by the engine thread
-    (except `cancel_requested`, a flag set under the engine's lock)."""
+    (except `cancel_reason`, set under the engine's lock)."""
 
     request: EngineRequest
     row: RowSampler | None = None  # built in the engine thread at admission
-    tokens: list[int] = field(default_factory=list)
-    taus: list[float] = field(default_factory=list)
-    updates: int = 0
-    started_at: float | None = None
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    cancel_requested: bool = False
+    generated: int = 0
+    cancel_reason: Literal["cancelled", "stop"] | None = None
     done: bool = False
 
     @property
@@ -208,12 +190,15 @@ class Engine:
         max_sequence_length: int,
         prefill_token_budget: int = 2048,
         compile: bool = False,
-        metrics: ServiceMetrics | None = None,
+        observer: Observer | None = None,
+        after_iteration: Callable[[], None] | None = None,
     ) -> None:
         """max_sequence_length: the longest prompt + max_new_tokens a request may have
         (the scheduler enforces it); each of the max_running KV slots holds that many tokens.
         compile: run the decode step (`kv.SlotBatch`) and the common sampling steps
-        (`sampling.FastPaths`) through `torch.compile`; `warm_up` compiles them."""
+        (`sampling.FastPaths`) through `torch.compile`; `warm_up` compiles them.
+        after_iteration: called in the engine thread after each loop iteration
+        that did anything, and once more when the loop ends."""
         self.model = model
         self.head = head
         self.device = next(model.parameters()).device
@@ -221,13 +206,15 @@ class Engine:
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.prefill_token_budget = prefill_token_budget
-        self.metrics = metrics
+        self.observer = observer
+        self.after_iteration = after_iteration
 
         self._cond = threading.Condition()
         # Guarded by _cond:
         self._waiting: deque[_Sequence] = deque()
         self._in_system = 0  # submitted and not yet finished (waiting + running)
         self._stopping = False
+        self._paused = False
         self._deadline_cap = math.inf
         # Engine thread only; rows of `_batch`, in order, with their (B, 1)
         # previous tau, (B,) next input token, (B,) seed and (B,) index of the
@@ -267,17 +254,18 @@ class Engine:
                     sample_rows([sampler] * rows, step, tau, noise, fast=self._fast)
 
     def start(self) -> None:
+        """Run the loop in a thread of its own."""
         if self._thread is not None:
             raise RuntimeError("engine already started")
-        self._thread = threading.Thread(target=self._run, name="introllm-engine", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="introllm-engine", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the loop; requests still in the engine get an `ErrorEvent` ('unavailable')."""
+        """Stop the loop; requests still in the engine get a `Failed` event ('unavailable')."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     @property
@@ -285,10 +273,11 @@ class Engine:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     def submit(self, request: EngineRequest) -> Ticket:
-        """Queue a request; raises EngineFull or EngineUnavailable instead of waiting."""
+        """Queue a request (it waits for the loop if that has not started yet); raises EngineFull or
+        EngineUnavailable instead of waiting."""
         sequence = _Sequence(request=request)
         with self._cond:
-            if not self.alive:
+            if self._stopping:
                 raise EngineUnavailable("the engine is not running")
             if self._in_system >= self.max_running + self.max_waiting:
                 raise EngineFull(f"{self._in_system} requests in flight (bound {self.max_running + self.max_waiting})")
@@ -302,6 +291,20 @@ class Engine:
         """Make every request, present and future, end by `deadline` (monotonic): the drain."""
         with self._cond:
             self._deadline_cap = min(self._deadline_cap, deadline)
+            self._cond.notify_all()
+
+    def pause(self) -> None:
+        """Hold decode steps until `resume`: requests are still admitted, prefilled (so they get
+        their first token), cancelled and timed out while waiting, but running rows do not advance.
+        For whoever must change the engine between two steps (a weight update), and for tests
+        that need a request to stay running."""
+        with self._cond:
+            self._paused = True
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
             self._cond.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -322,14 +325,18 @@ class Engine:
         waiting = len(self._waiting)
         return self._in_system - waiting, waiting
 
-    def _cancel(self, sequence: _Sequence) -> None:
+    def _cancel(self, sequence: _Sequence, reason: Literal["cancelled", "stop"]) -> None:
         with self._cond:
-            sequence.cancel_requested = True
+            if sequence.cancel_reason is None:
+                sequence.cancel_reason = reason
             self._cond.notify_all()
 
     # ------------------------------------------------------------ the loop (engine thread)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The loop, in the calling thread, until `stop`; `start` runs it in a thread of its own."""
+        if self._thread is None:
+            self._thread = threading.current_thread()
         try:
             with torch.inference_mode():
                 while True:
@@ -342,26 +349,32 @@ class Engine:
                     self._drop_cancelled_rows()
                     for group in _by_prompt_length(admitted):
                         self._start(group)
-                    if self._rows:
+                    if self._rows and not self._paused:
                         self._step()
+                    self._iteration_done()
         except BaseException as exc:  # the thread must never die silently
             self.failure = exc
-            log.exception("engine thread failed")
+            log.exception("engine loop failed")
         finally:
             self._fail_everything("unavailable", "the engine stopped")
+            self._iteration_done()
+
+    def _iteration_done(self) -> None:
+        if self.after_iteration is not None:
+            self.after_iteration()
 
     def _next_work(self) -> tuple[list[_Sequence], list[tuple[_Sequence, FinishReason]]] | None:
         """Wait for something to do; pop admissible and dead waiting requests. None: stop."""
         with self._cond:
-            while not self._stopping and not self._waiting and not self._rows:
+            while not self._stopping and not self._has_work_locked():
                 self._cond.wait()
             if self._stopping:
                 return None
             now = time.monotonic()
             dropped: list[tuple[_Sequence, FinishReason]] = []
             for sequence in list(self._waiting):
-                if sequence.cancel_requested:
-                    dropped.append((sequence, "cancelled"))
+                if sequence.cancel_reason is not None:
+                    dropped.append((sequence, sequence.cancel_reason))
                 elif now >= self._deadline(sequence):
                     dropped.append((sequence, "timeout"))
             for sequence, _ in dropped:
@@ -379,6 +392,13 @@ class Engine:
                 self._cond.notify_all()  # waiting -> running is a change wait_until may look for
             return admitted, dropped
 
+    def _has_work_locked(self) -> bool:
+        if self._waiting:
+            return True
+        if not self._paused:
+            return bool(self._rows)
+        return any(s.cancel_reason is not None for s in self._rows)  # paused: only removals to do
+
     def _deadline(self, sequence: _Sequence) -> float:
         return min(sequence.request.deadline, self._deadline_cap)
 
@@ -387,10 +407,7 @@ class Engine:
         the batch unless already finished. A failure fails these requests only."""
         now = time.monotonic()
         for sequence in sequences:
-            request = sequence.request
-            sequence.started_at = now
-            if request.metrics is not None:
-                request.metrics.started(now - request.submitted_at, len(request.prompt_ids))
+            self._push(sequence, [Started(now)])
         fits = []
         for sequence in sequences:  # the scheduler's limits make this hold; a direct caller may not
             request = sequence.request
@@ -417,7 +434,7 @@ class Engine:
             return
         joined = []
         for i, sequence in enumerate(sequences):
-            if self._emit_or_fail(sequence, *values[i]):
+            if self._emit(sequence, *values[i]):
                 continue
             self._batch.add(cache, len(sequence.request.prompt_ids), row=i)
             self._rows.append(sequence)
@@ -449,8 +466,8 @@ class Engine:
 
     def _step(self) -> None:
         """One decode step for every row; finished rows leave the batch."""
-        if self.metrics is not None:
-            self.metrics.observe_batch(len(self._rows))
+        if self.observer is not None:
+            self.observer.observe_batch(len(self._rows))
         try:
             step = self._batch.decode(self._next_tokens)
             noise = CounterNoise(self._seeds, self._counters)
@@ -468,90 +485,37 @@ class Engine:
         self._tau = result.action.tau.float()
         self._next_tokens = result.tokens
         self._counters = self._counters + 1
-        keep = [i for i, sequence in enumerate(self._rows) if not self._emit_or_fail(sequence, *values[i])]
+        keep = [i for i, sequence in enumerate(self._rows) if not self._emit(sequence, *values[i])]
         self._keep_rows(keep)
 
-    def _emit_or_fail(self, sequence: _Sequence, token: int, tau: float, updated: bool, logprob: float) -> bool:
-        """`_emit`, but a failure there (detokenizer, stop rule) fails this request only. True: it is done."""
-        try:
-            return self._emit(sequence, token, tau, updated, logprob)
-        except Exception as exc:
-            log.exception("emitting a token failed")
-            self._error(sequence, "internal", f"emitting a token failed: {exc}")
-            return True
-
     def _emit(self, sequence: _Sequence, token: int, tau: float, updated: bool, logprob: float) -> bool:
-        """Record one token, send its event (and the finish event); True if the request is done."""
+        """Send one token's event (and the end, if this token ends the request); True if done."""
         now = time.monotonic()
         request = sequence.request
-        previous = sequence.last_token_at
-        sequence.tokens.append(token)
-        sequence.taus.append(tau)
-        sequence.updates += int(updated)
-        sequence.last_token_at = now
-        if sequence.first_token_at is None:
-            sequence.first_token_at = now
-        text, stop_hit = request.text.push(token)
+        index = sequence.generated
+        sequence.generated += 1
         reason: FinishReason | None = None
         if token in self.eos_token_ids and not request.params.ignore_eos:
             reason = "eos"
-        elif stop_hit:
-            reason = "stop"
-        elif len(sequence.tokens) >= request.params.max_new_tokens:
+        elif sequence.generated >= request.params.max_new_tokens:
             reason = "length"
         elif now >= self._deadline(sequence):
             reason = "timeout"
-        if reason is not None and reason != "stop":
-            text += request.text.flush()  # held-back text belongs to the output unless a stop string cut it
-        if request.metrics is not None:
-            first = previous is None
-            request.metrics.token(
-                tau, updated, ttft_s=now - request.submitted_at if first else None,
-                itl_s=None if first else now - previous,
-            )
-        events: list[Event] = [
-            TokenEvent(len(sequence.tokens) - 1, token, text, tau, updated, logprob)
-        ]
+        event = Sampled(index, token, tau, updated, logprob, now)
         if reason is None:
-            self._push(sequence, events)
+            self._push(sequence, [event])
             return False
-        self._finish(sequence, reason, events)
+        self._finish(sequence, reason, [event])
         return True
 
-    def _finish(self, sequence: _Sequence, reason: FinishReason, events: list[Event] | None = None) -> None:
+    def _finish(self, sequence: _Sequence, reason: FinishReason, events: list[EngineEvent] | None = None) -> None:
         """Terminal event for a request that ran or was dropped while waiting."""
-        request = sequence.request
-        now = time.monotonic()
-        taus = sequence.taus
-        mean_tau = sum(taus) / len(taus) if taus else None
-        finish = FinishEvent(
-            reason=reason,
-            text=request.text.text,
-            prompt_tokens=len(request.prompt_ids),
-            completion_tokens=len(sequence.tokens),
-            tau_mean=mean_tau,
-            tau_min=min(taus) if taus else None,
-            tau_max=max(taus) if taus else None,
-            tau_updates=sequence.updates,
-            queue_s=(sequence.started_at or now) - request.submitted_at,
-            ttft_s=None if sequence.first_token_at is None else sequence.first_token_at - request.submitted_at,
-            total_s=now - request.submitted_at,
-            seed=request.seed,
-        )
-        # Metrics first: whoever reads the response can rely on them being counted.
-        if request.metrics is not None:
-            if reason == "cancelled":
-                request.metrics.owner.failed("cancelled")
-            else:
-                request.metrics.finished(reason, finish.total_s, len(sequence.tokens), mean_tau)
         self._retire(sequence)
-        self._push(sequence, [*(events or []), finish])
+        self._push(sequence, [*(events or []), Ended(reason, time.monotonic())])
 
     def _error(self, sequence: _Sequence, kind: Literal["internal", "unavailable"], message: str) -> None:
-        if sequence.request.metrics is not None:
-            sequence.request.metrics.owner.failed(kind)
         self._retire(sequence)
-        self._push(sequence, [ErrorEvent(kind, message)])
+        self._push(sequence, [Failed(kind, message)])
 
     def _retire(self, sequence: _Sequence) -> None:
         with self._cond:
@@ -562,23 +526,23 @@ class Engine:
             self._publish_load()
             self._cond.notify_all()
 
-    def _push(self, sequence: _Sequence, events: list[Event]) -> None:
+    def _push(self, sequence: _Sequence, events: list[EngineEvent]) -> None:
         try:
             sequence.request.sink.push(events)
         except Exception:
-            # The receiver is gone (its event loop closed): nobody will read
-            # this request's output, so stop decoding it.
+            # The receiver is gone: nobody will read this request's output, so stop decoding it.
             log.warning("dropping a request whose receiver is gone", exc_info=True)
-            sequence.cancel_requested = True
+            with self._cond:
+                sequence.cancel_reason = sequence.cancel_reason or "cancelled"
 
     def _drop_cancelled_rows(self) -> None:
         with self._cond:
-            cancelled = [i for i, s in enumerate(self._rows) if s.cancel_requested]
+            cancelled = [(i, s.cancel_reason) for i, s in enumerate(self._rows) if s.cancel_reason is not None]
         if not cancelled:
             return
-        for i in cancelled:
-            self._finish(self._rows[i], "cancelled")
-        gone = set(cancelled)
+        for i, reason in cancelled:
+            self._finish(self._rows[i], reason)
+        gone = {i for i, _ in cancelled}
         self._keep_rows([i for i in range(len(self._rows)) if i not in gone])
 
     def _keep_rows(self, keep: list[int]) -> None:
@@ -612,9 +576,9 @@ class Engine:
             self._error(sequence, kind, message)
 
     def _publish_load(self) -> None:
-        """Update the gauges; caller holds the lock. Admitted requests count as running."""
-        if self.metrics is not None:
-            self.metrics.set_load(*self._load_locked())
+        """Report (running, waiting); caller holds the lock. Admitted requests count as running."""
+        if self.observer is not None:
+            self.observer.set_load(*self._load_locked())
 
 
 def _by_prompt_length(sequences: list[_Sequence]) -> list[list[_Sequence]]:

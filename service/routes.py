@@ -42,8 +42,8 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from service.engine import FinishEvent, TokenEvent
 from service.errors import ServiceError, error_body, unauthorized, unavailable
+from service.events import FinishEvent, TokenEvent
 from service.keys import KeyRing
 from service.metrics import ServerInfo
 from service.openapi import PLAIN_TEXT, errors, event_stream
@@ -228,10 +228,10 @@ PROBE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @ops.get("/health/live", response_class=PlainTextResponse, responses=PROBE_RESPONSES)
 async def live(request: Request) -> Response:
-    """200 while the process answers and its engine thread runs (a restart is the cure otherwise)."""
+    """200 while the process answers and its engine process runs (a restart is the cure otherwise)."""
     scheduler: Scheduler | None = getattr(request.app.state, "scheduler", None)
     if scheduler is not None and scheduler.engine.failure is not None:
-        return _status(503, "engine thread died")
+        return _status(503, "engine process died")
     return _status(200, "live")
 
 
@@ -263,7 +263,7 @@ async def info(request: Request, scheduler: SchedulerDep) -> Info:
         dtype=server.dtype,
         temperature_modes=["learned", "fixed", "entropy"],
         tau_range=list(limits.tau_range),
-        tau_init=scheduler.head.config.tau_init,
+        tau_init=scheduler.tau_init,
         limits=InfoLimits(
             max_running_requests=server.max_running_requests,
             max_waiting_requests=server.max_waiting_requests,

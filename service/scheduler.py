@@ -11,21 +11,26 @@ What it does:
   - `TextStream`: incremental detokenization with stop strings. Text that
     could be the start of a stop string is held back until it cannot be, so
     the texts of the token events always concatenate to the final text.
-  - `AsyncSink` / `RequestHandle`: the engine thread posts events with
-    `loop.call_soon_threadsafe` (batched per step by `LoopMailbox`) into a
-    per-request asyncio queue, bounded by
-    the request's own token budget (it can never fill up); the route reads
-    them from the handle and cancels through it.
+  - `RequestState` / `RequestHandle`: the engine side (the engine's thread,
+    or the thread receiving the engine process's messages) posts each
+    request's token-id events with `loop.call_soon_threadsafe`, batched per
+    step by `LoopMailbox`; on the event loop `RequestState` detokenizes them,
+    watches for stop strings (ending the request there and telling the engine
+    to free its row), keeps the temperature summary and records the request's
+    metrics, then queues `events.TokenEvent`s and one `FinishEvent` (or
+    `ErrorEvent`) for the route, which reads them from the handle and cancels
+    through it.
   - Deadlines: every request gets one (its `timeout_s` or the server
     default); `drain` caps them all at now + grace.
 
 What it does not do: HTTP (no FastAPI here), JSON, or any tensor work (the
-engine builds each request's sampler and controller in its own thread).
+engine builds each request's sampler and controller on its side).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import time
@@ -33,26 +38,27 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-from model import TemperatureHead
 from service.engine import (
     DecodeParams,
-    Engine,
+    Ended,
+    EngineEvent,
     EngineFull,
     EngineRequest,
     EngineUnavailable,
-    ErrorEvent,
-    Event,
-    FinishEvent,
+    Sampled,
+    Started,
     Ticket,
-    TokenEvent,
 )
 from service.errors import ServiceError, internal_error, overloaded, unavailable, validation_error
-from service.metrics import ServiceMetrics
+from service.events import ErrorEvent, Event, FinishEvent, FinishReason, TokenEvent
+from service.metrics import RequestMetrics, ServiceMetrics
 from service.sampling import ControllerSpec, TemperatureMode
 
+log = logging.getLogger(__name__)
 MAX_SEED = 2**63 - 1
 # Prompt tokens decoded in front of the generated ones so the first generated
 # token's text is right for tokenizers whose pieces depend on what precedes
@@ -138,9 +144,9 @@ class TextStream:
 
 
 class LoopMailbox:
-    """Engine thread -> one event loop, one wake-up per burst.
+    """Engine side -> one event loop, one wake-up per burst.
 
-    A decode step produces an event for every running request at once; posting
+    A decode step produces events for every running request at once; posting
     each with its own `call_soon_threadsafe` wakes the loop (and contends for
     the GIL) once per request per step. Here the first post of a burst
     schedules one delivery and later posts join it, so the loop wakes about
@@ -150,10 +156,10 @@ class LoopMailbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._pending: list[tuple[Callable[[list[Event]], None], list[Event]]] = []
+        self._pending: list[tuple[Callable[[list[EngineEvent]], None], list[EngineEvent]]] = []
         self._scheduled = False
 
-    def post(self, deliver: Callable[[list[Event]], None], events: list[Event]) -> None:  # engine thread
+    def post(self, deliver: Callable[[list[EngineEvent]], None], events: list[EngineEvent]) -> None:  # any thread
         with self._lock:
             self._pending.append((deliver, events))
             if self._scheduled:
@@ -174,22 +180,132 @@ class LoopMailbox:
             deliver(events)
 
 
-class AsyncSink:
-    """Engine thread -> event loop. Bounded: `capacity` is the most events a request can produce."""
+class MailboxSink:
+    """The engine's `Sink` for one request: posts its events to the request's event loop."""
 
-    def __init__(self, mailbox: LoopMailbox, capacity: int) -> None:
+    def __init__(self, mailbox: LoopMailbox, deliver: Callable[[list[EngineEvent]], None]) -> None:
         self._mailbox = mailbox
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=capacity)
+        self._deliver = deliver
 
-    def push(self, events: list[Event]) -> None:  # engine thread
-        self._mailbox.post(self._put, events)
+    def push(self, events: list[EngineEvent]) -> None:  # engine side, any thread
+        self._mailbox.post(self._deliver, events)
 
-    def _put(self, events: list[Event]) -> None:  # event loop
-        for event in events:
-            self._queue.put_nowait(event)
 
-    async def get(self) -> Event:
-        return await self._queue.get()
+class RequestState:
+    """One request on the event loop: engine events in, text, stop strings, summary and metrics out.
+
+    Runs on the loop (`deliver`), so detokenization never runs in the engine.
+    Its queue is bounded by the request's own token budget (it can never fill
+    up). When a stop string completes, the request ends here at once and the
+    engine is told to free the row (`Ticket.cancel("stop")`); tokens the engine
+    sampled meanwhile are dropped.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        seed: int,
+        text: TextStream,
+        max_new_tokens: int,
+        metrics: RequestMetrics | None,
+        failure_counter: Callable[[str], None] | None,
+    ) -> None:
+        self.prompt_tokens = len(prompt_ids)
+        self.seed = seed
+        self.submitted_at = time.monotonic()
+        self.ticket: Ticket | None = None
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_new_tokens + 2)
+        self._text = text
+        self._metrics = metrics
+        self._count_failure = failure_counter
+        self._taus: list[float] = []
+        self._updates = 0
+        self._started_at: float | None = None
+        self._first_token_at: float | None = None
+        self._last_token_at: float | None = None
+        self.done = False
+
+    def deliver(self, events: list[EngineEvent]) -> None:  # event loop
+        for i, event in enumerate(events):
+            if self.done:
+                return
+            if isinstance(event, Sampled):
+                following = events[i + 1] if i + 1 < len(events) else None
+                ends = isinstance(following, Ended) and following.reason != "stop"
+                try:
+                    self._token(event, flush=ends)
+                except Exception as exc:  # a detokenizer failure fails this request only
+                    log.exception("detokenizing a token failed")
+                    self._fail("internal", f"detokenizing a token failed: {exc}")
+                    self._cancel_in_engine("cancelled")
+            elif isinstance(event, Started):
+                self._started_at = event.at
+                if self._metrics is not None:
+                    self._metrics.started(event.at - self.submitted_at, self.prompt_tokens)
+            elif isinstance(event, Ended):
+                self._finish(event.reason)
+            else:
+                self._fail(event.kind, event.message)
+
+    def _token(self, event: Sampled, flush: bool) -> None:
+        now = time.monotonic()
+        text, stop_hit = self._text.push(event.token_id)
+        if flush and not stop_hit:
+            text += self._text.flush()  # held-back text belongs to the output unless a stop string cut it
+        previous, self._last_token_at = self._last_token_at, now
+        if self._first_token_at is None:
+            self._first_token_at = now
+        self._taus.append(event.tau)
+        self._updates += int(event.updated)
+        if self._metrics is not None:
+            self._metrics.token(
+                event.tau, event.updated,
+                ttft_s=now - self.submitted_at if previous is None else None,
+                itl_s=None if previous is None else now - previous,
+            )
+        self.queue.put_nowait(TokenEvent(event.index, event.token_id, text, event.tau, event.updated, event.logprob))
+        if stop_hit:
+            self._finish("stop")
+            self._cancel_in_engine("stop")
+
+    def _finish(self, reason: FinishReason) -> None:
+        now = time.monotonic()
+        taus = self._taus
+        mean_tau = sum(taus) / len(taus) if taus else None
+        finish = FinishEvent(
+            reason=reason,
+            text=self._text.text,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=len(taus),
+            tau_mean=mean_tau,
+            tau_min=min(taus) if taus else None,
+            tau_max=max(taus) if taus else None,
+            tau_updates=self._updates,
+            queue_s=(self._started_at or now) - self.submitted_at,
+            ttft_s=None if self._first_token_at is None else self._first_token_at - self.submitted_at,
+            total_s=now - self.submitted_at,
+            seed=self.seed,
+        )
+        # Metrics first: whoever reads the response can rely on them being counted.
+        if reason == "cancelled":
+            self._failed("cancelled")
+        elif self._metrics is not None:
+            self._metrics.finished(reason, finish.total_s, len(taus), mean_tau)
+        self.done = True
+        self.queue.put_nowait(finish)
+
+    def _fail(self, kind: Literal["internal", "unavailable"], message: str) -> None:
+        self._failed(kind)
+        self.done = True
+        self.queue.put_nowait(ErrorEvent(kind, message))
+
+    def _failed(self, reason: str) -> None:
+        if self._count_failure is not None:
+            self._count_failure(reason)
+
+    def _cancel_in_engine(self, reason: Literal["cancelled", "stop"]) -> None:
+        if self.ticket is not None:
+            self.ticket.cancel(reason)
 
 
 @dataclass(frozen=True)
@@ -204,27 +320,23 @@ class RequestHandle:
     def __init__(
         self,
         request_id: str,
-        prompt_tokens: int,
-        seed: int,
+        state: RequestState,
         mode: TemperatureMode,
-        sink: AsyncSink,
-        ticket: Ticket,
         retry_after_s: int = 1,
     ) -> None:
         self.request_id = request_id
         self.created = int(time.time())
         self.finish: FinishEvent | None = None  # once seen by events(): for the route's log line
-        self.prompt_tokens = prompt_tokens
-        self.seed = seed
+        self.prompt_tokens = state.prompt_tokens
+        self.seed = state.seed
         self.mode = mode
-        self._sink = sink
-        self._ticket = ticket
+        self._state = state
         self._retry_after_s = retry_after_s
 
     async def events(self) -> AsyncIterator[TokenEvent | FinishEvent]:
         """Token events, then the finish event; raises ServiceError if the engine failed the request."""
         while True:
-            event = await self._sink.get()
+            event = await self._state.queue.get()
             if isinstance(event, ErrorEvent):
                 if event.kind == "unavailable":
                     raise unavailable(event.message, self._retry_after_s)
@@ -245,7 +357,8 @@ class RequestHandle:
 
     def cancel(self) -> None:
         """Remove the request from the engine (no-op once finished)."""
-        self._ticket.cancel()
+        if not self._state.done:
+            self._state._cancel_in_engine("cancelled")
 
 
 # ---------------------------------------------------------------- admission
@@ -283,20 +396,42 @@ class Limits:
     tau_range: tuple[float, float]
 
 
+class EngineLike(Protocol):
+    """What the scheduler needs of an engine: `engine.Engine` in a thread of this process, or
+    `engine_process.EngineProcess`, the client of an engine running in a process of its own."""
+
+    failure: BaseException | None
+
+    @property
+    def alive(self) -> bool: ...
+
+    def submit(self, request: EngineRequest) -> Ticket: ...
+
+    def load(self) -> tuple[int, int]: ...
+
+    def cap_deadlines(self, deadline: float) -> None: ...
+
+    def wait_idle(self, timeout: float | None = None) -> bool: ...
+
+    def wait_until(self, predicate: Callable[[int, int], bool], timeout: float | None = None) -> bool: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+
 class Scheduler:
     """Checks and admits requests, and drains the engine on shutdown."""
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineLike,
         tokenizer: PreTrainedTokenizerBase,
-        head: TemperatureHead,
         limits: Limits,
         metrics: ServiceMetrics,
+        tau_init: float,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
-        self.head = head
+        self.tau_init = tau_init  # the head's, for /info
         self.limits = limits
         self.metrics = metrics
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMailbox] = (
@@ -322,29 +457,32 @@ class Scheduler:
             self._count("validation", record_metrics)
             raise
         seed = secrets.randbits(63) if request.seed is None else request.seed
-        sink = AsyncSink(self._mailbox(asyncio.get_running_loop()), capacity=max_new_tokens + 2)
         timeout_s = request.timeout_s or self.limits.default_timeout_s
+        state = RequestState(
+            prompt_ids,
+            seed,
+            TextStream(self.tokenizer, request.stop, context=prompt_ids[-DETOKENIZE_CONTEXT:]),
+            max_new_tokens,
+            self.metrics.for_request(spec.mode) if record_metrics else None,
+            self.metrics.failed if record_metrics else None,
+        )
         engine_request = EngineRequest(
             prompt_ids=prompt_ids,
             controller=spec,
             params=DecodeParams(max_new_tokens, request.top_k, request.top_p, request.greedy, request.ignore_eos),
             seed=seed,
-            deadline=time.monotonic() + timeout_s,
-            text=TextStream(self.tokenizer, request.stop, context=prompt_ids[-DETOKENIZE_CONTEXT:]),
-            sink=sink,
-            metrics=self.metrics.for_request(spec.mode) if record_metrics else None,
+            deadline=state.submitted_at + timeout_s,
+            sink=MailboxSink(self._mailbox(asyncio.get_running_loop()), state.deliver),
         )
         try:
-            ticket = self.engine.submit(engine_request)
+            state.ticket = self.engine.submit(engine_request)
         except EngineFull as exc:
             self._count("overloaded", record_metrics)
             raise overloaded(f"server at capacity: {exc}; retry later", self.limits.retry_after_s) from exc
         except EngineUnavailable as exc:
             self._count("unavailable", record_metrics)
             raise unavailable(str(exc), self.limits.retry_after_s) from exc
-        return RequestHandle(
-            f"gen-{uuid.uuid4().hex}", len(prompt_ids), seed, spec.mode, sink, ticket, self.limits.retry_after_s
-        )
+        return RequestHandle(f"gen-{uuid.uuid4().hex}", state, spec.mode, self.limits.retry_after_s)
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> LoopMailbox:
         """The mailbox of `loop` (one per loop: the server has one, tests run several)."""

@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.engine import FinishEvent, TokenEvent
+from service.events import FinishEvent, TokenEvent
 from service.sampling import TemperatureMode
 from service.scheduler import MAX_SEED, Completed, GenerationInput, RequestHandle
 

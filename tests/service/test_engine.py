@@ -15,13 +15,14 @@ import torch
 
 from model import LearnedTemperature
 from service import engine as engine_module
-from service.engine import Engine, FinishEvent, TokenEvent
+from service.engine import Engine
 from service.errors import ServiceError
+from service.events import FinishEvent, TokenEvent
 from service.kv import SlotBatch
 from service.metrics import ServiceMetrics
 from service.sampling import ControllerSpec
 from service.scheduler import Completed, GenerationInput, Limits, Scheduler
-from tests.service.support import PROMPTS, all_cancelled, hold_decode_steps, reference, reference_tokens
+from tests.service.support import PROMPTS, decode_paused, reference, reference_tokens
 
 LONG = 300  # a budget the request does not reach in these tests
 
@@ -40,7 +41,7 @@ def running_engine(
         max_sequence_length=512,
         prefill_token_budget=prefill_token_budget,
         compile=compile,
-        metrics=metrics,
+        observer=metrics,
     )
     config = checkpoint.head.config
     limits = Limits(
@@ -51,7 +52,7 @@ def running_engine(
         engine.warm_up([1, 5, 6])
     engine.start()
     try:
-        yield Scheduler(engine, checkpoint.tokenizer, checkpoint.head, limits, metrics)
+        yield Scheduler(engine, checkpoint.tokenizer, limits, metrics, tau_init=config.tau_init)
     finally:
         engine.stop(timeout=30)
 
@@ -208,19 +209,19 @@ def test_a_passed_deadline_ends_the_request_with_timeout_and_the_output_so_far(c
     assert "".join(t.text for t in result.tokens) == result.finish.text
 
 
-def test_draining_times_out_running_requests_and_refuses_new_ones(checkpoint, monkeypatch):
+def test_draining_times_out_running_requests_and_refuses_new_ones(checkpoint):
     async def scenario(scheduler: Scheduler) -> tuple[FinishEvent, ServiceError]:
         handle = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True))
         events = handle.events()
         assert isinstance(await anext(events), TokenEvent)  # it runs
         scheduler.begin_drain(grace_s=0.0)
-        finish = [e async for e in events][-1]
         with pytest.raises(ServiceError) as refused:
             scheduler.submit(GenerationInput(prompt="late"))
+        scheduler.engine.resume()  # the next step finds the deadline passed
+        finish = [e async for e in events][-1]
         return finish, refused.value
 
-    with running_engine(checkpoint) as scheduler:
-        hold_decode_steps(scheduler.engine, monkeypatch, until=lambda rows: scheduler.draining)
+    with running_engine(checkpoint) as scheduler, decode_paused(scheduler.engine):
         finish, refused = asyncio.run(scenario(scheduler))
         assert not scheduler.ready
         assert scheduler.engine.load() == (0, 0)
@@ -228,7 +229,7 @@ def test_draining_times_out_running_requests_and_refuses_new_ones(checkpoint, mo
     assert refused.status == 503 and refused.headers["Retry-After"]
 
 
-def test_cancelling_removes_running_and_waiting_requests_and_counts_them(checkpoint, monkeypatch):
+def test_cancelling_removes_running_and_waiting_requests_and_counts_them(checkpoint):
     async def scenario(scheduler: Scheduler) -> None:
         running = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True))
         waiting = scheduler.submit(GenerationInput(prompt="4 5>9\n", max_new_tokens=LONG, ignore_eos=True))
@@ -239,15 +240,14 @@ def test_cancelling_removes_running_and_waiting_requests_and_counts_them(checkpo
         running.cancel()
         assert await asyncio.to_thread(scheduler.engine.wait_idle, 60)
 
-    with running_engine(checkpoint, max_running=1) as scheduler:
-        hold_decode_steps(scheduler.engine, monkeypatch, until=all_cancelled)
+    with running_engine(checkpoint, max_running=1) as scheduler, decode_paused(scheduler.engine):
         asyncio.run(scenario(scheduler))
         assert failures(scheduler, "cancelled") == 2
         assert scheduler.metrics.registry.get_sample_value("introllm_num_requests_running", {"model": "test"}) == 0
 
 
-def test_a_full_engine_refuses_at_once_with_429_and_the_refusal_holds_no_slot(checkpoint, monkeypatch):
-    async def scenario(scheduler: Scheduler, release) -> ServiceError:
+def test_a_full_engine_refuses_at_once_with_429_and_the_refusal_holds_no_slot(checkpoint):
+    async def scenario(scheduler: Scheduler) -> ServiceError:
         long = GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True)
         handles = [scheduler.submit(long), scheduler.submit(long)]  # one running, one waiting
         with pytest.raises(ServiceError) as refused:
@@ -256,14 +256,13 @@ def test_a_full_engine_refuses_at_once_with_429_and_the_refusal_holds_no_slot(ch
             handle.cancel()
         assert await asyncio.to_thread(scheduler.engine.wait_idle, 60)
         assert failures(scheduler, "cancelled") == 2
-        release()
+        scheduler.engine.resume()
         after = scheduler.submit(GenerationInput(prompt="again", max_new_tokens=3))
         assert (await after.result()).finish.completion_tokens <= 3
         return refused.value
 
-    with running_engine(checkpoint, max_running=1, max_waiting=1) as scheduler:
-        release = hold_decode_steps(scheduler.engine, monkeypatch, until=all_cancelled)
-        refused = asyncio.run(scenario(scheduler, release))
+    with running_engine(checkpoint, max_running=1, max_waiting=1) as scheduler, decode_paused(scheduler.engine):
+        refused = asyncio.run(scenario(scheduler))
         assert failures(scheduler, "overloaded") == 1
         assert scheduler.engine.load() == (0, 0)
     assert refused.status == 429 and refused.type == "overloaded" and refused.headers["Retry-After"] == "1"
@@ -318,7 +317,7 @@ def test_a_failing_prefill_fails_only_that_request(checkpoint, monkeypatch):
     assert isinstance(good, Completed) and len(good.tokens) == 5
 
 
-def test_stopping_the_engine_ends_requests_still_in_it_with_503(checkpoint, monkeypatch):
+def test_stopping_the_engine_ends_requests_still_in_it_with_503(checkpoint):
     async def scenario(scheduler: Scheduler) -> ServiceError:
         handle = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True))
         events = handle.events()
@@ -329,8 +328,7 @@ def test_stopping_the_engine_ends_requests_still_in_it_with_503(checkpoint, monk
                 pass
         return stopped.value
 
-    with running_engine(checkpoint) as scheduler:
-        hold_decode_steps(scheduler.engine, monkeypatch, until=lambda rows: not scheduler.engine.alive)
+    with running_engine(checkpoint) as scheduler, decode_paused(scheduler.engine):
         stopped = asyncio.run(scenario(scheduler))
         assert not scheduler.engine.alive and not scheduler.ready
     assert stopped.status == 503
