@@ -32,7 +32,14 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from model.lm import lm_hidden_size
 from model.temperature_head import HeadConfig, TemperatureHead
@@ -198,6 +205,42 @@ def _load_head(path: Path, config: HeadConfig, device: torch.device | str) -> Te
     return head.to(device).eval()
 
 
+@dataclass
+class CheckpointInfo:
+    """A checkpoint without its weights: what a server's API side needs (tokenizer, limits, tau range)."""
+
+    manifest: Manifest
+    tokenizer: PreTrainedTokenizerBase
+    config: PretrainedConfig
+    path: Path
+
+
+def read_checkpoint_info(path: str | os.PathLike, *, trust_remote_code: bool = False) -> CheckpointInfo:
+    """Check a checkpoint as `load_checkpoint` does (every weight file's header included) and load
+    everything but the weights. Fails with the same `CheckpointError`s."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    _check_files(path)
+    config = _load_config(path, trust_remote_code)
+    tokenizer = _load_tokenizer(path, trust_remote_code)
+    return CheckpointInfo(manifest=manifest, tokenizer=tokenizer, config=config, path=path)
+
+
+def _load_config(path: Path, trust_remote_code: bool) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read the LM config {path / CONFIG_FILE}: {_reason(exc)}") from exc
+
+
+def _load_tokenizer(path: Path, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        missing = "" if (path / TOKENIZER_FILE).is_file() else f"missing file {TOKENIZER_FILE}; "
+        raise CheckpointError(f"cannot load the tokenizer {path / TOKENIZER_FILE}: {missing}{_reason(exc)}") from exc
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     device: torch.device | str = "cpu",
@@ -212,15 +255,8 @@ def load_checkpoint(
     head = _load_head(path, manifest.head, device)
     # transformers raises many types (OSError, ValueError, KeyError, its own,
     # tokenizers' plain Exception) for a bad file; each step names its files.
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read the LM config {path / CONFIG_FILE}: {_reason(exc)}") from exc
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        missing = "" if (path / TOKENIZER_FILE).is_file() else f"missing file {TOKENIZER_FILE}; "
-        raise CheckpointError(f"cannot load the tokenizer {path / TOKENIZER_FILE}: {missing}{_reason(exc)}") from exc
+    config = _load_config(path, trust_remote_code)
+    tokenizer = _load_tokenizer(path, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code

@@ -10,7 +10,9 @@ signal exits at once.
 
 Exit statuses: 2 for a bad command line or setting (one line on stderr); 3
 for a failed start-up: a broken checkpoint (one ERROR log line naming the
-file, no traceback) or a port in use.
+file, no traceback) or a port in use; 4 when the engine process died while
+serving (its requests in flight have already failed with 503, readiness and
+liveness fail): the supervisor restarts the server.
 
 What it does not do: reload code, or serve more than one checkpoint.
 """
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service")
 STARTUP_FAILURE = 3  # uvicorn's own exit code for this
+ENGINE_DIED = 4
 
 
 class DrainingServer(uvicorn.Server):
@@ -54,6 +57,13 @@ class DrainingServer(uvicorn.Server):
         self._drain_requested = False
         self._draining: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.engine_died = False
+
+    def exit_for_dead_engine(self) -> None:
+        """The engine process died (called from the thread that noticed): stop serving now."""
+        log.error("the engine process died: exiting with status %d so that the server is restarted", ENGINE_DIED)
+        self.engine_died = True
+        self.should_exit = True  # read by uvicorn's main loop; its shutdown closes the connections left
 
     async def startup(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -112,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         proxy_headers=True,
     )
     server = DrainingServer(config, app, settings.drain_grace_s)
+    app.state.on_engine_death = server.exit_for_dead_engine
     server.run()
+    if server.engine_died:
+        sys.exit(ENGINE_DIED)
     if not server.started:  # start-up failed (bad checkpoint, port in use): say so to the supervisor
         sys.exit(STARTUP_FAILURE)
 

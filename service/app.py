@@ -1,11 +1,12 @@
 """The FastAPI application: `create_app(settings)` and its lifespan.
 
 What it does: builds the app (routes, error handlers, body-size limit,
-request ids, API keys), and in its lifespan loads the checkpoint off the
-event loop (or uses the one `create_app(..., load_now=True)` loaded), starts
-the engine thread, runs one warm-up request through it, and serves; on shutdown it
-drains (no new requests, in-flight ones get `drain_grace_s` to finish, then
-time out) and stops the engine. Every error leaves as JSON of one shape (see
+request ids, API keys), and in its lifespan checks the checkpoint and starts
+the engine process, which loads the weights and warms up (compiling, when
+on), off the event loop (or uses the one `create_app(..., load_now=True)`
+started), runs one warm-up request through the whole path, and serves; on
+shutdown it drains (no new requests, in-flight ones get `drain_grace_s` to
+finish, then time out) and stops the engine process. Every error leaves as JSON of one shape (see
 errors.py), pydantic's validation errors included.
 
 Request ids: `RequestIdMiddleware`, the outermost of ours, takes the client's
@@ -27,7 +28,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -35,8 +35,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from model import Checkpoint, load_checkpoint
-from service.engine import Engine
+from model import CheckpointInfo, read_checkpoint_info
+from service.engine_process import EngineProcess, EngineSpec
 from service.errors import ServiceError, error_body
 from service.keys import KeyRing
 from service.logs import REQUEST_ID, REQUEST_ID_HEADER, accept_request_id, current_request_id
@@ -56,8 +56,8 @@ class Loaded:
 
 
 def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
-    """Read the checkpoint and build engine + scheduler (blocking: run it in a thread)."""
-    torch.set_num_threads(settings.engine_threads())
+    """Check the checkpoint, start the engine process and wait until it has loaded the
+    weights and warmed up (blocking: run it in a thread). Raises `CheckpointError`."""
     compile, why = settings.compile_decision()
     if compile:
         # The console command points TORCHINDUCTOR_CACHE_DIR at compile_cache_dir (use_compile_cache_dir).
@@ -65,13 +65,10 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
                  "on a small CPU, later starts reuse it", why, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     else:
         log.info("torch.compile off (%s)", why)
-    log.info("engine: %d torch threads", torch.get_num_threads())
-    checkpoint: Checkpoint = load_checkpoint(
-        settings.checkpoint, settings.torch_device(), settings.torch_dtype(),
-        trust_remote_code=settings.trust_remote_code,
-    )
-    tokenizer, head = checkpoint.tokenizer, checkpoint.head
-    context = getattr(checkpoint.model.config, "max_position_embeddings", None)
+    # Tokenizer, config and manifest only: the weights are the engine process's.
+    checkpoint: CheckpointInfo = read_checkpoint_info(settings.checkpoint, trust_remote_code=settings.trust_remote_code)
+    tokenizer, head_config = checkpoint.tokenizer, checkpoint.manifest.head
+    context = getattr(checkpoint.config, "max_position_embeddings", None)
     limits = Limits(
         max_prompt_tokens=min(settings.max_prompt_tokens, context or settings.max_prompt_tokens),
         max_new_tokens=settings.max_new_tokens,
@@ -80,48 +77,38 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
         default_timeout_s=settings.default_timeout_s,
         max_timeout_s=settings.max_timeout_s,
         retry_after_s=settings.retry_after_s,
-        tau_range=(head.config.tau_min, head.config.tau_max),
+        tau_range=(head_config.tau_min, head_config.tau_max),
     )
-    engine = Engine(
-        checkpoint.model,
-        head,
-        eos_token_ids=_eos_ids(checkpoint),
+    spec = EngineSpec(
+        checkpoint=str(settings.checkpoint),
+        device=str(settings.torch_device()),
+        dtype=str(settings.torch_dtype()).removeprefix("torch."),
+        trust_remote_code=settings.trust_remote_code,
         max_running=settings.max_running_requests,
         max_waiting=settings.max_waiting_requests,
         # The scheduler keeps prompt + max_new_tokens within both bounds.
         max_sequence_length=min(limits.max_prompt_tokens + limits.max_new_tokens, context or 1 << 62),
         prefill_token_budget=settings.prefill_token_budget,
         compile=compile,
-        metrics=metrics,
+        torch_threads=settings.engine_threads(),
+        warm_up_prompt_ids=tuple(encode_prompt(tokenizer, "warm up")) if settings.warm_up else None,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
     )
+    engine = EngineProcess.start(spec, observer=metrics, start_method=settings.engine_start_method)
     server = ServerInfo(
         base_model=checkpoint.manifest.base_model,
         checkpoint_format_version=checkpoint.manifest.format_version,
-        tau_min=head.config.tau_min,
-        tau_max=head.config.tau_max,
+        tau_min=head_config.tau_min,
+        tau_max=head_config.tau_max,
         version=service.__version__,
-        device=str(engine.device),
-        dtype=str(next(checkpoint.model.parameters()).dtype).removeprefix("torch."),
+        device=engine.device,
+        dtype=engine.dtype,
         max_running_requests=settings.max_running_requests,
         max_waiting_requests=settings.max_waiting_requests,
     )
     metrics.set_server(server)
-    if settings.warm_up:
-        # With `compile`, this is where the decode step compiles (before readiness).
-        engine.warm_up(encode_prompt(tokenizer, "warm up"))
-    return Loaded(Scheduler(engine, tokenizer, head, limits, metrics), server)
-
-
-def _eos_ids(checkpoint: Checkpoint) -> set[int]:
-    ids: set[int] = set()
-    if checkpoint.tokenizer.eos_token_id is not None:
-        ids.add(checkpoint.tokenizer.eos_token_id)
-    configured = getattr(checkpoint.model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    return ids
+    return Loaded(Scheduler(engine, tokenizer, limits, metrics, tau_init=head_config.tau_init), server)
 
 
 def create_app(settings: Settings | None = None, *, load_now: bool = False) -> FastAPI:
@@ -139,7 +126,7 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = preloaded or await asyncio.to_thread(load, settings, metrics)
         scheduler = loaded.scheduler
-        scheduler.engine.start()
+        scheduler.engine.on_death(lambda: _engine_died(app))
         try:
             if settings.warm_up:
                 await scheduler.warm_up()
@@ -171,6 +158,13 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
     # Added last, so it runs first: the 413 of BodySizeLimit carries the id too.
     app.add_middleware(RequestIdMiddleware, keys=keys)
     return app
+
+
+def _engine_died(app: FastAPI) -> None:
+    """From the engine client's reader thread: requests in flight have failed; tell whoever serves us."""
+    callback = getattr(app.state, "on_engine_death", None)
+    if callback is not None:
+        callback()
 
 
 async def drain(app: FastAPI, grace_s: float) -> bool:

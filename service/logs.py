@@ -121,21 +121,26 @@ def configure_logging(settings: Settings) -> logging.Handler:
 
     Idempotent: the root logger's earlier handlers are replaced. Returns the new handler.
     """
+    return configure_handler(settings.log_format, settings.log_level)
+
+
+def configure_handler(log_format: str, log_level: str) -> logging.Handler:
+    """`configure_logging` from the two values (the engine process gets these, not the settings)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     # A handler left by logging.basicConfig or an earlier call would print every line twice.
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(log_level.upper())
     for name in UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
         logger.disabled = False
-    _take_over_transformers(json_lines=settings.log_format == "json")
+    _take_over_transformers(json_lines=log_format == "json")
     return handler
 
 

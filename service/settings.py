@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     prefill_token_budget: int = Field(
         2048, ge=1, description="prompt tokens prefilled between two decode steps (at least one request)"
     )
+    engine_start_method: Literal["spawn", "forkserver"] = Field(
+        "spawn",
+        description="how the engine process starts: 'spawn' (a fresh interpreter), or 'forkserver' (later "
+        "engines of one process start without importing torch again)",
+    )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="request body size limit; beyond: 413")
     default_timeout_s: float = Field(120.0, gt=0, description="deadline of a request that sets none")
     max_timeout_s: float = Field(600.0, gt=0, description="largest timeout_s a request may ask for")

@@ -12,13 +12,12 @@ import json
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 import torch
 import uvicorn
 from fastapi import FastAPI
@@ -34,7 +33,6 @@ from model import (
     generate,
 )
 from service.app import create_app
-from service.engine import Engine
 from service.scheduler import Scheduler, encode_prompt
 from service.settings import Settings
 
@@ -82,7 +80,9 @@ def reference_tokens(generation: Generation) -> list[int]:
 def settings_for(checkpoint_dir: Path, **overrides) -> Settings:
     values = dict(
         # compile off and one thread: the defaults compile for minutes and take every CPU but one.
+        # forkserver: every engine process after the first starts without importing torch again.
         checkpoint=checkpoint_dir, device="cpu", dtype="float32", compile=False, torch_threads=1,
+        engine_start_method="forkserver",
         max_running_requests=8, max_waiting_requests=32,
         max_new_tokens=400, default_max_new_tokens=16, max_prompt_tokens=128, drain_grace_s=5.0,
     )
@@ -193,36 +193,20 @@ def sse_json(events: list[tuple[str | None, str]]) -> list[dict]:
     return [json.loads(data) for _, data in events[:-1]]
 
 
-def hold_decode_steps(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, until: Callable[[list], bool]
-) -> Callable[[], None]:
-    """Make the engine wait before each decode step until `until(running sequences)` holds.
+@contextmanager
+def decode_paused(engine) -> Iterator[None]:
+    """Decode steps of `engine` paused for the block (resumed at its end, whatever happens).
 
-    Deterministic stand-in for "a request that is still running": a request
-    gets its first token (sampled after prefill, before any decode step), then
+    Deterministic stand-in for "a request that is still running": while
+    paused, a request is admitted, prefilled and gets its first token, then
     stays in the batch until the test has done what it needs (cancel, drain,
-    stop). The wait runs in the engine thread and wakes on each notification
-    of the engine's condition (submit, cancel, drain, stop). Returns a
-    function that lifts the hold for good.
+    stop). Works on `engine.Engine` and on the engine process's client alike
+    (there a message, applied in order with the requests sent after it).
     """
-    step = engine._step
-    released = threading.Event()
+    engine.pause()
+    try:
+        yield
+    finally:
+        if engine.alive:
+            engine.resume()
 
-    def held_step() -> None:
-        with engine._cond:
-            ok = engine._cond.wait_for(lambda: released.is_set() or until(engine._rows), timeout=60)
-            assert ok, "hold never released"
-        step()
-
-    def release() -> None:
-        released.set()
-        with engine._cond:
-            engine._cond.notify_all()
-
-    monkeypatch.setattr(engine, "_step", held_step)
-    return release
-
-
-def all_cancelled(rows: list) -> bool:
-    """For hold_decode_steps: every running sequence has been cancelled (its client left)."""
-    return all(row.cancel_requested for row in rows)

@@ -1,17 +1,20 @@
 """App-level behaviour on real servers: bearer auth, admission bounds (429),
-draining, and a dead engine thread."""
+draining, and a killed engine process."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 
 from tests.service.support import (
     LiveServer,
-    all_cancelled,
-    hold_decode_steps,
+    decode_paused,
     read_sse,
     settings_for,
     sse_json,
@@ -72,28 +75,27 @@ def test_the_right_key_is_accepted_and_health_and_metrics_stay_open(auth_server)
 # ---------------------------------------------------------------- admission bounds
 
 
-def test_a_full_server_answers_429_at_once_even_for_streams_and_refusals_hold_no_slot(checkpoint_dir, monkeypatch):
+def test_a_full_server_answers_429_at_once_even_for_streams_and_refusals_hold_no_slot(checkpoint_dir):
     live = start_server(settings_for(checkpoint_dir, max_running_requests=1, max_waiting_requests=1))
-    release = hold_decode_steps(live.scheduler.engine, monkeypatch, until=all_cancelled)
     long = {"prompt": "1 2>3\n", "max_new_tokens": LONG, "ignore_eos": True, "stream": True}
+    engine = live.scheduler.engine
     try:
-        with live.client() as first, live.client() as second, live.client() as third:
+        with decode_paused(engine), live.client() as first, live.client() as second, live.client() as third:
             with first.stream("POST", "/v1/generate", json=long) as running:
                 lines = running.iter_lines()  # kept: dropping the iterator closes the connection
                 assert next(line for line in lines if line.startswith("data:"))  # it runs
                 with second.stream("POST", "/v1/generate", json=long) as waiting:
                     assert waiting.status_code == 200  # admitted before its stream opened: it waits
-                    assert live.scheduler.engine.load() == (1, 1)
+                    assert engine.wait_until(lambda running, waiting: (running, waiting) == (1, 1), timeout=60)
                     refused = third.post("/v1/generate", json={"prompt": "a"})
                     with third.stream("POST", "/v1/generate", json=long) as refused_stream:
                         refused_stream.read()
-            # all streams closed: the two admitted requests are cancelled
-        live.wait_idle()
+            # all streams closed: the two admitted requests are cancelled (still paused: nothing else ends them)
+            live.wait_idle()
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["type"] == "overloaded"
         assert refused_stream.status_code == 429 and refused_stream.json()["error"]["type"] == "overloaded"
-        assert live.scheduler.engine.load() == (0, 0)
-        release()
+        assert engine.load() == (0, 0)
         with live.client() as client:
             assert client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 2}).status_code == 200
         metrics = live.metrics()
@@ -106,10 +108,13 @@ def test_a_full_server_answers_429_at_once_even_for_streams_and_refusals_hold_no
 # ---------------------------------------------------------------- lifecycle
 
 
-def test_draining_fails_readiness_refuses_new_requests_and_times_out_running_ones(own_server, monkeypatch):
-    hold_decode_steps(own_server.scheduler.engine, monkeypatch, until=lambda rows: own_server.scheduler.draining)
+def test_draining_fails_readiness_refuses_new_requests_and_times_out_running_ones(own_server):
     long = {"prompt": "1 2>3\n", "max_new_tokens": LONG, "ignore_eos": True, "stream": True}
-    with own_server.client() as client, client.stream("POST", "/v1/generate", json=long) as running:
+    engine = own_server.scheduler.engine
+    with (
+        decode_paused(engine), own_server.client() as client,
+        client.stream("POST", "/v1/generate", json=long) as running,
+    ):
         lines = running.iter_lines()
         assert next(line for line in lines if line.startswith("data:"))
         own_server.scheduler.begin_drain(grace_s=0.0)
@@ -117,6 +122,7 @@ def test_draining_fails_readiness_refuses_new_requests_and_times_out_running_one
             ready = other.get("/health/ready")
             live = other.get("/health/live")
             refused = other.post("/v1/generate", json={"prompt": "a"})
+        engine.resume()  # the next step finds the deadline passed
         rest = sse_json(read_sse(lines))
     assert ready.status_code == 503 and ready.text == "draining"
     assert live.status_code == 200
@@ -125,19 +131,24 @@ def test_draining_fails_readiness_refuses_new_requests_and_times_out_running_one
     assert rest[-1]["finish_reason"] == "timeout" and rest[-1]["usage"]["completion_tokens"] < LONG
 
 
-def test_a_dead_engine_thread_fails_liveness_readiness_and_requests(own_server, monkeypatch):
+def test_a_killed_engine_process_fails_requests_in_flight_at_once_and_health_and_new_requests(own_server):
     engine = own_server.scheduler.engine
-
-    def broken_step() -> None:
-        raise SystemError("simulated engine crash")
-
-    monkeypatch.setattr(engine, "_step", broken_step)
-    with own_server.client() as client:
-        victim = client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 5})
-        engine._thread.join(timeout=30)
-        assert isinstance(engine.failure, SystemError)
-        assert victim.status_code == 503 and victim.json()["error"]["type"] == "unavailable"
-        assert client.get("/health/live").status_code == 503
-        assert client.get("/health/ready").status_code == 503
-        after = client.post("/v1/generate", json={"prompt": "a"})
-        assert after.status_code == 503
+    long = {"prompt": "1 2>3\n", "max_new_tokens": LONG, "ignore_eos": True}
+    with decode_paused(engine), own_server.client() as client, own_server.client() as other:
+        with client.stream("POST", "/v1/generate", json={**long, "stream": True}) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))  # running
+            plain = ThreadPoolExecutor(1).submit(other.post, "/v1/generate", json=long)
+            assert engine.wait_until(lambda running, waiting: running + waiting == 2, timeout=60)
+            os.kill(engine.pid, signal.SIGKILL)
+            events = read_sse(lines)  # the stream ends: no [DONE], an error event
+        victim = plain.result(timeout=60)
+        ready, live = client.get("/health/ready"), client.get("/health/live")
+        late = client.post("/v1/generate", json={"prompt": "a"})
+    name, data = events[-1]
+    assert name == "error" and json.loads(data)["error"]["type"] == "unavailable"
+    assert "engine process died" in json.loads(data)["error"]["message"]
+    assert victim.status_code == 503 and victim.json()["error"]["type"] == "unavailable"
+    assert ready.status_code == 503 and live.status_code == 503 and live.text == "engine process died"
+    assert late.status_code == 503 and late.headers["retry-after"]
+    assert engine.load() == (0, 0)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.__main__ import STARTUP_FAILURE
+from service.__main__ import ENGINE_DIED, STARTUP_FAILURE
 from service.settings import Settings
 from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 from tests.service.support import HTTP_TIMEOUT, free_port, read_sse, reaped, sse_json
@@ -178,3 +178,21 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp
         assert payloads[-1]["usage"]["completion_tokens"] == LONG
         assert process.wait(timeout=60) == 0
         lines.wait_for("drain finished")
+
+
+def test_a_killed_engine_process_makes_the_server_exit_4(checkpoint_dir, tmp_path):
+    """The supervisor's view (what fails for requests in flight: test_app.py, with the engine paused)."""
+    port = free_port()
+    env = _child_env(
+        INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(port), INTROLLM_DEVICE="cpu",
+        INTROLLM_TORCH_THREADS="1", INTROLLM_LOG_LEVEL="info",
+    )
+    with reaped(_serve([], env, tmp_path)) as process:
+        lines = _Lines(process.stdout)
+        lines.wait_for("engine process")
+        engine_pid = int(re.search(r"engine process (\d+)", lines.seen[-1]).group(1))
+        lines.wait_for("Application startup complete")
+        os.kill(engine_pid, signal.SIGKILL)
+        lines.wait_for("exiting with status 4")
+        assert process.wait(timeout=60) == ENGINE_DIED
+    assert any("engine process died (exit code -9)" in line for line in lines.seen), "".join(lines.seen)

@@ -14,8 +14,7 @@ import pytest
 
 from tests.service.support import (
     LiveServer,
-    all_cancelled,
-    hold_decode_steps,
+    decode_paused,
     read_sse,
     settings_for,
     sse_json,
@@ -88,20 +87,18 @@ def test_errors_carry_the_request_id(auth_server):
     assert "other" not in wrong_model.json()["error"]["message"]  # a body's value is not quoted back
 
 
-def test_a_429_carries_the_request_id(checkpoint_dir, monkeypatch):
+def test_a_429_carries_the_request_id(checkpoint_dir):
     live = start_server(settings_for(checkpoint_dir, max_running_requests=1, max_waiting_requests=0))
-    release = hold_decode_steps(live.scheduler.engine, monkeypatch, until=all_cancelled)
     long = {"prompt": "1 2>3\n", "max_new_tokens": 300, "ignore_eos": True, "stream": True}
     try:
-        with live.client() as first, live.client() as second:
+        with decode_paused(live.scheduler.engine), live.client() as first, live.client() as second:
             with first.stream("POST", "/v1/generate", json=long) as running:
                 lines = running.iter_lines()
                 assert next(line for line in lines if line.startswith("data:"))
                 refused = second.post("/v1/generate", json={"prompt": "a"}, headers={"X-Request-Id": "busy-1"})
                 refused_stream = second.post("/v1/generate", json=long, headers={"X-Request-Id": "busy-2"})
-        live.wait_idle()
+            live.wait_idle()
         assert refused.status_code == 429 and refused.headers["x-request-id"] == "busy-1"
         assert refused_stream.status_code == 429 and refused_stream.headers["x-request-id"] == "busy-2"
-        release()
     finally:
         stop_server(live)

@@ -17,8 +17,7 @@ from model import FixedTemperature
 from tests.service.support import (
     PROMPTS,
     LiveServer,
-    all_cancelled,
-    hold_decode_steps,
+    decode_paused,
     read_sse,
     reference,
     reference_tokens,
@@ -266,33 +265,32 @@ def _running(server: LiveServer) -> float:
     return server.metrics()['introllm_num_requests_running{model="tiny-test"}']
 
 
-def test_a_client_dropping_a_stream_midway_has_its_sequence_removed_and_counted_cancelled(server, monkeypatch):
+def test_a_client_dropping_a_stream_midway_has_its_sequence_removed_and_counted_cancelled(server):
     server.wait_idle()
-    hold_decode_steps(server.scheduler.engine, monkeypatch, until=all_cancelled)
     running_before, cancelled_before = _running(server), _cancelled(server)
-    with server.client() as client:
+    with decode_paused(server.scheduler.engine), server.client() as client:
         with client.stream("POST", "/v1/generate", json={"prompt": "1 2>3\n", "max_new_tokens": LONG,
                                                           "ignore_eos": True, "stream": True}) as response:
             lines = response.iter_lines()
             assert next(line for line in lines if line.startswith("data:"))  # a token arrived: it is running
             assert server.scheduler.engine.load()[0] == 1
         # leaving the block closes the connection mid-stream
-    server.wait_idle()
+        server.wait_idle()  # still paused: only the cancellation can have ended it
     assert _running(server) == running_before
     assert _cancelled(server) == cancelled_before + 1
 
 
-def test_a_client_dropping_a_plain_request_has_its_sequence_removed_and_counted_cancelled(server, monkeypatch):
+def test_a_client_dropping_a_plain_request_has_its_sequence_removed_and_counted_cancelled(server):
     server.wait_idle()
-    hold_decode_steps(server.scheduler.engine, monkeypatch, until=all_cancelled)
     cancelled_before = _cancelled(server)
     body = json.dumps({"prompt": "1 2>3\n", "max_new_tokens": LONG, "ignore_eos": True}).encode()
     host, port = server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as raw:
-        raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        assert server.scheduler.engine.wait_until(lambda running, waiting: running == 1, timeout=60)
-    server.wait_idle()
+    with decode_paused(server.scheduler.engine):
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert server.scheduler.engine.wait_until(lambda running, waiting: running == 1, timeout=60)
+        server.wait_idle()  # still paused: only the cancellation can have ended it
     assert _cancelled(server) == cancelled_before + 1
     assert _running(server) == 0
 

@@ -1,0 +1,644 @@
+"""The engine in a process of its own, and its client in the API process.
+
+Why: one CPython process has one GIL. With the engine in a thread of the
+server, every bit of HTTP work (uvicorn, pydantic, JSON, SSE,
+detokenization) lengthened a decode step, and at 16 clients HTTP delivered
+0.66 of what the engine does alone (BENCHMARKS.md). As vLLM V1 splits its
+API server from its EngineCore, the engine process here owns the model, the
+KV slots and the scheduler loop (`engine.Engine`, run in its main thread);
+the API process keeps HTTP, validation, tokenization, detokenization, stop
+strings, SSE and the Prometheus registry.
+
+The channel: two one-way OS pipes (`multiprocessing.Pipe(duplex=False)`),
+messages encoded with msgspec's msgpack as typed structs (no pickle on the
+hot path). API -> engine: `Add`, `Cancel` and `Control` messages, sent as
+they happen. Engine -> API: one `Step` message per loop iteration carrying
+every event of that iteration for all rows (first tokens, sampled tokens,
+ends, failures), the batch sizes it decoded and the load (running,
+waiting): not one message per token per request. Why pipes rather than ZMQ:
+one peer each way needs no broker or socket names, a pipe is bounded by the
+kernel (a writer waits when the reader falls a buffer behind: back-pressure,
+never unbounded memory), and end-of-file on it is the other process's death,
+seen at once without polling. bench/ipc.py measures the two transports.
+
+Admission stays in the API process: `EngineProcess.submit` refuses (429)
+from its own count of requests in flight, which is never below the engine's
+(a request leaves the count when its last event has arrived), so the engine
+never refuses what the client admitted.
+
+Death: if the engine process exits without being asked (killed, crashed),
+the client's reader sees end-of-file, marks the engine dead (`failure`),
+fails every request in flight with an 'unavailable' error at once, and calls
+the `on_death` callbacks (the console command then exits non-zero, so the
+supervisor restarts the server). If the API process dies, the engine sees
+end-of-file on its input pipe and stops.
+
+Start: the `spawn` method by default (forking a process that has started
+torch's threads, or CUDA, can deadlock); `forkserver` with the engine module
+preloaded starts later engines of the same process in milliseconds instead of
+the seconds torch takes to import (the tests start many servers). SIGINT is
+ignored in the engine: a terminal's Ctrl-C reaches the API process, which
+drains and then stops the engine.
+
+What it does not do: HTTP, tokenization, or restart a dead engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Literal
+
+import msgspec
+
+from service.engine import (
+    DecodeParams,
+    Ended,
+    EngineEvent,
+    EngineFull,
+    EngineRequest,
+    EngineUnavailable,
+    Failed,
+    Sampled,
+    Started,
+)
+from service.events import FinishReason
+from service.sampling import ControllerSpec
+
+log = logging.getLogger(__name__)
+
+StartMethod = Literal["spawn", "forkserver"]
+
+
+# ---------------------------------------------------------------- the wire
+
+
+class Add(msgspec.Struct, tag=True, array_like=True):
+    id: int
+    prompt_ids: list[int]
+    mode: str
+    temperature: float | None
+    tau_range: tuple[float, float] | None
+    deterministic: bool
+    max_new_tokens: int
+    top_k: int
+    top_p: float
+    greedy: bool
+    ignore_eos: bool
+    seed: int
+    deadline: float  # time.monotonic(): CLOCK_MONOTONIC, one clock for every process of the machine
+
+
+class Cancel(msgspec.Struct, tag=True, array_like=True):
+    id: int
+    reason: str  # "cancelled" or "stop"
+
+
+class Control(msgspec.Struct, tag=True, array_like=True):
+    action: str  # "cap_deadlines" (value: a monotonic deadline), "pause", "resume", "stop"
+    value: float = 0.0
+
+
+class StartedOut(msgspec.Struct, tag=True, array_like=True):
+    id: int
+    at: float
+
+
+class SampledOut(msgspec.Struct, tag=True, array_like=True):
+    id: int
+    index: int
+    token_id: int
+    tau: float
+    updated: bool
+    logprob: float
+    at: float
+
+
+class EndedOut(msgspec.Struct, tag=True, array_like=True):
+    id: int
+    reason: str
+    at: float
+
+
+class FailedOut(msgspec.Struct, tag=True, array_like=True):
+    id: int
+    kind: str
+    message: str
+
+
+class Step(msgspec.Struct, tag=True, array_like=True):
+    """Everything one engine loop iteration produced."""
+
+    events: list[StartedOut | SampledOut | EndedOut | FailedOut]
+    batch_sizes: list[int]  # rows of each decode step run since the last message
+    running: int
+    waiting: int
+
+
+class Ready(msgspec.Struct, tag=True, array_like=True):
+    device: str
+    dtype: str
+    torch_threads: int
+    pid: int
+
+
+class StartFailed(msgspec.Struct, tag=True, array_like=True):
+    checkpoint_error: bool  # the checkpoint is broken (the console command exits 3), or anything else
+    message: str
+
+
+ToEngine = Add | Cancel | Control
+FromEngine = Step | Ready | StartFailed
+
+
+def _to_wire(request_id: int, event: EngineEvent) -> StartedOut | SampledOut | EndedOut | FailedOut:
+    if isinstance(event, Sampled):
+        return SampledOut(request_id, event.index, event.token_id, event.tau, event.updated, event.logprob, event.at)
+    if isinstance(event, Started):
+        return StartedOut(request_id, event.at)
+    if isinstance(event, Ended):
+        return EndedOut(request_id, event.reason, event.at)
+    return FailedOut(request_id, event.kind, event.message)
+
+
+def _from_wire(event: StartedOut | SampledOut | EndedOut | FailedOut) -> EngineEvent:
+    if isinstance(event, SampledOut):
+        return Sampled(event.index, event.token_id, event.tau, event.updated, event.logprob, event.at)
+    if isinstance(event, StartedOut):
+        return Started(event.at)
+    if isinstance(event, EndedOut):
+        reason: FinishReason = event.reason  # type: ignore[assignment]  # written by _to_wire from one
+        return Ended(reason, event.at)
+    return Failed(event.kind, event.message)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- what the engine process is given
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything the engine process needs to build its engine (plain values: it crosses the boundary)."""
+
+    checkpoint: str
+    device: str
+    dtype: str  # "float32", "bfloat16", ...
+    trust_remote_code: bool
+    max_running: int
+    max_waiting: int
+    max_sequence_length: int
+    prefill_token_budget: int
+    compile: bool
+    torch_threads: int
+    warm_up_prompt_ids: tuple[int, ...] | None  # None: no warm-up (and no compilation before serving)
+    log_level: str | None = None  # None: leave logging as it is (a test's process)
+    log_format: str = "text"
+
+
+# ---------------------------------------------------------------- the engine process
+
+
+class _Outbox:
+    """Events of the current iteration, sent as one `Step` by `flush` (from the engine thread)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._encoder = msgspec.msgpack.Encoder()
+        self._lock = threading.Lock()  # the input thread adds refusals; the engine thread everything else
+        self._events: list[StartedOut | SampledOut | EndedOut | FailedOut] = []
+        self._batch_sizes: list[int] = []
+        self._load = (0, 0)
+        self._sent_load = (0, 0)
+        self.tickets: dict[int, object] = {}
+
+    def add(self, request_id: int, events: list[EngineEvent]) -> None:
+        with self._lock:
+            self._events.extend(_to_wire(request_id, event) for event in events)
+            if isinstance(events[-1], Ended | Failed):
+                self.tickets.pop(request_id, None)
+
+    def observe_batch(self, size: int) -> None:  # engine.Observer
+        with self._lock:
+            self._batch_sizes.append(size)
+
+    def set_load(self, running: int, waiting: int) -> None:  # engine.Observer
+        with self._lock:
+            self._load = (running, waiting)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._events and not self._batch_sizes and self._load == self._sent_load:
+                return
+            step = Step(self._events, self._batch_sizes, *self._load)
+            self._events, self._batch_sizes, self._sent_load = [], [], self._load
+            payload = self._encoder.encode(step)
+            # Sent under the lock: messages leave in the order their events happened.
+            self._connection.send_bytes(payload)
+
+
+class _OutboxSink:
+    def __init__(self, outbox: _Outbox, request_id: int) -> None:
+        self._outbox = outbox
+        self._id = request_id
+
+    def push(self, events: list[EngineEvent]) -> None:
+        self._outbox.add(self._id, events)
+
+
+def run_engine_process(spec: EngineSpec, inputs: Connection, outputs: Connection) -> None:
+    """The engine process's body: load, warm up, say Ready, then run the loop until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the API process's to handle
+    encoder = msgspec.msgpack.Encoder()
+    try:
+        engine, outbox, ready = _build_engine(spec, outputs)
+    except Exception as exc:
+        from model import CheckpointError
+
+        if not isinstance(exc, CheckpointError):
+            log.exception("the engine failed to start")
+        outputs.send_bytes(encoder.encode(StartFailed(isinstance(exc, CheckpointError), str(exc))))
+        outputs.close()
+        raise SystemExit(1) from None
+    reader = threading.Thread(
+        target=_read_inputs, args=(engine, outbox, inputs), name="introllm-engine-inputs", daemon=True
+    )
+    reader.start()
+    outputs.send_bytes(encoder.encode(ready))
+    engine.run()  # until a Control("stop") or the API process's end
+    outputs.close()
+
+
+def _build_engine(spec: EngineSpec, outputs: Connection):
+    import torch
+
+    from model import load_checkpoint
+    from service.engine import Engine
+
+    if spec.log_level is not None:
+        from service.logs import configure_handler
+
+        configure_handler(spec.log_format, spec.log_level)
+    torch.set_num_threads(spec.torch_threads)
+    checkpoint = load_checkpoint(
+        spec.checkpoint, torch.device(spec.device), getattr(torch, spec.dtype),
+        trust_remote_code=spec.trust_remote_code,
+    )
+    outbox = _Outbox(outputs)
+    engine = Engine(
+        checkpoint.model,
+        checkpoint.head,
+        eos_token_ids=eos_token_ids(checkpoint),
+        max_running=spec.max_running,
+        max_waiting=spec.max_waiting,
+        max_sequence_length=spec.max_sequence_length,
+        prefill_token_budget=spec.prefill_token_budget,
+        compile=spec.compile,
+        observer=outbox,
+        after_iteration=outbox.flush,
+    )
+    if spec.warm_up_prompt_ids is not None:
+        # With `compile`, this is where the decode step compiles (before readiness).
+        engine.warm_up(list(spec.warm_up_prompt_ids))
+    dtype = str(next(checkpoint.model.parameters()).dtype).removeprefix("torch.")
+    return engine, outbox, Ready(str(engine.device), dtype, torch.get_num_threads(), os.getpid())
+
+
+def eos_token_ids(checkpoint) -> set[int]:
+    """The tokenizer's EOS and the generation config's (which may list several)."""
+    ids: set[int] = set()
+    if checkpoint.tokenizer.eos_token_id is not None:
+        ids.add(checkpoint.tokenizer.eos_token_id)
+    configured = getattr(checkpoint.model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids
+
+
+def _read_inputs(engine, outbox: _Outbox, inputs: Connection) -> None:
+    """The engine process's input thread: messages from the API process, applied as they come."""
+    decoder = msgspec.msgpack.Decoder(ToEngine)
+    try:
+        while True:
+            message = decoder.decode(inputs.recv_bytes())
+            if isinstance(message, Add):
+                _add(engine, outbox, message)
+            elif isinstance(message, Cancel):
+                ticket = outbox.tickets.get(message.id)
+                if ticket is not None:
+                    ticket.cancel(message.reason)  # type: ignore[attr-defined]
+            elif message.action == "cap_deadlines":
+                engine.cap_deadlines(message.value)
+            elif message.action == "pause":
+                engine.pause()
+            elif message.action == "resume":
+                engine.resume()
+            elif message.action == "stop":
+                break
+    except (EOFError, OSError):
+        log.warning("the API process is gone: stopping the engine")
+    except Exception:
+        log.exception("the engine's input thread failed: stopping the engine")
+    engine.stop()
+
+
+def _add(engine, outbox: _Outbox, message: Add) -> None:
+    spec = ControllerSpec(message.mode, message.temperature, message.tau_range, message.deterministic)  # type: ignore[arg-type]
+    request = EngineRequest(
+        prompt_ids=message.prompt_ids,
+        controller=spec,
+        params=DecodeParams(message.max_new_tokens, message.top_k, message.top_p, message.greedy, message.ignore_eos),
+        seed=message.seed,
+        deadline=message.deadline,
+        sink=_OutboxSink(outbox, message.id),
+    )
+    try:
+        outbox.tickets[message.id] = engine.submit(request)
+    except (EngineFull, EngineUnavailable) as exc:  # the client's admission makes this rare: say so, never drop
+        outbox.add(message.id, [Failed("unavailable", f"the engine refused the request: {exc}")])
+        outbox.flush()
+
+
+# ---------------------------------------------------------------- the client (API process)
+
+
+class EngineStartError(RuntimeError):
+    """The engine process did not start (its message says why)."""
+
+
+class EngineDied(RuntimeError):
+    """The engine process exited without being asked to."""
+
+
+class ProcessTicket:
+    """A request in the engine process: it can only be ended early."""
+
+    def __init__(self, client: EngineProcess, request_id: int) -> None:
+        self._client = client
+        self._id = request_id
+
+    def cancel(self, reason: Literal["cancelled", "stop"] = "cancelled") -> None:
+        self._client._cancel(self._id, reason)
+
+
+class EngineProcess:
+    """The API process's side: starts the engine process, submits, and routes its events to each request's sink.
+
+    Thread-safe; the same interface as `engine.Engine` as far as the scheduler is concerned.
+    """
+
+    def __init__(
+        self, process: multiprocessing.process.BaseProcess, to_engine: Connection, from_engine: Connection,
+        ready: Ready, *, max_running: int, max_waiting: int, observer=None,
+    ) -> None:
+        self._process = process
+        self._to_engine = to_engine
+        self._from_engine = from_engine
+        self.device = ready.device
+        self.dtype = ready.dtype
+        self.torch_threads = ready.torch_threads
+        self.pid = ready.pid
+        self.max_running = max_running
+        self.max_waiting = max_waiting
+        self.observer = observer
+        self.failure: BaseException | None = None
+        self._encoder = msgspec.msgpack.Encoder()
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        # Guarded by _cond:
+        self._sinks: dict[int, object] = {}  # requests in flight -> their sinks
+        self._next_id = 0
+        self._running = 0  # as the engine last reported
+        self._stopping = False
+        self._dead = False
+        self._death_callbacks: list[Callable[[], None]] = []
+        self._reader = threading.Thread(target=self._read, name="introllm-engine-outputs", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(
+        cls, spec: EngineSpec, *, observer=None, start_method: StartMethod = "spawn", timeout_s: float | None = None
+    ) -> EngineProcess:
+        """Start the engine process and wait until it is ready (its warm-up, compilation included).
+
+        Raises `CheckpointError` for a broken checkpoint and `EngineStartError` for anything else.
+        """
+        context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            context.set_forkserver_preload([__name__, "model", "service.engine"])
+        to_engine_reader, to_engine = context.Pipe(duplex=False)
+        from_engine, from_engine_writer = context.Pipe(duplex=False)
+        process = context.Process(
+            target=run_engine_process, args=(spec, to_engine_reader, from_engine_writer), name="introllm-engine",
+        )
+        process.start()
+        # Our copies of the child's ends: closed, so that end-of-file means the child is gone.
+        to_engine_reader.close()
+        from_engine_writer.close()
+        log.info("engine process %d started (%s); loading %s", process.pid, start_method, spec.checkpoint)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        decoder = msgspec.msgpack.Decoder(FromEngine)
+        try:
+            while not from_engine.poll(1.0):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise EngineStartError(f"the engine process was not ready within {timeout_s} s")
+            message = decoder.decode(from_engine.recv_bytes())
+        except (EOFError, OSError, EngineStartError) as exc:
+            process.kill()
+            process.join()
+            if isinstance(exc, EngineStartError):
+                raise
+            raise EngineStartError(
+                f"the engine process exited during start-up (exit code {process.exitcode})"
+            ) from None
+        if isinstance(message, StartFailed):
+            process.join()
+            to_engine.close()
+            from_engine.close()
+            if message.checkpoint_error:
+                from model import CheckpointError
+
+                raise CheckpointError(message.message)
+            raise EngineStartError(f"the engine process failed to start: {message.message}")
+        assert isinstance(message, Ready), message
+        log.info("engine process %d ready: %s, %s, %d torch threads", message.pid, message.device, message.dtype,
+                 message.torch_threads)
+        return cls(process, to_engine, from_engine, message, max_running=spec.max_running,
+                   max_waiting=spec.max_waiting, observer=observer)
+
+    # ------------------------------------------------------------ the scheduler's interface
+
+    @property
+    def alive(self) -> bool:
+        with self._cond:
+            return not self._stopping and not self._dead
+
+    def submit(self, request: EngineRequest) -> ProcessTicket:
+        """Send a request to the engine; raises EngineFull or EngineUnavailable instead of waiting."""
+        spec, params = request.controller, request.params
+        with self._cond:
+            if self._stopping or self._dead:
+                raise EngineUnavailable("the engine is not running")
+            if len(self._sinks) >= self.max_running + self.max_waiting:
+                raise EngineFull(f"{len(self._sinks)} requests in flight (bound {self.max_running + self.max_waiting})")
+            request_id = self._next_id
+            self._next_id += 1
+            self._sinks[request_id] = request.sink
+            self._publish_load_locked()
+            self._cond.notify_all()
+        self._send(Add(
+            request_id, request.prompt_ids, spec.mode, spec.temperature, spec.tau_range, spec.deterministic,
+            params.max_new_tokens, params.top_k, params.top_p, params.greedy, params.ignore_eos,
+            request.seed, request.deadline,
+        ))
+        return ProcessTicket(self, request_id)
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting): running as the engine last reported, waiting the rest of those in flight."""
+        with self._cond:
+            return self._load_locked()
+
+    def _load_locked(self) -> tuple[int, int]:
+        running = min(self._running, len(self._sinks))
+        return running, len(self._sinks) - running
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return self.wait_until(lambda running, waiting: running + waiting == 0, timeout)
+
+    def wait_until(self, predicate: Callable[[int, int], bool], timeout: float | None = None) -> bool:
+        """Block until predicate(running, waiting) holds; False on timeout. Woken on every change."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(*self._load_locked()), timeout)
+
+    def cap_deadlines(self, deadline: float) -> None:
+        self._send(Control("cap_deadlines", deadline))
+
+    def pause(self) -> None:
+        """Hold decode steps in the engine (see `engine.Engine.pause`)."""
+        self._send(Control("pause"))
+
+    def resume(self) -> None:
+        self._send(Control("resume"))
+
+    def on_death(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the reader thread) if the engine process dies unasked."""
+        with self._cond:
+            self._death_callbacks.append(callback)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the engine process: requests still in it end with 'unavailable'; killed after `timeout`."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._stopping = True
+        try:
+            self._send(Control("stop"))
+        except EngineUnavailable:
+            pass  # already gone
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("the engine process %d did not stop in %s s: killing it", self._process.pid, timeout)
+            self._process.kill()
+            self._process.join()
+        self._reader.join(timeout)
+        self._fail_all("the engine stopped")
+        self._to_engine.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _cancel(self, request_id: int, reason: str) -> None:
+        with self._cond:
+            if request_id not in self._sinks or self._dead:
+                return
+        try:
+            self._send(Cancel(request_id, reason))
+        except EngineUnavailable:
+            pass  # the engine is gone: the request fails with it
+
+    def _send(self, message: ToEngine) -> None:
+        payload = self._encoder.encode(message)
+        try:
+            with self._send_lock:
+                self._to_engine.send_bytes(payload)
+        except (OSError, ValueError) as exc:  # broken pipe, or closed by stop()
+            raise EngineUnavailable("the engine process is gone") from exc
+
+    def _read(self) -> None:
+        """The reader thread: one `Step` per engine iteration, routed to the requests' sinks."""
+        decoder = msgspec.msgpack.Decoder(FromEngine)
+        try:
+            while True:
+                message = decoder.decode(self._from_engine.recv_bytes())
+                if isinstance(message, Step):
+                    self._deliver(message)
+        except (EOFError, OSError):
+            pass
+        except Exception:
+            log.exception("reading the engine's messages failed")
+        self._process.join(5.0)
+        with self._cond:
+            asked = self._stopping
+            if not asked:
+                self._dead = True
+                self.failure = EngineDied(f"the engine process died (exit code {self._process.exitcode})")
+            callbacks = list(self._death_callbacks)
+        if asked:
+            return
+        log.error("%s: failing the requests in flight", self.failure)
+        self._fail_all(str(self.failure))
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("an engine-death callback failed")
+
+    def _deliver(self, step: Step) -> None:
+        by_request: dict[int, list[EngineEvent]] = {}
+        ended: list[int] = []
+        for event in step.events:
+            by_request.setdefault(event.id, []).append(_from_wire(event))
+            if isinstance(event, EndedOut | FailedOut):
+                ended.append(event.id)
+        with self._cond:
+            sinks = [(request_id, self._sinks.get(request_id), events) for request_id, events in by_request.items()]
+            for request_id in ended:
+                self._sinks.pop(request_id, None)
+            self._running = step.running
+            self._publish_load_locked()
+            self._cond.notify_all()
+        if self.observer is not None:
+            for size in step.batch_sizes:
+                self.observer.observe_batch(size)
+        for request_id, sink, events in sinks:
+            if sink is not None and not _push_quietly(sink, events) and request_id not in ended:
+                self._cancel(request_id, "cancelled")  # nobody reads it any more: free its row
+
+    def _fail_all(self, message: str) -> None:
+        with self._cond:
+            sinks, self._sinks = list(self._sinks.values()), {}
+            self._running = 0
+            self._publish_load_locked()
+            self._cond.notify_all()
+        for sink in sinks:
+            _push_quietly(sink, [Failed("unavailable", message)])
+
+    def _publish_load_locked(self) -> None:
+        if self.observer is not None:
+            self.observer.set_load(*self._load_locked())
+
+
+def _push_quietly(sink, events: list[EngineEvent]) -> bool:
+    """Hand events to a request's sink; False if its reader is gone (its event loop closed)."""
+    try:
+        sink.push(events)
+        return True
+    except Exception:
+        log.debug("dropping events of a request whose reader is gone", exc_info=True)
+        return False
