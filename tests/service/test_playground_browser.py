@@ -14,7 +14,10 @@ against what `/v1/generate` returns for the same request:
   where the two runs part; a screenshot of it is written to the file named by
   `INTROLLM_PLAYGROUND_SCREENSHOT` (default: a temporary file; the README's
   docs/playground.png is made this way);
-- a refused request (422) is shown with the server's message;
+- a refused request (422) is shown with the server's message; on a server
+  with an API key (the tiny test checkpoint), the page asks for the key, shows
+  the 401, runs once it is given, and shows a 429 (engine full) and a 503
+  (draining) with their Retry-After;
 - the page requests nothing from another origin (Chrome's network log and the
   Resource Timing API list every URL), its console stays free of errors
   (scripts, CSP violations), and its Content-Security-Policy is enforced.
@@ -35,7 +38,14 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 
 from service.settings import DEFAULT_CHECKPOINT
-from tests.service.support import LiveServer, settings_for, start_server, stop_server
+from tests.service.support import (
+    LiveServer,
+    all_cancelled,
+    hold_decode_steps,
+    settings_for,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -269,8 +279,8 @@ def test_a_link_reproduces_a_comparison_of_learned_and_fixed_tau(browser, bundle
     # A screenshot with a token's tooltip open, for people (docs/playground.png is one).
     from selenium.webdriver.common.action_chains import ActionChains
 
-    token = browser.find_elements("css selector", "#runs .run")[0].find_elements("css selector", ".tok")[2]
-    ActionChains(browser).move_to_element(token).perform()
+    tokens = browser.find_elements("css selector", "#runs .run")[0].find_elements("css selector", ".tok")
+    ActionChains(browser).move_to_element(tokens[min(12, len(tokens) - 1)]).perform()
     screenshot = Path(os.environ.get("INTROLLM_PLAYGROUND_SCREENSHOT") or tmp_path / "playground.png")
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(screenshot))
@@ -293,6 +303,49 @@ def test_a_refused_request_shows_the_servers_422_message(browser, bundled):
     assert "422" in error.text
     assert "tau_min (1.5) must not exceed tau_max (0.5)" in error.text  # the server's own words
     assert error.get_attribute("role") == "alert"
+
+
+def test_with_a_key_a_full_engine_and_a_drain_the_page_shows_401_429_and_503(browser, checkpoint_dir, monkeypatch):
+    key = "playground-key-1"
+    live = start_server(settings_for(checkpoint_dir, api_key=key, max_running_requests=1, max_waiting_requests=0))
+    try:
+        open_page(browser, live)
+        key_box = browser.find_element("id", "key-box")
+        assert key_box.is_displayed()  # /info says auth is on: the page asks for a key
+        assert browser.switch_to.active_element == browser.find_element("id", "api-key")
+
+        def run_and_read_error() -> str:
+            browser.find_element("id", "run").click()
+            [pane] = wait_finished(browser, 1)
+            assert pane["state"] == "error"
+            return browser.find_element("id", "error").text
+
+        assert "API key (401)" in run_and_read_error()
+
+        browser.find_element("id", "api-key").send_keys(key)
+        browser.find_element("id", "run").click()
+        assert wait_finished(browser, 1)[0]["state"] == "done"
+        assert browser.execute_script("return sessionStorage.length") == 1  # kept for this tab only
+        assert browser.execute_script("return localStorage.length") == 0
+
+        # The one running slot held by another client, no waiting room: 429.
+        release = hold_decode_steps(live.scheduler.engine, monkeypatch, until=all_cancelled)
+        body = {"prompt": "1 2>3\n", "max_new_tokens": 200, "ignore_eos": True, "stream": True}
+        with live.client(headers={"Authorization": f"Bearer {key}"}) as other:
+            with other.stream("POST", "/v1/generate", json=body) as running:
+                lines = running.iter_lines()
+                assert next(line for line in lines if line.startswith("data:"))
+                busy = run_and_read_error()
+        release()
+        live.wait_idle()
+        assert "busy (429)" in busy and "Retry after 1 s." in busy
+
+        live.scheduler.begin_drain(1.0)
+        unavailable = run_and_read_error()
+        assert "not available right now (503)" in unavailable and "draining" in unavailable
+        assert "Retry after 1 s." in unavailable
+    finally:
+        stop_server(live)
 
 
 def test_the_content_security_policy_blocks_other_origins(browser, bundled):
