@@ -482,7 +482,7 @@
       const hi = Math.max(state.tauRange[1], ...taus);
       const width = 560;
       const height = 150;
-      const pad = { left: 40, right: 8, top: 8, bottom: 22 };
+      const pad = { left: 66, right: 8, top: 8, bottom: 22 };
       const x = (i) => pad.left + (i / n) * (width - pad.left - pad.right);
       const y = (tau) => pad.top + (1 - (tau - lo) / (hi - lo || 1)) * (height - pad.top - pad.bottom);
       const updates = this.tokens.filter((t) => t.temperature_updated).length;
@@ -498,6 +498,10 @@
         const label = svg("text", { class: "tick", x: pad.left - 4, y: y(tau) + 4, "text-anchor": "end" }, root);
         label.textContent = fmt(tau, 2);
       }
+      const yTitle = svg("text", { class: "tick", x: 2, y: pad.top + 4 }, root);
+      yTitle.textContent = "tau";
+      const xTitle = svg("text", { class: "tick", x: 2, y: height - 6 }, root);
+      xTitle.textContent = "token";
       const step = Math.max(1, Math.ceil(n / 8 / 5) * 5);
       for (let i = 0; i <= n; i += step) {
         const label = svg("text", { class: "tick", x: x(i), y: height - 6, "text-anchor": "middle" }, root);
@@ -667,6 +671,7 @@
     const params = new URLSearchParams(location.search);
     paramsToControls(params);
     syncModeControls();
+    el("share").href = `${location.pathname}?${controlsToParams()}`;
 
     el("controls").addEventListener("submit", (e) => {
       e.preventDefault();
