@@ -140,8 +140,9 @@ def shown_runs(driver) -> list[dict]:
             tokens: [...run.querySelectorAll('.tok')].map(t => ({
                 tau: t.dataset.tau, updated: t.dataset.updated, logprob: t.dataset.logprob,
                 glyph: t.querySelector('.glyph').textContent, label: t.getAttribute('aria-label'),
-                colour: getComputedStyle(t).backgroundColor,
+                colour: getComputedStyle(t).backgroundColor, marked: t.classList.contains('updated'),
             })),
+            gateDots: run.querySelectorAll('.chart circle.gate').length,
             summary: Object.fromEntries([...run.querySelectorAll('dd')].map(d => [d.dataset.key, d.textContent])),
         }));
     """)
@@ -168,7 +169,8 @@ def assert_shows(pane: dict, expected: dict, *, batched: bool = False) -> None:
 
     Tau is compared exactly, unless the page's requests ran `batched` together
     (a comparison) while the API's reference ran alone: float32 sums then
-    differ in their last bits (the sampled tokens do not, see CounterNoise).
+    differ in their last bits (the tokens, drawn from the same counter-based
+    noise, still agree, which the text check asserts).
     """
     tokens = expected["tokens"]
     assert pane["state"] == "done"
@@ -178,12 +180,15 @@ def assert_shows(pane: dict, expected: dict, *, batched: bool = False) -> None:
     taus = [t["temperature"] for t in tokens]
     assert [float(t["tau"]) for t in pane["tokens"]] == (pytest.approx(taus, rel=1e-5) if batched else taus)
     assert [t["updated"] == "true" for t in pane["tokens"]] == [t["temperature_updated"] for t in tokens]
+    assert [t["marked"] for t in pane["tokens"]] == [t["temperature_updated"] for t in tokens]  # gate firings
+    assert pane["gateDots"] == sum(t["temperature_updated"] for t in tokens)  # and on the chart
     assert [float(t["logprob"]) for t in pane["tokens"]] == pytest.approx([t["logprob"] for t in tokens], abs=1e-5)
     for shown in pane["tokens"]:
         assert f"tau {float(shown['tau']):.3f}" in shown["label"]  # the number, not only the colour
     assert pane["summary"]["mean-tau"] == f"{expected['temperature']['mean']:.3f}"
     assert pane["summary"]["updates"] == str(expected["temperature"]["updates"])
     assert pane["summary"]["finish-reason"] == expected["finish_reason"]
+    assert pane["summary"]["ttft"].endswith(" ms") and float(pane["summary"]["tokens-per-s"]) > 0
 
 
 def requested_urls(driver) -> list[str]:
@@ -231,6 +236,8 @@ def test_a_seeded_run_shows_each_token_coloured_with_the_tau_the_api_returns(bro
     assert pane["mode"] == "learned"
     assert_shows(pane, expected)
     assert len({t["colour"] for t in pane["tokens"]}) > 1  # coloured by tau, which varies under learned tau
+    legend = browser.find_element("id", "legend-scale").text
+    assert "0.10" in legend and "2.00" in legend  # the checkpoint's tau range
     # The controls are in the URL, seed included.
     query = dict(part.split("=", 1) for part in urlsplit(browser.current_url).query.split("&"))
     assert (query["seed"], query["max_new_tokens"], query["mode"]) == (str(SEED), str(MAX_NEW_TOKENS), "learned")
