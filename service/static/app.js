@@ -49,6 +49,7 @@
     tauRange: [0.1, 2.0], // replaced by /info's
     runs: [], // the panes on screen
     aborter: null, // AbortController of the requests in flight
+    runOnLoad: false, // the page was opened from a link with settings
   };
 
   // ------------------------------------------------------------------ colour
@@ -167,7 +168,7 @@
   // A readable sentence for an HTTP error; the server's message (the one error shape) is quoted.
   function describeHttpError(status, body, headers) {
     const error = (body && body.error) || {};
-    const message = error.message || `HTTP ${status}`;
+    const message = (error.message || `HTTP ${status}`).replace(/\.$/, "");
     const retry = headers.get("Retry-After");
     const retryText = retry ? ` Retry after ${retry} s.` : "";
     switch (status) {
@@ -188,7 +189,7 @@
 
   // Marks the control a 422 names, so the user sees which one to fix.
   function markInvalid(param) {
-    const input = param && controls[param];
+    const input = param && controls[param === "temperature_mode" ? "mode" : param];
     if (input) input.setAttribute("aria-invalid", "true");
   }
 
@@ -223,6 +224,10 @@
         if (await loadInfo()) clearError();
       }, retry * 1000);
       return false;
+    }
+    if (state.info === null && state.runOnLoad && !(body.auth && !apiKey())) {
+      // A link with settings reproduces its run as soon as the page can (with a key, if one is needed).
+      setTimeout(run, 0);
     }
     state.info = body;
     state.tauRange = body.tau_range;
@@ -480,14 +485,15 @@
       const taus = this.tokens.map((t) => t.temperature);
       const lo = Math.min(state.tauRange[0], ...taus);
       const hi = Math.max(state.tauRange[1], ...taus);
-      const width = 560;
+      // Drawn at the pane's width in CSS pixels, so text keeps its size (redrawn on resize).
+      const width = Math.max(320, Math.round(this.chart.clientWidth || 560));
       const height = 150;
       const pad = { left: 66, right: 8, top: 8, bottom: 22 };
       const x = (i) => pad.left + (i / n) * (width - pad.left - pad.right);
       const y = (tau) => pad.top + (1 - (tau - lo) / (hi - lo || 1)) * (height - pad.top - pad.bottom);
       const updates = this.tokens.filter((t) => t.temperature_updated).length;
       const root = svg("svg", {
-        viewBox: `0 0 ${width} ${height}`, role: "img",
+        width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
         "aria-label": `${this.label}: tau along the sequence, ${this.tokens.length} tokens` +
           (taus.length ? `, from ${fmt(Math.min(...taus), 2)} to ${fmt(Math.max(...taus), 2)}` : "") +
           `, ${updates} gate firings`,
@@ -701,16 +707,15 @@
     el("show-numbers").addEventListener("change", (e) => {
       el("runs").classList.toggle("show-numbers", e.target.checked);
     });
+    window.addEventListener("resize", () => state.runs.forEach((r) => r.drawChart()));
     const runs = el("runs");
     runs.addEventListener("mouseover", (e) => showTooltip(e.target));
     runs.addEventListener("focusin", (e) => showTooltip(e.target));
     runs.addEventListener("mouseout", hideTooltip);
     runs.addEventListener("focusout", hideTooltip);
 
-    loadInfo().then((ok) => {
-      // A link with settings reproduces its run as soon as the page can.
-      if (ok && params.has("prompt") && !(state.info.auth && !apiKey())) run();
-    });
+    state.runOnLoad = params.has("prompt");
+    loadInfo();
   }
 
   // Which inputs apply: the fixed tau in fixed mode or a comparison, the range in the other modes.
