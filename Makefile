@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# nginx, Prometheus and docker-compose from Debian (tests/deploy runs them).
+# nginx, Prometheus, docker-compose (tests/deploy runs them) and Chromium with chromedriver
+# (the playground browser test) from Debian.
 system-deps:
 	bash scripts/system-deps.sh
 

@@ -42,6 +42,7 @@ from service.keys import KeyRing
 from service.logs import REQUEST_ID, REQUEST_ID_HEADER, accept_request_id, current_request_id
 from service.metrics import ServerInfo, ServiceMetrics
 from service.openapi import install as install_openapi
+from service.playground import playground
 from service.routes import api, ops
 from service.scheduler import Limits, Scheduler, encode_prompt
 from service.settings import Settings
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
     app.state.keys = keys
     app.include_router(api)
     app.include_router(ops)
+    app.include_router(playground)  # the page at / (service/static/), outside the OpenAPI document
     _install_error_handlers(app, metrics)
     install_openapi(app, settings.served_model_name)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)

@@ -265,6 +265,24 @@ def test_gateway_forwards_a_request_id_and_answers_with_it(stack):
     assert refused.status_code == 422 and refused.headers["x-request-id"] == "test-422"
 
 
+def test_the_playground_page_and_its_files_come_through_the_gateway(stack):
+    with httpx.Client(base_url=stack.gateway, timeout=60) as client:
+        root = client.get("/")
+        page = client.get("/" + root.headers["location"])
+        files = {name: client.get(f"/playground/{name}") for name in ("app.js", "style.css", "favicon.svg")}
+        revalidated = client.get("/playground/app.js", headers={"If-None-Match": files["app.js"].headers["etag"]})
+        elsewhere = client.get("/playgroundx")
+    assert root.status_code == 307 and root.headers["location"] == "playground/"
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert files["app.js"].headers["content-type"] == "text/javascript; charset=utf-8"
+    assert files["style.css"].headers["content-type"] == "text/css; charset=utf-8"
+    assert files["favicon.svg"].headers["content-type"] == "image/svg+xml"
+    assert all(r.status_code == 200 and r.headers["cache-control"] == "no-cache" for r in files.values())
+    assert revalidated.status_code == 304
+    assert elsewhere.status_code == 404  # the gateway's own 404: only the playground's paths are proxied
+
+
 def test_stream_through_the_gateway_arrives_token_by_token(traffic):
     times = traffic.stream_times
     assert len(times) == 200 and times == sorted(times)
