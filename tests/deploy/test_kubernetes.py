@@ -1,5 +1,7 @@
 """docker/kubernetes/: every manifest as `kubectl apply -k` renders it, checked without a cluster.
 
+- Rendering: `kubectl kustomize` (what `kubectl apply -k` applies) gives exactly the objects that
+  tests/deploy/kube.py renders for the checks below.
 - Schemas: every object of both overlays, with each checkpoint source, validates strictly (unknown
   fields refused) against the OpenAPI schemas of Kubernetes releases, offline (kubernetes-validate);
   the Prometheus Operator's custom resources, which those schemas lack, for their required fields.
