@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from model import Checkpoint, load_checkpoint
+from model import PLAIN, Checkpoint, PromptFormat, load_checkpoint
 from service.engine import Engine
 from service.errors import ServiceError, error_body
 from service.keys import KeyRing
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 class Loaded:
     scheduler: Scheduler
     server: ServerInfo  # what it runs with: exported as metrics, shown by /info
+    prompt_format: PromptFormat = PLAIN  # the checkpoint's: how /v1/chat/completions renders messages
 
 
 def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
@@ -109,7 +110,7 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
     if settings.warm_up:
         # With `compile`, this is where the decode step compiles (before readiness).
         engine.warm_up(encode_prompt(tokenizer, "warm up"))
-    return Loaded(Scheduler(engine, tokenizer, head, limits, metrics), server)
+    return Loaded(Scheduler(engine, tokenizer, head, limits, metrics), server, checkpoint.manifest.prompt_format)
 
 
 def _eos_ids(checkpoint: Checkpoint) -> set[int]:
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
             if settings.warm_up:
                 await scheduler.warm_up()
             app.state.server = loaded.server
+            app.state.prompt_format = loaded.prompt_format
             app.state.scheduler = scheduler
             log.info("serving %s on %s", settings.served_model_name, scheduler.engine.device)
             yield
@@ -161,6 +163,7 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.scheduler = None
+    app.state.prompt_format = PLAIN
     keys = KeyRing(settings.accepted_keys(), settings.api_key_file)
     app.state.keys = keys
     app.include_router(api)
