@@ -50,7 +50,11 @@ def prepare_lm(model: PreTrainedModel, lora: LoraConfig, gradient_checkpointing:
     adapters injected into its layers (peft does that in place), so every
     forward (model.lm.forward, generate) runs through the adapters."""
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers >= 5.x names it activation checkpointing (the old name warns).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.rank <= 0:
         return model
     from peft import LoraConfig as PeftLoraConfig

@@ -59,3 +59,14 @@ def test_a_lora_grpo_run_changes_only_adapters_and_the_merged_checkpoint_matches
     # Merging worked on a copy: the training model still has its adapters.
     assert any("lora_" in name for name, _ in adapted.named_parameters())
     assert lm_to_save(adapted) is not adapted
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(micro_checkpoint):
+    ids = torch.tensor([[1, 20, 30, 40, 50, 60, 70, 80]])
+    grads = []
+    for checkpointing in (False, True):
+        model = prepare_lm(load_checkpoint(micro_checkpoint).model, LoraConfig(), checkpointing).train()
+        assert model.is_activation_checkpointing == checkpointing
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(model.get_input_embeddings().weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
