@@ -38,7 +38,7 @@ def test_math_verify_reads_the_reference_in_any_form(reference):
 
 
 def test_math_verify_rejects_a_wrong_boxed_answer():
-    assert math_verify_reward("\\frac{1}{2}", "\\boxed{\\frac{1}{3}}") .reason == "wrong_answer"
+    assert math_verify_reward("\\frac{1}{2}", "\\boxed{\\frac{1}{3}}").reason == "wrong_answer"
 
 
 @pytest.mark.parametrize("completion", ["", "I do not know.", "#$%^&*(", "\\boxed{"])
@@ -140,3 +140,10 @@ def test_both_tasks_implement_the_interface(tmp_path):
 def test_last_boxed_balances_braces():
     assert last_boxed("\\boxed{1} then \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
     assert last_boxed("\\boxed{unclosed") is None
+
+
+def test_math_verify_works_off_the_main_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(math_verify_reward, "1/2", "\\boxed{0.5}").result().reward == 1.0

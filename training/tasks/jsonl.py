@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 from training.tasks.base import Verdict
 
 REWARDS = ("math-verify", "exact", "regex")
+MATH_VERIFY_TIMEOUT_S = 5  # per parse and per check: sympy can take very long on adversarial text
 MAX_REPORTED_ERRORS = 20
 
 
@@ -163,15 +165,17 @@ def math_verify_reward(answer: str, completion: str) -> Verdict:
     """math-verify's equivalence of the reference and the completion's final answer."""
     from math_verify import parse, verify  # imported here: it loads sympy, which only this reward needs
 
-    gold = parse(answer)
+    # math-verify's time limits use SIGALRM, which only the main thread may set: elsewhere, none.
+    limit = MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    gold = parse(answer, parsing_timeout=limit)
     if not gold:  # a bare reference the parser did not take: read it as LaTeX
-        gold = parse(f"${answer}$")
+        gold = parse(f"${answer}$", parsing_timeout=limit)
     if not gold:
         return Verdict(0.0, "unparsable_reference")
-    predicted = parse(completion)
+    predicted = parse(completion, parsing_timeout=limit)
     if not predicted:
         return Verdict(0.0, "no_answer")
-    return Verdict(1.0, "ok") if verify(gold, predicted) else Verdict(0.0, "wrong_answer")
+    return Verdict(1.0, "ok") if verify(gold, predicted, timeout_seconds=limit) else Verdict(0.0, "wrong_answer")
 
 
 def match_reward(answer: str, found: str | None) -> Verdict:
