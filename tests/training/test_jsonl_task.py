@@ -147,3 +147,28 @@ def test_math_verify_works_off_the_main_thread():
 
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(math_verify_reward, "1/2", "\\boxed{0.5}").result().reward == 1.0
+
+
+def test_the_task_flag_selects_the_task_and_the_nested_flags_still_work():
+    import argparse
+
+    from training.config import SFTConfig, add_config_arguments, config_from_namespace
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, SFTConfig)
+    args = parser.parse_args(["--task", "jsonl", "--jsonl-train", "x.jsonl", "--jsonl-reward", "exact",
+                              "--task-max-target", "50", "--lora-rank", "8"])
+    cfg = config_from_namespace(SFTConfig, args)
+    assert (cfg.task_name, cfg.jsonl.train, cfg.jsonl.reward) == ("jsonl", "x.jsonl", "exact")
+    assert cfg.task.max_target == 50 and cfg.lora.rank == 8
+    assert config_from_namespace(SFTConfig, parser.parse_args([])).task_name == "countdown"
+
+
+def test_sft_needs_at_least_one_worked_solution(tmp_path):
+    from model import build_char_tokenizer
+    from training.data import SolvedExamples
+
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "p", "answer": "1"})] * 3)
+    task = JsonlTask(JsonlTaskConfig(train=str(path), heldout_fraction=0.0), split_seed=0)
+    with pytest.raises(ValueError, match="worked solution"):
+        SolvedExamples(task.split()[0], task, build_char_tokenizer())
