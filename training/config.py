@@ -1,9 +1,10 @@
 """Dataclass configs for each training command, and their command-line form.
 
 What it does: one dataclass per command (`SFTConfig`, `GRPOConfig`,
-`EvalConfig`), nested dataclasses for the task, the tiny model's shape and the
-head's prior, and `parse_config` turning `--group-size 8 --task-max-target 50`
-style flags into them. The resolved config is saved in every checkpoint.
+`EvalConfig`), nested dataclasses for the tasks (Countdown, JSONL), the tiny
+model's shape, the head's prior and LoRA, and `parse_config` turning
+`--group-size 8 --task jsonl --jsonl-train p.jsonl` style flags into them. The
+resolved config is saved in every checkpoint.
 
 What it does not do: read environment variables or files.
 """

@@ -2,8 +2,9 @@
 
 What it does: for a list of problems, samples `samples` completions each
 through the model core's reference decode (`model.generate`) with any
-temperature controller, recording per token the tau, gate, Beta draw and both
-log-probs, and scores each completion with the task's reward. Rows are
+temperature controller (prompts rendered by the checkpoint's prompt format),
+recording per token the tau, gate, Beta draw and both log-probs, and scores
+each completion with the task's reward (`Task.score`, or `score`). Rows are
 batched by prompt length (no padding, so no position bookkeeping) and each
 row draws from its own generator seeded by (seed, step, problem, sample), so a
 rollout is reproducible and independent of how rows were batched.
