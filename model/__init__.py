@@ -24,6 +24,15 @@ from model.controllers import (
 from model.decode import Generation, SamplingParams, StepOutput, StepResult, decode_step, generate, prefill, sample_step
 from model.lm import LMOutput, forward, lm_hidden_size, new_cache
 from model.noise import CounterNoise
+from model.prompt_format import (
+    PLAIN,
+    PromptFormat,
+    PromptFormatError,
+    choose_prompt_format,
+    render_prompt,
+    render_text,
+    user_message,
+)
 from model.sampling import sample, token_log_probs
 from model.temperature_head import ActionDistribution, HeadConfig, TemperatureAction, TemperatureHead
 from model.tiny import TinyLMConfig, build_char_tokenizer, build_tiny_lm
@@ -41,6 +50,9 @@ __all__ = [
     "LMOutput",
     "LearnedTemperature",
     "Manifest",
+    "PLAIN",
+    "PromptFormat",
+    "PromptFormatError",
     "SamplingParams",
     "StepOutput",
     "StepResult",
@@ -50,6 +62,7 @@ __all__ = [
     "TinyLMConfig",
     "build_char_tokenizer",
     "build_tiny_lm",
+    "choose_prompt_format",
     "constant_action",
     "decode_step",
     "forward",
@@ -61,9 +74,12 @@ __all__ = [
     "new_cache",
     "prefill",
     "read_manifest",
+    "render_prompt",
+    "render_text",
     "sample",
     "sample_step",
     "save_checkpoint",
     "token_log_probs",
+    "user_message",
     "write_manifest",
 ]

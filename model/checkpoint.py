@@ -7,7 +7,9 @@ A checkpoint is a directory:
     temperature_head.safetensors            the head's weights
     introllm.json                           the manifest: format version, head
                                             config (tau range included), base
-                                            model name, training summary
+                                            model name, prompt format (plain
+                                            or chat template; absent = plain),
+                                            training summary
 
 What it does: writes that directory, and loads it back after checking
 everything, failing with a `CheckpointError` whose one-line message names the
@@ -42,6 +44,7 @@ from transformers import (
 )
 
 from model.lm import lm_hidden_size
+from model.prompt_format import PLAIN, PromptFormat, PromptFormatError
 from model.temperature_head import HeadConfig, TemperatureHead
 
 FORMAT_VERSION = 1
@@ -63,6 +66,8 @@ class Manifest:
     head: HeadConfig
     base_model: str
     training: dict[str, Any] = field(default_factory=dict)
+    # How prompts were rendered in training; the server renders them the same way.
+    prompt_format: PromptFormat = PLAIN
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +75,7 @@ class Manifest:
             "base_model": self.base_model,
             "head": self.head.to_dict(),
             "tau_range": [self.head.tau_min, self.head.tau_max],
+            "prompt_format": self.prompt_format.to_dict(),
             "training": self.training,
         }
 
@@ -91,6 +97,7 @@ def save_checkpoint(
     *,
     base_model: str,
     training: dict[str, Any] | None = None,
+    prompt_format: PromptFormat = PLAIN,
 ) -> Path:
     """Write the checkpoint directory (created if needed) and return its path."""
     path = Path(path)
@@ -99,7 +106,7 @@ def save_checkpoint(
     tokenizer.save_pretrained(path)
     state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in head.state_dict().items()}
     save_file(state, str(path / HEAD_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-    write_manifest(path, Manifest(FORMAT_VERSION, head.config, base_model, training or {}))
+    write_manifest(path, Manifest(FORMAT_VERSION, head.config, base_model, training or {}, prompt_format))
     # save_pretrained writes weights with mode 0600; a server running as
     # another user (the container's) must be able to read them.
     for item in path.iterdir():
@@ -134,10 +141,12 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         )
     try:
         head = HeadConfig.from_dict(data["head"])
-        return Manifest(version, head, str(data["base_model"]), dict(data.get("training", {})))
+        # Checkpoints written before prompt formats were recorded are plain text.
+        prompt_format = PromptFormat.from_dict(data["prompt_format"]) if "prompt_format" in data else PLAIN
+        return Manifest(version, head, str(data["base_model"]), dict(data.get("training", {})), prompt_format)
     except KeyError as exc:
         raise CheckpointError(f"invalid manifest {manifest_path}: missing key {exc}") from exc
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError, PromptFormatError) as exc:
         raise CheckpointError(f"invalid manifest {manifest_path}: {_reason(exc)}") from exc
 
 

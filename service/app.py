@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from model import CheckpointInfo, read_checkpoint_info
+from model import PLAIN, CheckpointInfo, PromptFormat, read_checkpoint_info
 from service.engine_process import EngineProcess, EngineSpec
 from service.errors import ServiceError, error_body
 from service.keys import KeyRing
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 class Loaded:
     scheduler: Scheduler
     server: ServerInfo  # what it runs with: exported as metrics, shown by /info
+    prompt_format: PromptFormat = PLAIN  # the checkpoint's: how /v1/chat/completions renders messages
 
 
 def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
@@ -109,7 +110,8 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
         max_waiting_requests=settings.max_waiting_requests,
     )
     metrics.set_server(server)
-    return Loaded(Scheduler(engine, tokenizer, limits, metrics, tau_init=head_config.tau_init), server)
+    scheduler = Scheduler(engine, tokenizer, limits, metrics, tau_init=head_config.tau_init)
+    return Loaded(scheduler, server, checkpoint.manifest.prompt_format)
 
 
 def create_app(settings: Settings | None = None, *, load_now: bool = False) -> FastAPI:
@@ -132,6 +134,7 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
             if settings.warm_up:
                 await scheduler.warm_up()
             app.state.server = loaded.server
+            app.state.prompt_format = loaded.prompt_format
             app.state.scheduler = scheduler
             log.info("serving %s on %s", settings.served_model_name, scheduler.engine.device)
             yield
@@ -149,6 +152,7 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.scheduler = None
+    app.state.prompt_format = PLAIN
     keys = KeyRing(settings.accepted_keys(), settings.api_key_file)
     app.state.keys = keys
     app.include_router(api)

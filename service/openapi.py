@@ -23,11 +23,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service.logs import MAX_REQUEST_ID_LENGTH
-from service.schemas import CompletionResponse, ErrorResponse, StreamDone, StreamToken
+from service.schemas import ChatCompletionChunk, CompletionResponse, ErrorResponse, StreamDone, StreamToken
 
 REF = "#/components/schemas/{model}"
 # Models that appear only inside streams: FastAPI does not see them.
-STREAM_EVENT_MODELS: tuple[type[BaseModel], ...] = (StreamToken, StreamDone, CompletionResponse, ErrorResponse)
+STREAM_EVENT_MODELS: tuple[type[BaseModel], ...] = (
+    StreamToken, StreamDone, CompletionResponse, ChatCompletionChunk, ErrorResponse,
+)
 
 ERROR_DESCRIPTIONS = {
     400: "the body is not JSON: not UTF-8, malformed, or nested too deeply (type invalid_json)",
@@ -110,10 +112,11 @@ def install(app: FastAPI, served_model: str) -> None:
                     for response in operation.get("responses", {}).values():
                         response.setdefault("headers", {})["X-Request-Id"] = REQUEST_ID_HEADER_DOC
             # One model per server: say which, so clients (and the fuzz) send it.
-            schemas["CompletionRequest"]["properties"]["model"] = {
-                "type": "string", "enum": [served_model], "title": "Model",
-                "description": "the served model (GET /v1/models); another name gets 404",
-            }
+            for request_schema in ("CompletionRequest", "ChatCompletionRequest"):
+                schemas[request_schema]["properties"]["model"] = {
+                    "type": "string", "enum": [served_model], "title": "Model",
+                    "description": "the served model (GET /v1/models); another name gets 404",
+                }
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,5 +1,10 @@
 """HTTP routes: thin handlers from JSON to the scheduler and back.
 
+Routes: /v1/generate (ours), /v1/completions and /v1/chat/completions
+(OpenAI's; chat messages are rendered with the checkpoint's recorded prompt
+format, model/prompt_format.py, exactly as training rendered prompts),
+/v1/models, health probes, /info, /metrics.
+
 What it does: parses the body (schemas.py), admits the request (the
 scheduler raises 422/429/503 before anything is sent, streams included),
 then either awaits the result or streams Server-Sent Events. A client that
@@ -42,13 +47,19 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from service.errors import ServiceError, error_body, unauthorized, unavailable
+from model import PLAIN, PromptFormat, PromptFormatError, render_prompt
+from service.errors import ServiceError, error_body, unauthorized, unavailable, validation_error
 from service.events import FinishEvent, TokenEvent
 from service.keys import KeyRing
 from service.metrics import ServerInfo
 from service.openapi import PLAIN_TEXT, errors, event_stream
 from service.scheduler import Completed, RequestHandle, Scheduler
 from service.schemas import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
     CompletionRequest,
     CompletionResponse,
     GenerateRequest,
@@ -60,6 +71,7 @@ from service.schemas import (
     ServedModel,
     StreamDone,
     StreamToken,
+    chat_response,
     completion_choice,
     completion_response,
     generate_response,
@@ -204,6 +216,63 @@ async def _completion_chunks(
             continue
         assert isinstance(event, FinishEvent)
         last = completion_choice([], "", openai_finish_reason(event.reason), False)
+        yield chunk([last], temperature=temperature_summary(event, handle.mode))
+        if body.stream_options is not None and body.stream_options.include_usage:
+            yield chunk([], usage=usage(event))
+
+
+@api.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    dependencies=[JsonBody],
+    responses={
+        200: {"content": event_stream(ChatCompletionChunk, description=(
+            "with stream=true: chat completion chunks, then [DONE]; "
+            "an `error` event instead if the request fails once streaming"))},
+        **errors(*GENERATION_ERRORS, 404),
+    },
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request, scheduler: SchedulerDep) -> Any:
+    """OpenAI-compatible chat (n=1), rendered with the checkpoint's recorded prompt format; per-token
+    `temperatures` as an extra field."""
+    model = request.app.state.settings.served_model_name
+    if body.model != model:
+        raise ServiceError(404, "not_found", f"the requested model is not served here (this server: {model!r})",
+                           param="model")
+    prompt_format: PromptFormat = getattr(request.app.state, "prompt_format", PLAIN)
+    try:
+        prompt_ids = render_prompt(prompt_format, scheduler.tokenizer, body.message_dicts())
+    except PromptFormatError as exc:
+        request.app.state.metrics.failed("validation")
+        raise validation_error(str(exc), "messages") from exc
+    started = time.perf_counter()
+    handle = scheduler.submit(body.to_input(prompt_ids))
+    chat_id = handle.request_id.replace("gen-", "chatcmpl-", 1)
+    if body.stream:
+        return _sse(handle, _chat_chunks(handle, model, body, chat_id), ended=_Ending(handle, chat_id, started))
+    result = await _logged_result(handle, request, _Ending(handle, chat_id, started))
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return chat_response(handle, model, result)
+
+
+async def _chat_chunks(
+    handle: RequestHandle, model: str, body: ChatCompletionRequest, chat_id: str
+) -> AsyncIterator[BaseModel]:
+    def chunk(choices: list, **extra: Any) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=chat_id, created=handle.created, model=model, choices=choices, **extra)
+
+    # OpenAI's first chunk carries the role alone.
+    yield chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""), finish_reason=None, temperatures=[],
+                                 temperature_updated=[])])
+    async for event in handle.events():
+        if isinstance(event, TokenEvent):
+            yield chunk([ChatChunkChoice(delta=ChatDelta(content=event.text), finish_reason=None,
+                                         temperatures=[event.tau], temperature_updated=[event.updated])])
+            continue
+        assert isinstance(event, FinishEvent)
+        last = ChatChunkChoice(delta=ChatDelta(), finish_reason=openai_finish_reason(event.reason), temperatures=[],
+                               temperature_updated=[])
         yield chunk([last], temperature=temperature_summary(event, handle.mode))
         if body.stream_options is not None and body.stream_options.include_usage:
             yield chunk([], usage=usage(event))

@@ -382,6 +382,9 @@ class GenerationInput:
     stop: tuple[str, ...] = ()
     timeout_s: float | None = None
     ignore_eos: bool = False
+    # Already-rendered prompt token ids (the chat route renders messages with the checkpoint's
+    # prompt format); when given, `prompt` is only a label and is not encoded again.
+    prompt_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -450,7 +453,8 @@ class Scheduler:
             self._count("unavailable", record_metrics)
             raise unavailable(reason, self.limits.retry_after_s)
         try:
-            prompt_ids = encode_prompt(self.tokenizer, request.prompt)
+            prompt_ids = (list(request.prompt_ids) if request.prompt_ids is not None
+                          else encode_prompt(self.tokenizer, request.prompt))
             max_new_tokens = self._check(request, prompt_ids)
             spec = self._controller_spec(request)
         except ServiceError:

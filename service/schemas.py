@@ -15,6 +15,9 @@ Temperature fields of /v1/generate:
 reported); > 0 -> fixed at that tau; `temperature_mode` and the other
 IntroLLM fields may be sent as extras (the OpenAI client's `extra_body`).
 Its finish_reason maps eos and stop to "stop"; "timeout" is passed through.
+/v1/chat/completions: the same fields and extras, `messages` instead of
+`prompt` (rendered by the route with the checkpoint's recorded prompt format),
+`max_tokens` or `max_completion_tokens` (absent: the server's default), n=1.
 
 What it does not do: check limits that depend on the server (prompt tokens,
 max_new_tokens limit, tau range of the checkpoint); see scheduler.py.
@@ -285,15 +288,8 @@ class CompletionRequest(Strict):
     def _consistent(self) -> CompletionRequest:
         if not self.prompt_text:
             raise ValueError("prompt must not be empty")
-        if self.tau_min is not None and self.tau_max is not None and self.tau_min > self.tau_max:
-            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
-        mode = self.mode
-        if mode == "fixed" and (self.tau_min is not None or self.tau_max is not None):
-            raise ValueError("tau_min and tau_max narrow the learned or entropy range; not used with 'fixed'")
-        if mode != "learned" and self.deterministic_temperature:
-            raise ValueError("deterministic_temperature applies to temperature_mode 'learned' only")
-        if mode in ("learned", "entropy") and self.temperature:
-            raise ValueError(f"temperature > 0 applies to temperature_mode 'fixed' only, not {mode!r}")
+        _check_temperature_fields(self.mode, self.temperature, self.tau_min, self.tau_max,
+                                  self.deterministic_temperature)
         return self
 
     @property
@@ -332,6 +328,168 @@ class CompletionRequest(Strict):
             timeout_s=self.timeout_s,
             ignore_eos=self.ignore_eos,
         )
+
+
+# ---------------------------------------------------------------- /v1/chat/completions (OpenAI subset)
+
+MAX_MESSAGES = 256
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str | Annotated[list[TextPart], Field(max_length=64)]
+    name: str | None = Field(None, max_length=64)
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(Strict):
+    model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1
+    user: str | None = Field(None, max_length=256)
+    # IntroLLM extras (send with the client's extra_body), as in /v1/completions
+    temperature_mode: TemperatureMode | None = None
+    tau_min: Tau | None = None
+    tau_max: Tau | None = None
+    deterministic_temperature: bool = False
+    top_k: int = Field(0, ge=0, le=1_000_000)
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.max_tokens is not None and self.max_completion_tokens is not None \
+                and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("max_tokens and max_completion_tokens differ: send one")
+        if self.messages[-1].role == "assistant":
+            raise ValueError("the last message must be from the user or the system (the reply is generated)")
+        _check_temperature_fields(self.mode, self.temperature, self.tau_min, self.tau_max,
+                                  self.deterministic_temperature)
+        return self
+
+    @property
+    def mode(self) -> TemperatureMode:
+        if self.temperature_mode is not None:
+            return self.temperature_mode
+        return "fixed" if self.temperature else "learned"
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text} for m in self.messages]
+
+    def to_input(self, prompt_ids: list[int]) -> GenerationInput:
+        """The generation of a reply to the messages, rendered by the route into `prompt_ids`."""
+        mode = self.mode
+        temperature = (self.temperature or 1.0) if mode == "fixed" else None
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return GenerationInput(
+            prompt=self.messages[-1].text,
+            prompt_ids=tuple(prompt_ids),
+            max_new_tokens=self.max_completion_tokens or self.max_tokens,
+            mode=mode,
+            temperature=temperature,
+            tau_min=self.tau_min,
+            tau_max=self.tau_max,
+            deterministic=self.deterministic_temperature,
+            greedy=self.temperature == 0,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=stop,
+            timeout_s=self.timeout_s,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+def _check_temperature_fields(mode: TemperatureMode, temperature: float | None, tau_min: float | None,
+                              tau_max: float | None, deterministic: bool) -> None:
+    """The OpenAI-style routes' temperature fields must agree with the mode they imply."""
+    if tau_min is not None and tau_max is not None and tau_min > tau_max:
+        raise ValueError(f"tau_min ({tau_min}) must not exceed tau_max ({tau_max})")
+    if mode == "fixed" and (tau_min is not None or tau_max is not None):
+        raise ValueError("tau_min and tau_max narrow the learned or entropy range; not used with 'fixed'")
+    if mode != "learned" and deterministic:
+        raise ValueError("deterministic_temperature applies to temperature_mode 'learned' only")
+    if mode in ("learned", "entropy") and temperature:
+        raise ValueError(f"temperature > 0 applies to temperature_mode 'fixed' only, not {mode!r}")
+
+
+class ChatReply(Sent):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(Sent):
+    index: int = 0
+    message: ChatReply
+    finish_reason: str | None
+    # IntroLLM extras: the tau applied to each generated token, and whether its gate fired.
+    temperatures: list[float]
+    temperature_updated: list[bool]
+
+
+class ChatCompletionResponse(Sent):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    temperature: TemperatureSummary  # IntroLLM extra
+
+
+class ChatDelta(Sent):
+    role: Literal["assistant"] | None = Field(None, exclude_if=ABSENT_WHEN_NONE, description="on the first chunk")
+    content: str | None = Field(None, exclude_if=ABSENT_WHEN_NONE, description="absent on the last chunk")
+
+
+class ChatChunkChoice(Sent):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: str | None
+    temperatures: list[float]
+    temperature_updated: list[bool]
+
+
+class ChatCompletionChunk(Sent):
+    """One streamed chunk of /v1/chat/completions."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    temperature: TemperatureSummary | None = None  # IntroLLM extra, on the last chunk
+
+
+def chat_response(handle: RequestHandle, model: str, result: Completed) -> ChatCompletionResponse:
+    finish = result.finish
+    return ChatCompletionResponse(
+        id=handle.request_id.replace("gen-", "chatcmpl-", 1),
+        created=handle.created,
+        model=model,
+        choices=[ChatChoice(message=ChatReply(content=finish.text), finish_reason=openai_finish_reason(finish.reason),
+                            temperatures=[t.tau for t in result.tokens],
+                            temperature_updated=[t.updated for t in result.tokens])],
+        usage=usage(finish),
+        temperature=temperature_summary(finish, handle.mode),
+    )
 
 
 class CompletionLogprobs(Sent):

@@ -1,9 +1,10 @@
 """Dataclass configs for each training command, and their command-line form.
 
 What it does: one dataclass per command (`SFTConfig`, `GRPOConfig`,
-`EvalConfig`), nested dataclasses for the task, the tiny model's shape and the
-head's prior, and `parse_config` turning `--group-size 8 --task-max-target 50`
-style flags into them. The resolved config is saved in every checkpoint.
+`EvalConfig`), nested dataclasses for the tasks (Countdown, JSONL), the tiny
+model's shape, the head's prior and LoRA, and `parse_config` turning
+`--group-size 8 --task jsonl --jsonl-train p.jsonl` style flags into them. The
+resolved config is saved in every checkpoint.
 
 What it does not do: read environment variables or files.
 """
@@ -19,6 +20,20 @@ from typing import Any, TypeVar
 
 from model import HeadConfig, TinyLMConfig
 from training.tasks.countdown import CountdownConfig
+from training.tasks.jsonl import JsonlTaskConfig
+
+# `--task NAME` selects the task; its settings are the nested `--task-...` (Countdown) or `--jsonl-...` flags.
+TASK_FLAG = {"flag": "task"}
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (peft) on the LM instead of full fine-tuning; merged into the weights when saved."""
+
+    rank: int = 0  # 0 = off: every LM weight is trained
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str = "all-linear"  # peft's name, or a comma-separated list such as "q_proj,v_proj"
 
 
 @dataclass(frozen=True)
@@ -54,9 +69,18 @@ class SFTConfig:
     eval_problems: int = 100
     log_every: int = 25
     threads: int = 0  # 0 = torch's default
+    task_name: str = field(default="countdown", metadata=TASK_FLAG)  # countdown | jsonl
+    # How prompts are rendered, recorded in the checkpoint for grpo, eval and the server:
+    # "auto" = the tokenizer's chat template when it has one, else plain text; "chat" requires one.
+    prompt_format: str = "auto"
+    system_prompt: str = ""  # with a chat template only
+    dtype: str = "auto"  # the LM's training dtype: auto = bfloat16 on a GPU that has it, else float32
+    gradient_checkpointing: bool = False  # trade compute for memory on large models
     task: CountdownConfig = field(default_factory=CountdownConfig)
+    jsonl: JsonlTaskConfig = field(default_factory=JsonlTaskConfig)
     model: TinyLMConfig = field(default_factory=TinyLMConfig)
     head: HeadPrior = field(default_factory=HeadPrior)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -108,7 +132,13 @@ class GRPOConfig:
     # itself stays float32, and resuming continues from the rounded weights.
     save_dtype: str = "float32"
     threads: int = 0
+    dtype: str = "auto"  # the LM's training dtype: auto = bfloat16 on a GPU that has it, else float32
+    gradient_checkpointing: bool = False
+    # Prompts are rendered with the format recorded in the `init` checkpoint (see SFTConfig.prompt_format).
+    task_name: str = field(default="countdown", metadata=TASK_FLAG)  # countdown | jsonl
     task: CountdownConfig = field(default_factory=CountdownConfig)
+    jsonl: JsonlTaskConfig = field(default_factory=JsonlTaskConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -128,6 +158,10 @@ class EvalConfig:
     plot_samples: int = 4
     write_manifest: bool = True  # record the table in the checkpoint's manifest and model card
     threads: int = 0
+    # Empty: the task the checkpoint was trained on (from its manifest); else countdown | jsonl with its flags.
+    task_name: str = field(default="", metadata=TASK_FLAG)
+    task: CountdownConfig = field(default_factory=CountdownConfig)
+    jsonl: JsonlTaskConfig = field(default_factory=JsonlTaskConfig)
 
 
 @dataclass(frozen=True)
@@ -163,14 +197,15 @@ def _add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         hint = _resolve(hints[f.name])
-        flag = "--" + (prefix + f.name).replace("_", "-")
+        flag = "--" + (prefix + f.metadata.get("flag", f.name)).replace("_", "-")
+        dest = prefix + f.name
         if dataclasses.is_dataclass(hint):
             _add_arguments(parser, hint, prefix=f"{prefix}{f.name}_")
         elif hint is bool:
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+            parser.add_argument(flag, dest=dest, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                                 metavar="BOOL")
         else:
-            parser.add_argument(flag, type=hint, default=None)
+            parser.add_argument(flag, dest=dest, type=hint, default=None)
 
 
 def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
@@ -186,7 +221,9 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per (nested) field, all optional: unset flags keep the dataclass default."""
+    """One flag per (nested) field, all optional: unset flags keep the dataclass default.
+
+    A field's flag is its name, or its metadata's "flag" (`task_name` is `--task`)."""
     _add_arguments(parser, cls)
 
 

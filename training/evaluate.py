@@ -1,6 +1,8 @@
 """Held-out evaluation: learned temperature vs fixed and heuristic temperatures.
 
-What it does: on the checkpoint's held-out Countdown problems, samples k
+What it does: on the checkpoint's held-out problems (of the task it was
+trained on, or the one `--task` names, prompts rendered with the checkpoint's
+recorded prompt format), samples k
 completions per problem for each temperature controller (fixed tau values,
 the entropy heuristic EDT, the learned head) through the same decode path and
 the same per-row seeds, and reports
@@ -8,7 +10,8 @@ the same per-row seeds, and reports
     each with a 95% interval over problems (normal for avg@k, Wilson for
     pass@k), and the learned policy's paired difference to the best fixed tau;
   - the interpretability analysis: the learned policy's mean tau and gate rate
-    by token class (choice / compute / answer / format / eos);
+    by token class (Countdown: choice / compute / answer / format / eos; a task
+    without classes: text / eos);
   - a PNG of tau along a few sampled solutions.
 It writes report.json and report.md, and can record the table in the
 checkpoint's manifest.
@@ -36,7 +39,8 @@ from model import (
 from training.common import set_threads
 from training.config import EvalConfig, config_to_dict
 from training.rollout import RolloutBatch, controller_from_spec, sample_completions
-from training.tasks.countdown import CountdownConfig, format_prompt, max_completion_chars, split, token_classes
+from training.start import task_from_record, task_of
+from training.tasks import Task
 
 Z_95 = 1.959964
 
@@ -125,14 +129,15 @@ def summarise(name: str, batches: list[RolloutBatch], n_problems: int, samples: 
     )
 
 
-def token_labels(tokenizer, token_ids: list[int]) -> tuple[list[str], list[str]]:
+def token_labels(tokenizer, token_ids: list[int], task: Task) -> tuple[list[str], list[str]]:
     """Per generated token: its text and its class. A token's class is that of
-    its first character in the completion text; special tokens get "eos" or
-    "special" (their text is not part of the completion)."""
+    its first character in the completion text ("text" for a task without
+    classes); special tokens get "eos" or "special" (their text is not part of
+    the completion)."""
     special = set(tokenizer.all_special_ids)
     pieces = [tokenizer.decode([i]) for i in token_ids]
     text = "".join(p for i, p in zip(token_ids, pieces, strict=True) if i not in special)
-    char_labels = token_classes(text)
+    char_labels = task.token_classes(text) or ["text"] * len(text)
     labels, offset = [], 0
     for i, piece in zip(token_ids, pieces, strict=True):
         if i in special:
@@ -183,11 +188,11 @@ def _rows(batches: list[RolloutBatch]):
             yield b, row, b.generation.tokens[row, : int(b.generation.lengths[row])].tolist()
 
 
-def tau_by_token_class(batches: list[RolloutBatch], tokenizer) -> dict[str, dict[str, float]]:
+def tau_by_token_class(batches: list[RolloutBatch], tokenizer, task: Task) -> dict[str, dict[str, float]]:
     """Mean tau and gate rate of the learned policy by the class of the token it sampled."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # tau, gate, count
     for b, row, ids in _rows(batches):
-        _, labels = token_labels(tokenizer, ids)
+        _, labels = token_labels(tokenizer, ids, task)
         for t, label in enumerate(labels):
             acc = sums[label]
             acc[0] += float(b.generation.taus[row, t])
@@ -197,7 +202,8 @@ def tau_by_token_class(batches: list[RolloutBatch], tokenizer) -> dict[str, dict
             for label, s in sorted(sums.items())}
 
 
-def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, count: int, path: Path) -> str:
+def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, count: int, path: Path,
+                             task: Task) -> str:
     """One panel per sampled completion: tau at each generated token, coloured by class."""
     import matplotlib
 
@@ -206,10 +212,10 @@ def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, c
 
     rows = [(b, r, ids) for b, r, ids in _rows(batches) if b.sample_index[r] == 0][:count]
     colours = {"choice": "tab:orange", "compute": "tab:blue", "answer": "tab:green", "format": "tab:gray",
-               "eos": "tab:red", "special": "black"}
+               "text": "tab:purple", "eos": "tab:red", "special": "black"}
     fig, axes = plt.subplots(len(rows), 1, figsize=(11, 2.2 * len(rows)), squeeze=False)
     for ax, (b, r, ids) in zip(axes[:, 0], rows, strict=True):
-        pieces, labels = token_labels(tokenizer, ids)
+        pieces, labels = token_labels(tokenizer, ids, task)
         n = len(ids)
         taus = b.generation.taus[r, :n].tolist()
         ax.plot(range(n), taus, color="black", linewidth=0.8)
@@ -217,7 +223,8 @@ def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, c
         ax.set_xticks(range(n))
         ax.set_xticklabels([repr(p)[1:-1] for p in pieces], fontsize=7, family="monospace")
         verdict = "correct" if float(b.rewards[r]) >= 1 else b.reasons[r]
-        prompt = format_prompt(problems[b.problem_index[r]]).strip()
+        prompt = task.prompt(problems[b.problem_index[r]]).strip()
+        prompt = prompt if len(prompt) <= 80 else prompt[:77] + "..."
         ax.set_title(f"prompt {prompt!r}  ({verdict})", fontsize=9)
         ax.set_ylabel("tau")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=k) for k, c in colours.items()]
@@ -274,32 +281,45 @@ def paired_comparison(results: list[ControllerResult]) -> dict:
     }
 
 
+def _with_split(cfg: EvalConfig, n_heldout: int, split_seed: int):
+    """The eval config's task flags with the checkpoint's split (so Countdown's held-out set is the same)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(task_name=cfg.task_name, task=cfg.task, jsonl=cfg.jsonl, n_train=0, n_heldout=n_heldout,
+                           split_seed=split_seed)
+
+
 def run_evaluation(cfg: EvalConfig) -> EvalReport:
     set_threads(cfg.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = load_checkpoint(cfg.checkpoint, device=device)
     training = ckpt.manifest.training
-    task = CountdownConfig(**training["task"]) if "task" in training else CountdownConfig()
-    _, heldout = split(task, 0, int(training.get("n_heldout", max(cfg.problems, 500))),
-                       int(training.get("split_seed", 1234)))
+    n_heldout = int(training.get("n_heldout", max(cfg.problems, 500)))
+    split_seed = int(training.get("split_seed", 1234))
+    if cfg.task_name:
+        task = task_of(_with_split(cfg, n_heldout, split_seed))
+    else:
+        task = task_from_record(training, n_heldout=n_heldout, split_seed=split_seed)
+    _, heldout = task.split()
     problems = heldout[: cfg.problems]
     out = Path(cfg.out or Path(cfg.checkpoint) / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    max_new = max_completion_chars(task) + 1
+    max_new = task.max_new_tokens
     results, learned_batches = [], None
     for name, controller in build_controllers(cfg.controllers, ckpt.head):
         # Same seed for every controller: each (problem, sample) row draws the
         # same random numbers, which makes the comparison paired.
         batches = sample_completions(ckpt.model, ckpt.tokenizer, controller, problems, samples=cfg.samples,
-                                     task=task, max_new_tokens=max_new, seed=cfg.seed, batch_rows=cfg.batch_rows)
+                                     task=task, max_new_tokens=max_new, seed=cfg.seed, batch_rows=cfg.batch_rows,
+                                     prompt_format=ckpt.manifest.prompt_format)
         results.append(summarise(name, batches, len(problems), cfg.samples))
         if name == "learned":
             learned_batches = batches
-    classes = tau_by_token_class(learned_batches, ckpt.tokenizer) if learned_batches else {}
+    classes = tau_by_token_class(learned_batches, ckpt.tokenizer, task) if learned_batches else {}
     plot = ""
     if learned_batches and cfg.plot_samples:
         plot = plot_tau_along_solutions(learned_batches, ckpt.tokenizer, problems, cfg.plot_samples,
-                                        out / "tau_along_solutions.png")
+                                        out / "tau_along_solutions.png", task)
     report = EvalReport(results=results, token_classes=classes, learned_vs_best_fixed=paired_comparison(results),
                         plot=plot, markdown="", problem_outcomes=tau_by_problem_outcome(results, learned_batches or []))
     report.markdown = to_markdown(report, len(problems), cfg.samples)

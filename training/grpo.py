@@ -55,7 +55,15 @@ from training import distributed
 from training.common import JsonlLog, code_version, set_threads
 from training.config import GRPOConfig, config_to_dict
 from training.rollout import RolloutBatch, ScoreFn, controller_from_spec, recompute_log_probs, sample_completions
-from training.tasks.countdown import max_completion_chars, split
+from training.start import (
+    lm_to_save,
+    prepare_lm,
+    set_lm_trainable,
+    task_of,
+    task_record,
+    trainable_lm_parameters,
+    training_dtype,
+)
 
 PHASES = ("lm", "tau", "lm+tau")
 ADVANTAGES = ("mean", "pass@k", "mean+pass@k")
@@ -183,12 +191,12 @@ def step_phases(cfg: GRPOConfig) -> list[str]:
 
 
 def set_phase(model: torch.nn.Module, head: TemperatureHead, phase: str) -> list[torch.nn.Parameter]:
-    """Freeze the policy not being trained; return the parameters being trained."""
-    for p in model.parameters():
-        p.requires_grad_(phase == "lm")
+    """Freeze the policy not being trained; return the parameters being trained (the LM's: its LoRA
+    adapters when it has them, else all its weights)."""
+    set_lm_trainable(model, phase == "lm")
     for p in head.parameters():
         p.requires_grad_(phase == "tau")
-    return list((model if phase == "lm" else head).parameters())
+    return trainable_lm_parameters(model) if phase == "lm" else list(head.parameters())
 
 
 def update(
@@ -273,24 +281,30 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     rank, world, device = distributed.init()
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    start = load_checkpoint(cfg.init, device=device)
+    task = task_of(cfg)
+    task_fields = task_record(cfg)
+    start = load_checkpoint(cfg.init, device=device, dtype=training_dtype(cfg.dtype, device))
     model, head, tokenizer = start.model, start.head, start.tokenizer
+    prompt_format = start.manifest.prompt_format  # render prompts exactly as the warm start was trained
     previous = start.manifest.training
-    # Resuming: a GRPO checkpoint records how far it got.
-    first_step = int(previous.get("grpo_step", 0)) if previous.get("task") == asdict(cfg.task) else 0
+    # Resuming: a GRPO checkpoint of the same task records how far it got.
+    same_task = (previous.get("task") == task_fields["task"]
+                 and previous.get("task_name", "countdown") == task_fields["task_name"])
+    first_step = int(previous.get("grpo_step", 0)) if same_task else 0
     if cfg.reinit_head and first_step == 0:
         # A fresh head with this run's prior (a resumed run keeps the head it trained).
         head = TemperatureHead(HeadConfig(hidden_size=lm_hidden_size(model), **asdict(cfg.head))).to(device)
     distributed.broadcast_parameters([model, head])
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    train_problems, heldout = split(cfg.task, cfg.n_train, cfg.n_heldout, cfg.split_seed)
-    max_new = cfg.max_new_tokens or max_completion_chars(cfg.task) + 1
+    model = prepare_lm(model, cfg.lora, cfg.gradient_checkpointing)
+    train_problems, heldout = task.split()
+    max_new = cfg.max_new_tokens or task.max_new_tokens
     phases = step_phases(cfg)
     controller = rollout_controller(cfg.rollout_temperature, head)
     for kind in (cfg.lm_advantage, cfg.tau_advantage):
         advantages_of(torch.zeros(1, cfg.group_size), kind, cfg.pass_k)  # fail before the first rollout
     optimizers = {
-        "lm": torch.optim.AdamW(model.parameters(), lr=cfg.lm_lr, betas=(0.9, 0.99), weight_decay=0.0),
+        "lm": torch.optim.AdamW(trainable_lm_parameters(model), lr=cfg.lm_lr, betas=(0.9, 0.99), weight_decay=0.0),
         "tau": torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, betas=(0.9, 0.99), weight_decay=0.0),
     }
     out = Path(cfg.out)
@@ -312,11 +326,12 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                  "steps": step, "seconds": round(time.time() - started, 1), "world_size": world,
                  "final": history[-1] if history else {}}
         stages = [s for s in previous.get("stages", []) if s.get("stage") != "grpo"] + [stage]
-        training = {**previous, "stages": stages, "task": asdict(cfg.task), "split_seed": cfg.split_seed,
+        training = {**previous, "stages": stages, **task_fields, "split_seed": cfg.split_seed,
                     "n_heldout": cfg.n_heldout, "grpo_step": step}
         training.pop("evaluation", None)  # stale once the weights move
-        saved = model if cfg.save_dtype == "float32" else copy.deepcopy(model).to(getattr(torch, cfg.save_dtype))
-        save_checkpoint(out, saved, tokenizer, head, base_model=start.manifest.base_model, training=training)
+        saved = lm_to_save(model, getattr(torch, cfg.save_dtype))
+        save_checkpoint(out, saved, tokenizer, head, base_model=start.manifest.base_model, training=training,
+                        prompt_format=prompt_format)
 
     progress = trange(first_step, cfg.steps, desc="grpo", disable=rank != 0)
     for step in progress:
@@ -325,8 +340,8 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         problems = rng.sample(train_problems, prompts_per_rank)
         t0 = time.time()
         batches = sample_completions(model, tokenizer, controller, problems, samples=cfg.group_size,
-                                     task=cfg.task, max_new_tokens=max_new, seed=cfg.seed, step=step * world + rank,
-                                     score=score)
+                                     task=task, max_new_tokens=max_new, seed=cfg.seed, step=step * world + rank,
+                                     score=score, prompt_format=prompt_format)
         stats: dict[str, float] = {}
         # Head first: its ratio is then exact (the LM that produced the hidden states has not moved), and
         # the LM's token log-probs use the recorded taus, so a head update cannot change the LM's ratio.
@@ -345,8 +360,9 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                   "seconds": round(time.time() - t0, 3)}
         if rank == 0 and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
             eval_batches = sample_completions(model, tokenizer, controller,
-                                              heldout[: cfg.eval_problems], samples=1, task=cfg.task,
-                                              max_new_tokens=max_new, seed=cfg.seed + 1, score=score)
+                                              heldout[: cfg.eval_problems], samples=1, task=task,
+                                              max_new_tokens=max_new, seed=cfg.seed + 1, score=score,
+                                              prompt_format=prompt_format)
             record["heldout_accuracy"] = float(torch.cat([b.rewards for b in eval_batches]).mean())
         history.append(record)
         log.write(record)

@@ -2,8 +2,9 @@
 
 What it does: for a list of problems, samples `samples` completions each
 through the model core's reference decode (`model.generate`) with any
-temperature controller, recording per token the tau, gate, Beta draw and both
-log-probs, and scores each completion with the task's reward. Rows are
+temperature controller (prompts rendered by the checkpoint's prompt format),
+recording per token the tau, gate, Beta draw and both log-probs, and scores
+each completion with the task's reward (`Task.score`, or `score`). Rows are
 batched by prompt length (no padding, so no position bookkeeping) and each
 row draws from its own generator seeded by (seed, step, problem, sample), so a
 rollout is reproducible and independent of how rows were batched.
@@ -19,15 +20,18 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from model import (
+    PLAIN,
     EntropyTemperature,
     FixedTemperature,
     Generation,
     LearnedTemperature,
+    PromptFormat,
     SamplingParams,
     TemperatureController,
     TemperatureHead,
@@ -36,11 +40,17 @@ from model import (
     token_log_probs,
 )
 from training.common import seeded_generator
-from training.data import decode_completion, encode_prompt
-from training.tasks.countdown import CountdownConfig, Problem, Verdict, check
+from training.data import decode_completion, encode_prompt, pad_id
+from training.tasks import CountdownTask, Task, Verdict
+from training.tasks.countdown import CountdownConfig
 
-# Scores one completion of one problem; the default is the Countdown checker.
-ScoreFn = Callable[[Problem, str], Verdict]
+# Scores one completion of one problem; the default is the task's own `score`.
+ScoreFn = Callable[[Any, str], Verdict]
+
+
+def as_task(task: Task | CountdownConfig) -> Task:
+    """A task; a bare CountdownConfig (the older calling convention) is the Countdown task."""
+    return CountdownTask(task, 0, 0, 0) if isinstance(task, CountdownConfig) else task
 
 
 def controller_from_spec(spec: str, head: TemperatureHead) -> tuple[str, TemperatureController]:
@@ -79,21 +89,23 @@ def sample_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     controller: TemperatureController,
-    problems: Sequence[Problem],
+    problems: Sequence[Any],
     *,
     samples: int,
-    task: CountdownConfig,
+    task: Task | CountdownConfig,
     max_new_tokens: int,
     seed: int,
     step: int = 0,
     batch_rows: int = 512,
     greedy: bool = False,
     score: ScoreFn | None = None,
+    prompt_format: PromptFormat = PLAIN,
 ) -> list[RolloutBatch]:
-    score = score or (lambda problem, text: check(problem, text, task))
+    task = as_task(task)
+    score = score or task.score
     device = next(model.parameters()).device
     by_length: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    prompts = [encode_prompt(tokenizer, p) for p in problems]
+    prompts = [encode_prompt(tokenizer, task, p, prompt_format) for p in problems]
     for i, prompt in enumerate(prompts):
         for s in range(samples):
             by_length[len(prompt)].append((i, s))
@@ -105,7 +117,7 @@ def sample_completions(
             prompt_ids = torch.tensor([prompts[i] for i, _ in chunk], device=device)
             generators = [seeded_generator(device, seed, step, i, s) for i, s in chunk]
             generation = generate(model, controller, prompt_ids, params, generators,
-                                  pad_token_id=tokenizer.pad_token_id)
+                                  pad_token_id=pad_id(tokenizer))
             texts = [
                 decode_completion(tokenizer, generation.tokens[r, : generation.lengths[r]].tolist())
                 for r in range(len(chunk))

@@ -1,10 +1,15 @@
-"""Warm start: next-token training on solved Countdown problems.
+"""Warm start: next-token training on solved problems of the run's task.
 
 What it does: trains the tiny LM from scratch (or any local Hugging Face
-causal LM given by path) on `<bos> prompt solution <eos>`, the loss on the
-solution only, each example with a solution drawn at random among all valid
-ones (so the model learns the choice points as choices). The temperature head
-is created as its prior around tau_init and saved with the LM as a checkpoint.
+causal LM given by path: its own tokenizer and BOS/EOS/pad conventions, in
+bfloat16 on a GPU, with gradient checkpointing or LoRA adapters when asked) on
+`prompt solution <eos>`, the loss on the solution only, each example with a
+solution drawn at random among the problem's worked ones (Countdown: all valid
+ones, so the model learns the choice points as choices). The prompt is
+rendered by the prompt format chosen here (the tokenizer's chat template, or
+`<bos>` + plain text), which the checkpoint records for grpo, eval and the
+server. The temperature head is created as its prior around tau_init and
+saved with the LM (LoRA merged) as a checkpoint.
 
 What it does not do: touch the head's weights (RL does that), or evaluate
 beyond a quick held-out accuracy at tau = 1 (see `evaluate.py`).
@@ -23,11 +28,14 @@ from tqdm import trange
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model import (
+    PLAIN,
     FixedTemperature,
     HeadConfig,
+    PromptFormat,
     TemperatureHead,
     build_char_tokenizer,
     build_tiny_lm,
+    choose_prompt_format,
     lm_hidden_size,
     save_checkpoint,
 )
@@ -35,28 +43,36 @@ from model.checkpoint import MANIFEST_FILE
 from training import distributed
 from training.common import JsonlLog, code_version, set_threads
 from training.config import SFTConfig, config_to_dict
-from training.data import SolvedExamples
+from training.data import SolvedExamples, pad_id
 from training.rollout import sample_completions
-from training.tasks.countdown import max_completion_chars, split
+from training.start import lm_to_save, prepare_lm, task_of, task_record, trainable_lm_parameters, training_dtype
+from training.tasks import Task
 
 
-def _load_start(cfg: SFTConfig):
+def _load_start(cfg: SFTConfig, dtype: torch.dtype):
     if not cfg.init:
         tokenizer = build_char_tokenizer()
-        return build_tiny_lm(tokenizer, cfg.model, seed=cfg.seed), tokenizer, "tiny-llama-char"
+        return build_tiny_lm(tokenizer, cfg.model, seed=cfg.seed).to(dtype), tokenizer, "tiny-llama-char"
     path = Path(cfg.init)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--init {path}: not a directory (a local Hugging Face model folder is needed)")
     # A local folder only, safetensors only, no remote code.
     model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
-                                                 local_files_only=True)
+                                                 local_files_only=True, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer in {path} has no EOS token: set eos_token in its tokenizer_config.json")
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = pad_id(tokenizer)
     base = str(path.name) if not (path / MANIFEST_FILE).exists() else f"{path.name} (continued)"
     return model, tokenizer, base
 
 
-def quick_accuracy(model, tokenizer, problems, task, seed: int, tau: float = 1.0) -> float:
+def quick_accuracy(model, tokenizer, problems, task: Task, seed: int, tau: float = 1.0,
+                   prompt_format: PromptFormat = PLAIN) -> float:
     """Fraction of held-out problems solved by one sample at a fixed tau."""
     batches = sample_completions(model, tokenizer, FixedTemperature(tau), problems, samples=1, task=task,
-                                 max_new_tokens=max_completion_chars(task) + 1, seed=seed)
+                                 max_new_tokens=task.max_new_tokens, seed=seed, prompt_format=prompt_format)
     rewards = torch.cat([b.rewards for b in batches])
     return float(rewards.mean())
 
@@ -73,12 +89,16 @@ def train_sft(cfg: SFTConfig) -> Path:
     rank, world, device = distributed.init()
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model, tokenizer, base_model = _load_start(cfg)
+    task = task_of(cfg)
+    model, tokenizer, base_model = _load_start(cfg, training_dtype(cfg.dtype, device))
+    prompt_format = choose_prompt_format(tokenizer, cfg.prompt_format, cfg.system_prompt)
+    model = prepare_lm(model, cfg.lora, cfg.gradient_checkpointing)
     model.to(device).train()
     distributed.broadcast_parameters([model])
-    train_problems, heldout = split(cfg.task, cfg.n_train, cfg.n_heldout, cfg.split_seed)
-    examples = SolvedExamples(train_problems, cfg.task, tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    train_problems, heldout = task.split()
+    examples = SolvedExamples(train_problems, task, tokenizer, prompt_format)
+    params = trainable_lm_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed * 7919 + rank)
     out = Path(cfg.out)
     log = JsonlLog(out / "sft_log.jsonl", enabled=rank == 0)
@@ -95,15 +115,15 @@ def train_sft(cfg: SFTConfig) -> Path:
         loss = model(input_ids=inputs, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.average_gradients(model.parameters())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        distributed.average_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             metrics = {"stage": "sft", "step": step, "loss": round(loss.item(), 5), "lr": lr_at(step, cfg)}
             if rank == 0 and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps - 1):
                 model.eval()
                 metrics["heldout_accuracy_tau1"] = quick_accuracy(
-                    model, tokenizer, heldout[: cfg.eval_problems], cfg.task, seed=cfg.seed)
+                    model, tokenizer, heldout[: cfg.eval_problems], task, seed=cfg.seed, prompt_format=prompt_format)
                 model.train()
             log.write(metrics)
             progress.set_postfix(loss=f"{loss.item():.4f}")
@@ -123,10 +143,11 @@ def train_sft(cfg: SFTConfig) -> Path:
                 "world_size": world,
                 "final": metrics,
             }],
-            "task": asdict(cfg.task),
+            **task_record(cfg),
             "split_seed": cfg.split_seed,
             "n_heldout": cfg.n_heldout,
         }
-        save_checkpoint(out, model.cpu(), tokenizer, head.cpu(), base_model=base_model, training=summary)
+        save_checkpoint(out, lm_to_save(model).cpu(), tokenizer, head.cpu(), base_model=base_model, training=summary,
+                        prompt_format=prompt_format)
     distributed.shutdown()
     return out

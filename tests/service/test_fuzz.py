@@ -90,7 +90,7 @@ def test_every_operation_answers_within_its_published_contract_and_the_server_su
             by_operation.setdefault(operation, {})[str(status)] = count
         Path(report).write_text(json.dumps({"cases": sum(seen.values()), "statuses": by_operation}, indent=2))
     # The fuzz reached generation, not only refusals: it must exercise the engine.
-    for path in ("/v1/generate", "/v1/completions"):
+    for path in ("/v1/generate", "/v1/completions", "/v1/chat/completions"):
         assert seen[(f"POST {path}", 200)] >= 5, sorted(seen.items())
         assert seen[(f"POST {path}", 422)] >= 5, sorted(seen.items())
     assert not any(status >= 500 for _, status in seen)

@@ -16,7 +16,7 @@ from tests.service.contract import check_response, check_sse_event, documented_r
 from tests.service.support import LiveServer, read_sse
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
-POST_ROUTES = ["/v1/generate", "/v1/completions"]
+POST_ROUTES = ["/v1/generate", "/v1/completions", "/v1/chat/completions"]
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,8 @@ def document(server: LiveServer) -> dict:
 
 
 def _minimal(path: str) -> dict:
+    if path == "/v1/chat/completions":
+        return {"model": "tiny-test", "messages": [{"role": "user", "content": "1 2>3\n"}]}
     return {"prompt": "1 2>3\n"} if path == "/v1/generate" else {"model": "tiny-test", "prompt": "1 2>3\n"}
 
 
@@ -53,6 +55,9 @@ def test_a_request_that_times_out_before_its_first_token_still_returns_every_req
         ("/v1/completions", {}),
         ("/v1/completions", {"logprobs": 1, "stream_options": {"include_usage": True}}),
         ("/v1/completions", {"timeout_s": 5e-324}),
+        ("/v1/chat/completions", {}),
+        ("/v1/chat/completions", {"stream_options": {"include_usage": True}, "max_tokens": 4}),
+        ("/v1/chat/completions", {"timeout_s": 5e-324}),
     ],
 )
 def test_every_streamed_event_validates_against_the_published_event_schema(server, document, path, extra):
@@ -110,11 +115,12 @@ def test_a_body_that_is_not_declared_json_gets_a_documented_415(server, document
     assert "application/json" in response.json()["error"]["message"]
 
 
-def test_an_unknown_model_on_completions_gets_a_documented_404(server, document):
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_an_unknown_model_on_completions_gets_a_documented_404(server, document, path):
     with server.client() as client:
-        response = client.post("/v1/completions", json={"model": "not-this-one", "prompt": "x"})
+        response = client.post(path, json={**_minimal(path), "model": "not-this-one"})
     assert response.status_code == 404
-    check_response(document, "POST", "/v1/completions", response)
+    check_response(document, "POST", path, response)
     assert response.json()["error"]["param"] == "model"
 
 
@@ -136,5 +142,5 @@ def test_every_documented_error_of_the_api_has_the_error_shape(document):
                     continue
                 assert response["content"]["application/json"]["schema"] == ERROR_SCHEMA, (method, path, status)
                 checked += 1
-    # generate and completions: 400 401 413 415 422 429 500 503 (+404 on completions); models: 401 500
-    assert checked == 8 + 9 + 2
+    # generate, completions, chat: 400 401 413 415 422 429 500 503 (+404 on both completions); models: 401 500
+    assert checked == 8 + 9 + 9 + 2

@@ -356,3 +356,23 @@ def test_the_openai_client_sees_a_clear_error_for_another_model_name(server):
     with pytest.raises(openai.NotFoundError) as error:
         _openai(server).completions.create(model="gpt-4", prompt="a", max_tokens=2)
     assert "not served here" in str(error.value)
+
+
+def test_chat_on_a_plain_text_checkpoint_renders_bos_and_the_messages(server, checkpoint):
+    # The bundled-style checkpoint has no recorded prompt format: plain text, BOS first, as in training.
+    client = _openai(server)
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "3 5 7 2>24\n"}],
+                                           max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+    completion = client.completions.create(model=MODEL, prompt="3 5 7 2>24\n", max_tokens=8, temperature=0,
+                                           extra_body={"ignore_eos": True})
+    assert reply.choices[0].message.content == completion.choices[0].text
+    assert reply.usage.prompt_tokens == completion.usage.prompt_tokens == 12
+    # temperature 0 is greedy decoding; the learned head still picks (and reports) tau
+    assert reply.id.startswith("chatcmpl-") and reply.model_extra["temperature"]["mode"] == "learned"
+
+
+def test_chat_refuses_another_model_name_and_n_above_one(server):
+    with pytest.raises(openai.NotFoundError):
+        _openai(server).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "a"}])
+    with pytest.raises(openai.UnprocessableEntityError):
+        _openai(server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a"}], n=2)

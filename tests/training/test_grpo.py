@@ -505,14 +505,13 @@ DDP_ENTRY = textwrap.dedent("""
     # (otherwise every advantage is zero and no weight would move).
     import sys
 
-    import training.rollout
     from training.__main__ import main
-    from training.tasks.countdown import Verdict
+    from training.tasks.countdown import CountdownTask, Verdict
 
-    def digit_fraction(problem, text, config=None):
+    def digit_fraction(task, problem, text):
         return Verdict(sum(ch in "0123456789" for ch in text) / len(text) if text else 0.0, "ok")
 
-    training.rollout.check = digit_fraction
+    CountdownTask.score = digit_fraction
     sys.exit(main(sys.argv[1:]))
 """)
 

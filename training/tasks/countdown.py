@@ -22,6 +22,8 @@ The checker parses and verifies (it never compares against a reference string), 
 any operand order, trivial steps (x*1) and unused side results, accepts a missing final
 newline and trailing whitespace, and rejects non-canonical numbers ("50" for 5).
 
+`CountdownTask` is this module behind the task interface (training/tasks/base.py).
+
 Not done here: tokenisation, model/training code, I/O, partial credit (reward is 0 or 1).
 """
 
@@ -31,8 +33,11 @@ import random
 import re
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Any
+
+from training.tasks.base import Verdict
 
 OPS: tuple[str, ...] = ("+", "-", "*", "/")
 ANSWER_MARKER = "A"
@@ -83,10 +88,7 @@ class Step:
     result: int
 
 
-@dataclass(frozen=True)
-class Verdict:
-    reward: float
-    reason: str  # ok | malformed | unknown_number | division_by_zero | invalid_op | wrong_result | wrong_answer
+# Verdict reasons: ok | malformed | unknown_number | division_by_zero | invalid_op | wrong_result | wrong_answer
 
 
 def encode_number(n: int) -> str:
@@ -322,6 +324,35 @@ def token_classes(completion: str) -> list[str]:
         labels.append("format")
     labels.pop()  # split() yields one more piece than there are newlines
     return labels
+
+
+class CountdownTask:
+    """Countdown behind the task interface: generated splits, every valid solution a target."""
+
+    name = "countdown"
+
+    def __init__(self, config: CountdownConfig, n_train: int, n_heldout: int, split_seed: int) -> None:
+        self.config = config
+        self.n_train, self.n_heldout, self.split_seed = n_train, n_heldout, split_seed
+        self.max_new_tokens = max_completion_chars(config) + 1  # + EOS
+
+    def split(self) -> tuple[list[Problem], list[Problem]]:
+        return split(self.config, self.n_train, self.n_heldout, self.split_seed)
+
+    def prompt(self, problem: Problem) -> str:
+        return format_prompt(problem)
+
+    def targets(self, problem: Problem) -> list[str]:
+        return [format_completion(steps) for steps in solutions(problem, self.config)]
+
+    def score(self, problem: Problem, completion: str) -> Verdict:
+        return check(problem, completion, self.config)
+
+    def token_classes(self, completion: str) -> list[str]:
+        return token_classes(completion)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self.config)}
 
 
 def _print_stats(config: CountdownConfig, n: int = 500, seed: int = 0) -> None:

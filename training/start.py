@@ -1,0 +1,130 @@
+"""The LM a training run starts from and trains: dtype, gradient checkpointing, LoRA, the task.
+
+What it does:
+  - `training_dtype`: "auto" is bfloat16 on a GPU that supports it, else float32;
+  - `prepare_lm`: gradient checkpointing when asked, and LoRA adapters (peft)
+    when `lora.rank > 0`, after which only the adapters' weights are trainable;
+  - `trainable_lm_parameters`: what the LM's optimiser updates (the adapters
+    with LoRA, every weight without);
+  - `lm_to_save`: the plain model to write into a checkpoint, with LoRA
+    adapters merged into a copy of the weights (the training model keeps its
+    adapters), so the server loads an ordinary checkpoint;
+  - `task_of` / `task_record`: the run's task from its config, and what the
+    manifest records about it (Countdown's settings stay where old
+    checkpoints have them).
+
+What it does not do: read checkpoints (model/checkpoint.py) or train.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from training.config import LoraConfig
+from training.tasks import Task, build_task
+from training.tasks.countdown import CountdownConfig
+from training.tasks.jsonl import JsonlTaskConfig
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def training_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r} (use one of {', '.join(DTYPES)})")
+    if name == "auto":
+        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if on_gpu else torch.float32
+    return getattr(torch, name)
+
+
+def prepare_lm(model: PreTrainedModel, lora: LoraConfig, gradient_checkpointing: bool) -> PreTrainedModel:
+    """The model to train: with gradient checkpointing and LoRA adapters when asked.
+
+    With LoRA the returned model is the same transformers model with the
+    adapters injected into its layers (peft does that in place), so every
+    forward (model.lm.forward, generate) runs through the adapters."""
+    if gradient_checkpointing:
+        # transformers >= 5.x names it activation checkpointing (the old name warns).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora.rank <= 0:
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets: str | list[str] = lora.target_modules
+    if "," in targets or targets != "all-linear":
+        targets = [name.strip() for name in lora.target_modules.split(",") if name.strip()]
+    peft_model = get_peft_model(model, PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                      target_modules=targets, task_type="CAUSAL_LM"))
+    if gradient_checkpointing:
+        peft_model.enable_input_require_grads()
+    inner = peft_model.get_base_model()
+    # Kept to merge on save; set past nn.Module's __setattr__, or it would become a submodule (a cycle).
+    object.__setattr__(inner, "_introllm_peft", peft_model)
+    return inner
+
+
+def uses_lora(model: torch.nn.Module) -> bool:
+    return getattr(model, "_introllm_peft", None) is not None
+
+
+def trainable_lm_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The LoRA adapters' weights when the model has them, else every weight."""
+    if uses_lora(model):
+        return [p for name, p in model.named_parameters() if "lora_" in name]
+    return list(model.parameters())
+
+
+def set_lm_trainable(model: torch.nn.Module, trainable: bool) -> None:
+    """(Un)freeze what the LM's optimiser updates; base weights under LoRA stay frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable_lm_parameters(model):
+        p.requires_grad_(trainable)
+
+
+def lm_to_save(model: PreTrainedModel, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A plain transformers model for the checkpoint: LoRA merged into a copy; `dtype` casts a copy."""
+    if uses_lora(model):
+        peft_model = copy.deepcopy(model._introllm_peft)
+        merged = peft_model.merge_and_unload()
+        merged.__dict__.pop("_introllm_peft", None)
+        return merged.to(dtype) if dtype is not None else merged
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        return copy.deepcopy(model).to(dtype)
+    return model
+
+
+def task_of(cfg: Any) -> Task:
+    """The task a training or eval config names (`--task`), with its settings."""
+    return build_task(cfg.task_name, countdown=cfg.task, jsonl=cfg.jsonl, n_train=getattr(cfg, "n_train", 0),
+                      n_heldout=getattr(cfg, "n_heldout", 0), split_seed=getattr(cfg, "split_seed", 1234))
+
+
+def task_record(cfg: Any) -> dict[str, Any]:
+    """What the manifest records of the task: its name and settings (Countdown's as they always were)."""
+    if cfg.task_name == "countdown":
+        settings = asdict(cfg.task)
+    else:  # the files by absolute path, so eval finds them from any working directory
+        files = {key: str(Path(value).resolve()) for key in ("train", "heldout") if (value := getattr(cfg.jsonl, key))}
+        settings = {"name": cfg.task_name, **asdict(cfg.jsonl), **files}
+    return {"task_name": cfg.task_name, "task": settings}
+
+
+def task_from_record(training: dict[str, Any], *, n_heldout: int, split_seed: int) -> Task:
+    """The task a checkpoint was trained on, from its manifest's training record (older ones: Countdown)."""
+    name = training.get("task_name", "countdown")
+    settings = dict(training.get("task", {}))
+    settings.pop("name", None)
+    countdown = CountdownConfig(**settings) if name == "countdown" else CountdownConfig()
+    jsonl = JsonlTaskConfig(**settings) if name == "jsonl" else JsonlTaskConfig()
+    return build_task(name, countdown=countdown, jsonl=jsonl, n_train=0, n_heldout=n_heldout, split_seed=split_seed)
