@@ -40,8 +40,7 @@ import pytest
 from service.settings import DEFAULT_CHECKPOINT
 from tests.service.support import (
     LiveServer,
-    all_cancelled,
-    hold_decode_steps,
+    decode_paused,
     settings_for,
     start_server,
     stop_server,
@@ -312,7 +311,7 @@ def test_a_refused_request_shows_the_servers_422_message(browser, bundled):
     assert error.get_attribute("role") == "alert"
 
 
-def test_with_a_key_a_full_engine_and_a_drain_the_page_shows_401_429_and_503(browser, checkpoint_dir, monkeypatch):
+def test_with_a_key_a_full_engine_and_a_drain_the_page_shows_401_429_and_503(browser, checkpoint_dir):
     key = "playground-key-1"
     live = start_server(settings_for(checkpoint_dir, api_key=key, max_running_requests=1, max_waiting_requests=0))
     try:
@@ -336,14 +335,12 @@ def test_with_a_key_a_full_engine_and_a_drain_the_page_shows_401_429_and_503(bro
         assert browser.execute_script("return localStorage.length") == 0
 
         # The one running slot held by another client, no waiting room: 429.
-        release = hold_decode_steps(live.scheduler.engine, monkeypatch, until=all_cancelled)
         body = {"prompt": "1 2>3\n", "max_new_tokens": 200, "ignore_eos": True, "stream": True}
-        with live.client(headers={"Authorization": f"Bearer {key}"}) as other:
+        with decode_paused(live.scheduler.engine), live.client(headers={"Authorization": f"Bearer {key}"}) as other:
             with other.stream("POST", "/v1/generate", json=body) as running:
                 lines = running.iter_lines()
                 assert next(line for line in lines if line.startswith("data:"))
                 busy = run_and_read_error()
-        release()
         live.wait_idle()
         assert "busy (429)" in busy and "Retry after 1 s." in busy
 
