@@ -47,11 +47,14 @@ def forward(
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     last_only: bool = False,
+    logits_at: torch.Tensor | None = None,
 ) -> LMOutput:
     """Logits and last hidden state for input_ids (B, T) in one pass.
 
     With `cache`, the new keys and values are appended to it in place.
-    `last_only` computes logits for the last position only (prefill).
+    `last_only` computes logits for the last position only (prefill);
+    `logits_at` (n,), for the given sequence positions only (logits (B, n, V);
+    hidden stays (B, T, d)): right-padded prompts whose last tokens differ.
     position_ids (B, T) must be given whenever rows are not all at the same
     position: transformers 5 infers them from the cache length alone.
     """
@@ -62,7 +65,7 @@ def forward(
         cache=cache,
         use_cache=cache is not None,
         output_hidden_states=True,
-        logits_to_keep=1 if last_only else 0,
+        logits_to_keep=logits_at if logits_at is not None else 1 if last_only else 0,
     )
     hidden = out.hidden_states[-1]
     if last_only:

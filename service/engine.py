@@ -6,9 +6,10 @@ between two decode steps:
   1. takes cancelled and expired requests out of the waiting queue;
   2. drops cancelled rows from the batch;
   3. admits waiting requests while there is a free slot (up to a prefill token
-     budget per iteration): those with equal prompt lengths are prefilled
-     together (no padding, so each row's result is that of a solo prefill),
-     their first tokens sampled, and each joins the batch as a new row;
+     budget per iteration) and prefills them together, whatever their prompt
+     lengths (`kv.prefill_together`: right-padded, in groups whose padding
+     stays under half their real tokens; equal lengths pad nothing), samples
+     their first tokens, and each joins the batch as a new row;
   4. runs one decode step for every row (unless paused) and samples the next
      token per row (`sampling.sample_rows`, with counter-based noise keyed by
      each request's seed and token index), then emits one `Sampled` event per
@@ -48,7 +49,7 @@ from transformers import PreTrainedModel
 
 from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
 from service.events import FinishReason
-from service.kv import SlotBatch, prefill_alone
+from service.kv import SlotBatch, prefill_groups, prefill_together
 from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows
 
 log = logging.getLogger(__name__)
@@ -347,8 +348,8 @@ class Engine:
                     for sequence, reason in dropped:
                         self._finish(sequence, reason)
                     self._drop_cancelled_rows()
-                    for group in _by_prompt_length(admitted):
-                        self._start(group)
+                    for group in prefill_groups([len(s.request.prompt_ids) for s in admitted]):
+                        self._start([admitted[i] for i in group])
                     if self._rows and not self._paused:
                         self._step()
                     self._iteration_done()
@@ -403,8 +404,8 @@ class Engine:
         return min(sequence.request.deadline, self._deadline_cap)
 
     def _start(self, sequences: list[_Sequence]) -> None:
-        """Prefill prompts of one length together, sample their first tokens, and join
-        the batch unless already finished. A failure fails these requests only."""
+        """Prefill prompts together (right-padded when their lengths differ), sample their first
+        tokens, and join the batch unless already finished. A failure fails these requests only."""
         now = time.monotonic()
         for sequence in sequences:
             self._push(sequence, [Started(now)])
@@ -415,22 +416,28 @@ class Engine:
                 self._error(sequence, "internal", f"prompt + max_new_tokens exceeds {self._batch.max_len} tokens")
             else:
                 fits.append(sequence)
-        sequences = fits
-        if not sequences:
-            return
+        if fits:
+            self._prefill_and_join(fits)
+
+    def _prefill_and_join(self, sequences: list[_Sequence]) -> None:
+        """Prefill, sample the first tokens, join. If a shared prefill fails, each request is
+        tried alone, so that only the one that fails alone fails."""
         try:
             for sequence in sequences:
                 sequence.row = self._row_sampler(sequence.request)
-            prompts = torch.tensor([s.request.prompt_ids for s in sequences], dtype=torch.long, device=self.device)
-            step, cache = prefill_alone(self.model, prompts)  # (k, T): equal lengths, nothing padded
+            step, cache = prefill_together(self.model, [s.request.prompt_ids for s in sequences])
             tau0 = torch.cat([s.sampler.controller.initial_tau(1, self.device).float() for s in sequences])  # (k, 1)
             noise = CounterNoise.for_rows([s.request.seed for s in sequences], 0, self.device)
             result = sample_rows([s.sampler for s in sequences], step, tau0, noise, fast=self._fast)
             values = _host_values(result)
         except Exception as exc:
+            if len(sequences) > 1:
+                log.warning("a prefill of %d requests failed (%s): prefilling each alone", len(sequences), exc)
+                for sequence in sequences:
+                    self._prefill_and_join([sequence])
+                return
             log.exception("prefill failed")
-            for sequence in sequences:
-                self._error(sequence, "internal", f"prefill failed: {exc}")
+            self._error(sequences[0], "internal", f"prefill failed: {exc}")
             return
         joined = []
         for i, sequence in enumerate(sequences):
@@ -579,14 +586,6 @@ class Engine:
         """Report (running, waiting); caller holds the lock. Admitted requests count as running."""
         if self.observer is not None:
             self.observer.set_load(*self._load_locked())
-
-
-def _by_prompt_length(sequences: list[_Sequence]) -> list[list[_Sequence]]:
-    """Groups of equal prompt length, in order of first arrival: each is prefilled as one batch."""
-    groups: dict[int, list[_Sequence]] = {}
-    for sequence in sequences:
-        groups.setdefault(len(sequence.request.prompt_ids), []).append(sequence)
-    return list(groups.values())
 
 
 def _host_values(result: StepResult) -> list[tuple[int, float, bool, float]]:

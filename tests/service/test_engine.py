@@ -119,20 +119,21 @@ def test_seeded_learned_sampling_gives_the_same_tokens_and_temperatures_alone_am
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_equal_length_prompts_are_prefilled_together_and_each_gets_its_solo_reference(
+def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its_solo_reference(
     checkpoint, monkeypatch, compile
 ):
-    prompts = ["1 2 3 4>10\n", "5 6 7 8>26\n", "9 8 7 6>30\n", "2 4 6 8>20\n"]  # one length
-    prompts += ["12 34 5>6\n", "98 7 6>54\n"]  # another length
+    prompts = ["1 2 3 4>10\n", "5 6 7 8>26\n", "9 8 7 6>30\n", "2 4 6 8>20\n"]  # 12 tokens with BOS
+    prompts += ["12 34 5>6\n", "98 7 6>54\n", "1 2>3\n"]  # 11, 11 and 7
+    prompts += ["The quick brown fox jumps over the lazy dog."]  # 45: too long to pad the rest to
     requests = [GenerationInput(prompt=p, max_new_tokens=24, seed=100 + i, ignore_eos=True)
                 for i, p in enumerate(prompts)]
-    prefill_rows = []
+    prefills = []
     first_prefill_started, rest_submitted = threading.Event(), threading.Event()
-    real_prefill = engine_module.prefill_alone
+    real_prefill = engine_module.prefill_together
 
-    def counting_prefill(model, prompt_ids):
-        prefill_rows.append(prompt_ids.shape[0])
-        if len(prefill_rows) == 1:
+    def recording_prefill(model, prompt_ids):
+        prefills.append(sorted(len(p) for p in prompt_ids))
+        if len(prefills) == 1:
             # Hold the first arrival's prefill until the rest have queued, so that
             # the grouping below does not depend on thread timing.
             first_prefill_started.set()
@@ -146,17 +147,19 @@ def test_equal_length_prompts_are_prefilled_together_and_each_gets_its_solo_refe
         rest_submitted.set()
         return await asyncio.gather(*(h.result() for h in handles))
 
-    monkeypatch.setattr(engine_module, "prefill_alone", counting_prefill)
-    with running_engine(checkpoint, max_running=6, compile=compile) as scheduler:
+    monkeypatch.setattr(engine_module, "prefill_together", recording_prefill)
+    with running_engine(checkpoint, max_running=8, compile=compile) as scheduler:
         # After warm-up nothing may compile again: new batch sizes, prompt lengths
         # and widths all run on the warmed-up graphs (a recompile fails the request).
         with torch.compiler.set_stance("fail_on_recompile" if compile else "default"):
             done = asyncio.run(first_alone_then_the_rest(scheduler))
-    assert prefill_rows == [1, 3, 2]  # those that queued together shared a prefill per length
+    # The first alone; then the six short ones in one padded forward; the long one on its own.
+    assert prefills == [[12], [7, 11, 11, 12, 12, 12], [45]]
     for request, result in zip(requests, done, strict=True):
         expected = reference(checkpoint, request.prompt, max_new_tokens=24, seed=request.seed, stop_at_eos=False)
-        assert token_ids(result) == reference_tokens(expected)
+        assert token_ids(result) == reference_tokens(expected), request.prompt
         torch.testing.assert_close(taus(result), expected.taus[0])
+        torch.testing.assert_close(torch.tensor([t.logprob for t in result.tokens]), expected.token_logprobs[0])
 
 
 def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone_in_the_reference(checkpoint):
@@ -295,14 +298,14 @@ def test_a_failing_decode_step_fails_its_rows_and_the_engine_keeps_serving(check
 
 
 def test_a_failing_prefill_fails_only_that_request(checkpoint, monkeypatch):
-    real_prefill = engine_module.prefill_alone
+    real_prefill = engine_module.prefill_together
 
     def prefill_refusing_x(model, prompt_ids):
-        if prompt_ids.shape[1] == 2:  # BOS + "x"
+        if any(len(p) == 2 for p in prompt_ids):  # BOS + "x"
             raise RuntimeError("simulated prefill error")
         return real_prefill(model, prompt_ids)
 
-    monkeypatch.setattr(engine_module, "prefill_alone", prefill_refusing_x)
+    monkeypatch.setattr(engine_module, "prefill_together", prefill_refusing_x)
 
     async def scenario(scheduler: Scheduler):
         bad = scheduler.submit(GenerationInput(prompt="x", max_new_tokens=5))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import decode_step, new_cache, prefill
-from service.kv import SlotBatch, batch_bucket, prefill_alone
+from service.kv import SlotBatch, batch_bucket, prefill_alone, prefill_groups, prefill_together
 from service.scheduler import encode_prompt
 from tests.service.support import PROMPTS
 
@@ -105,3 +105,33 @@ def test_kv_bytes_per_token_match_the_model_shape(checkpoint):
 def test_batches_are_padded_to_powers_of_two_within_the_slots():
     assert [batch_bucket(n, 32) for n in (1, 2, 3, 5, 16, 17, 32)] == [1, 2, 4, 8, 16, 32, 32]
     assert batch_bucket(5, 6) == 6
+
+
+# ---------------------------------------------------------------- prefilling newcomers together
+
+
+def test_prefill_groups_put_similar_lengths_together_and_keep_padding_under_half_the_real_tokens():
+    lengths = [12, 45, 11, 7, 12, 11, 12]
+    groups = prefill_groups(lengths)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))  # each exactly once
+    assert [sorted(lengths[i] for i in group) for group in groups] == [[7, 11, 11, 12, 12, 12], [45]]
+    for group in groups:
+        real = sum(lengths[i] for i in group)
+        assert max(lengths[i] for i in group) * len(group) <= 1.5 * real
+    assert prefill_groups([5, 5, 5]) == [[0, 1, 2]]
+    assert prefill_groups([1, 100]) == [[0], [1]]
+
+
+def test_prompts_of_different_lengths_prefilled_together_match_each_prefilled_alone(checkpoint):
+    tokenizer = checkpoint.tokenizer
+    prompts = [encode_prompt(tokenizer, text) for text in ("3 5 7 2>24\n", "1 2>3\n", "hello", "3 5 7 2>24\n")]
+    with torch.inference_mode():
+        step, cache = prefill_together(checkpoint.model, prompts)
+        for row, prompt in enumerate(prompts):
+            alone, alone_cache = prefill_alone(checkpoint.model, torch.tensor([prompt]))
+            torch.testing.assert_close(step.hidden[row], alone.hidden[0])
+            torch.testing.assert_close(step.logits[row], alone.logits[0])
+            for together_layer, alone_layer in zip(cache.layers, alone_cache.layers, strict=True):
+                # The row's own tokens come first; the padding after them is never copied into a slot.
+                torch.testing.assert_close(together_layer.keys[row, :, : len(prompt)], alone_layer.keys[0])
+                torch.testing.assert_close(together_layer.values[row, :, : len(prompt)], alone_layer.values[0])
