@@ -261,19 +261,16 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class CompletionRequest(Strict):
-    model: str
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    max_tokens: int = Field(16, ge=1)  # OpenAI's default
+class OpenAISampling(Strict):
+    """The sampling fields /v1/completions and /v1/chat/completions share, OpenAI's and ours."""
+
     temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(None, ge=0, le=5, description="chosen tokens' log-probs only (no alternatives)")
     n: Literal[1] = 1
-    echo: Literal[False] = False
     user: str | None = Field(None, max_length=256)
     # IntroLLM extras (send with the client's extra_body)
     temperature_mode: TemperatureMode | None = None
@@ -283,18 +280,6 @@ class CompletionRequest(Strict):
     top_k: int = Field(0, ge=0, le=1_000_000)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     ignore_eos: bool = False
-
-    @model_validator(mode="after")
-    def _consistent(self) -> CompletionRequest:
-        if not self.prompt_text:
-            raise ValueError("prompt must not be empty")
-        _check_temperature_fields(self.mode, self.temperature, self.tau_min, self.tau_max,
-                                  self.deterministic_temperature)
-        return self
-
-    @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
     @property
     def greedy(self) -> bool:
@@ -306,15 +291,21 @@ class CompletionRequest(Strict):
             return self.temperature_mode
         return "fixed" if self.temperature else "learned"
 
-    def to_input(self) -> GenerationInput:
+    def _check_temperatures(self) -> None:
+        _check_temperature_fields(self.mode, self.temperature, self.tau_min, self.tau_max,
+                                  self.deterministic_temperature)
+
+    def _input(self, prompt: str, max_new_tokens: int | None, prompt_ids: tuple[int, ...] | None = None
+               ) -> GenerationInput:
         mode = self.mode
         # Fixed mode with temperature 0 is greedy; its controller keeps tau 1
         # for the record (argmax does not depend on it).
         temperature = (self.temperature or 1.0) if mode == "fixed" else None
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return GenerationInput(
-            prompt=self.prompt_text,
-            max_new_tokens=self.max_tokens,
+            prompt=prompt,
+            prompt_ids=prompt_ids,
+            max_new_tokens=max_new_tokens,
             mode=mode,
             temperature=temperature,
             tau_min=self.tau_min,
@@ -328,6 +319,28 @@ class CompletionRequest(Strict):
             timeout_s=self.timeout_s,
             ignore_eos=self.ignore_eos,
         )
+
+
+class CompletionRequest(OpenAISampling):
+    model: str
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    max_tokens: int = Field(16, ge=1)  # OpenAI's default
+    logprobs: int | None = Field(None, ge=0, le=5, description="chosen tokens' log-probs only (no alternatives)")
+    echo: Literal[False] = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        if not self.prompt_text:
+            raise ValueError("prompt must not be empty")
+        self._check_temperatures()
+        return self
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def to_input(self) -> GenerationInput:
+        return self._input(self.prompt_text, self.max_tokens)
 
 
 # ---------------------------------------------------------------- /v1/chat/completions (OpenAI subset)
@@ -350,27 +363,11 @@ class ChatMessage(Strict):
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(Strict):
+class ChatCompletionRequest(OpenAISampling):
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
-    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: Literal[1] = 1
-    user: str | None = Field(None, max_length=256)
-    # IntroLLM extras (send with the client's extra_body), as in /v1/completions
-    temperature_mode: TemperatureMode | None = None
-    tau_min: Tau | None = None
-    tau_max: Tau | None = None
-    deterministic_temperature: bool = False
-    top_k: int = Field(0, ge=0, le=1_000_000)
-    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    ignore_eos: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -379,41 +376,15 @@ class ChatCompletionRequest(Strict):
             raise ValueError("max_tokens and max_completion_tokens differ: send one")
         if self.messages[-1].role == "assistant":
             raise ValueError("the last message must be from the user or the system (the reply is generated)")
-        _check_temperature_fields(self.mode, self.temperature, self.tau_min, self.tau_max,
-                                  self.deterministic_temperature)
+        self._check_temperatures()
         return self
-
-    @property
-    def mode(self) -> TemperatureMode:
-        if self.temperature_mode is not None:
-            return self.temperature_mode
-        return "fixed" if self.temperature else "learned"
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text} for m in self.messages]
 
     def to_input(self, prompt_ids: list[int]) -> GenerationInput:
         """The generation of a reply to the messages, rendered by the route into `prompt_ids`."""
-        mode = self.mode
-        temperature = (self.temperature or 1.0) if mode == "fixed" else None
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return GenerationInput(
-            prompt=self.messages[-1].text,
-            prompt_ids=tuple(prompt_ids),
-            max_new_tokens=self.max_completion_tokens or self.max_tokens,
-            mode=mode,
-            temperature=temperature,
-            tau_min=self.tau_min,
-            tau_max=self.tau_max,
-            deterministic=self.deterministic_temperature,
-            greedy=self.temperature == 0,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=stop,
-            timeout_s=self.timeout_s,
-            ignore_eos=self.ignore_eos,
-        )
+        return self._input(self.messages[-1].text, self.max_completion_tokens or self.max_tokens, tuple(prompt_ids))
 
 
 def _check_temperature_fields(mode: TemperatureMode, temperature: float | None, tau_min: float | None,
