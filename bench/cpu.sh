@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU benchmark behind BENCHMARKS.md, in one run on one machine (about 25 minutes on 2 cores):
+# Every CPU benchmark behind BENCHMARKS.md, in one run on one machine (about 30 minutes on 2 cores):
 #   1. offline decode, bundled model: engine (learned/fixed/entropy, eager and compiled) vs
 #      generate() vs the bare forward, batches 1 8 16 32, prompt 32, 128 new tokens;
 #   2. HTTP serving, bundled model, the server started as `make serve` starts it: 1 4 16 64 clients,
@@ -7,7 +7,8 @@
 #      with the one-at-a-time generate() baseline and the server's peak memory;
 #   3. offline decode on the Qwen2.5-0.5B shape (random weights), kept short for a CPU and eager
 #      (compiling the 24-layer model took over 7 minutes on 2 cores);
-#   4. the target table (bench/targets.py).
+#   4. start-up to ready as `make serve` starts, with an empty then a warm compile cache (bench/startup.sh);
+#   5. the target table (bench/targets.py).
 # Run it on an otherwise idle machine; OUT (default bench/results) sets where results go.
 # One torch thread for the tiny model offline: on this 2-vCPU machine two threads measured slower
 # (batch 16: 1071 against 1563 tok/s); the server's default gives its engine every CPU but one.
@@ -27,5 +28,7 @@ mkdir -p "$OUT"
     --baseline-requests 16 --json "$OUT/serve-cpu.json"
 "$PYTHON" bench/decode.py --shape qwen2.5-0.5b --batches 1 4 --new-tokens 16 --repeats 2 \
     --compile off --json "$OUT/decode-cpu-qwen2.5-0.5b.json"
+bash bench/startup.sh | tee "$OUT/startup-cpu.txt"
 "$PYTHON" bench/targets.py --decode "$OUT/decode-cpu.json" --serve "$OUT/serve-cpu.json" \
+    --serve-task "$OUT/serve-cpu-task.json" --startup "$OUT/startup-cpu.txt" \
     --gpu "$OUT/decode-gpu.json" | tee "$OUT/targets-cpu.md"

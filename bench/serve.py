@@ -265,15 +265,19 @@ class ServerProcess:
         raise TimeoutError("server not ready in time:\n" + "".join(self.output[-40:]))
 
     def peak_rss_mib(self) -> float | None:
-        """The process's peak resident set size so far (VmHWM), in MiB; None where /proc has no answer."""
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return None
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)  # reported in kB
-        return None
+        """Peak resident set size so far (VmHWM) of the server's processes, the API process and its
+        engine process, summed, in MiB; None where /proc has no answer."""
+        total = 0
+        pids = [self.process.pid]
+        while pids:
+            pid = pids.pop()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                pids += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            except OSError:
+                return None
+            total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+        return round(total / 1024, 1) if total else None  # reported in kB
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -50,8 +50,8 @@ def test_gpu_script_smoke_mode_runs_on_cpu_and_checks_the_gpu_target(tmp_path):
     report = json.loads((tmp_path / "decode-gpu-smoke.json").read_text())
     assert [row["batch"] for row in report["rows"]] == [1, 4]
     assert set(report["rows"][0]["variants"]) == {"engine/learned", "engine/fixed", "generate", "forward"}
-    table = [line for line in done.stdout.splitlines() if line.startswith("| 5")]
-    assert len(table) == 2  # 5a measured from the smoke file, 5b needs batch 64: unmeasured
+    table = [line for line in done.stdout.splitlines() if line.startswith("| 6")]
+    assert len(table) == 2  # 6a measured from the smoke file, 6b needs batch 64: unmeasured
     assert table[0].split("|")[4].strip() in {"met", "not met"} and "unmeasured" in table[1]
 
 
@@ -69,8 +69,20 @@ def test_targets_table_marks_each_target_from_the_result_files(tmp_path):
         }}
 
     decode = {"rows": [row(1, 1.02, 1.0, 1.5), row(16, 1.10, 1.0, 1.2)]}
-    serve = {"settings": {"temperature_mode": "learned"}, "server": {"compile": True},
+    serve = {"settings": {"temperature_mode": "learned"}, "server": {"overrides": {}},  # compile=auto: compiled
              "levels": [{"concurrency": 16, "output_tokens_per_s": 0.9 * 16 * 128 / 1.10}],
              "summary": {"c16_over_generate": 6.5, "ttft_p50_c16_over_c1": 3.5}}
-    verdicts = [verdict for *_, verdict in targets.check(decode, serve, None)]
-    assert verdicts == ["met", "not met", "not met", "met", "met", "not met", "unmeasured", "unmeasured"]
+    task = {"summary": {"c16_over_generate": 5.9, "ttft_p50_c16_over_c1": 2.5}}
+    startup = targets.read_startup("cold: ready in 171.9 s\nwarm: ready in 29.5 s\n")
+    assert startup == {"cold": 171.9, "warm": 29.5}
+    rows = targets.check(decode, serve, None, task, startup)
+    assert [verdict for *_, verdict in rows] == [
+        "not met", "met",  # 1: task 5.9x, fixed 6.5x
+        "met",  # 2: 0.9 of the offline engine
+        "met", "not met",  # 3: TTFT growth 2.5x, 3.5x
+        "met", "not met",  # 4: the head's cost, 2% and 10%
+        "met",  # 5: warm start 29.5 s
+        "unmeasured", "unmeasured",  # 6: no GPU file
+    ]
+    assert rows[7][1] == "29.5 s (cold: 171.9 s)"
+    assert [verdict for *_, verdict in targets.check(None, None, None)][-3:] == ["unmeasured"] * 3
