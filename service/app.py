@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
 from model import PLAIN, CheckpointInfo, PromptFormat, read_checkpoint_info
+from service.engine_boot import Prestarted
 from service.engine_process import EngineProcess, EngineSpec
 from service.errors import ServiceError, error_body
 from service.keys import KeyRing
@@ -57,9 +58,19 @@ class Loaded:
     prompt_format: PromptFormat = PLAIN  # the checkpoint's: how /v1/chat/completions renders messages
 
 
-def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
-    """Check the checkpoint, start the engine process and wait until it has loaded the
-    weights and warmed up (blocking: run it in a thread). Raises `CheckpointError`."""
+def load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | None = None) -> Loaded:
+    """Check the checkpoint, start the engine process (or use the one `engine_boot.prestart`
+    started) and wait until it has loaded the weights and warmed up (blocking: run it in a
+    thread). Raises `CheckpointError`."""
+    try:
+        return _load(settings, metrics, prestarted)
+    except BaseException:
+        if prestarted is not None:
+            prestarted.close()  # kills it if it still runs: nothing will use it
+        raise
+
+
+def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | None) -> Loaded:
     compile, why = settings.compile_decision()
     if compile:
         # The console command points TORCHINDUCTOR_CACHE_DIR at compile_cache_dir (use_compile_cache_dir).
@@ -97,7 +108,8 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
         log_level=settings.log_level,
         log_format=settings.log_format,
     )
-    engine = EngineProcess.start(spec, observer=metrics, start_method=settings.engine_start_method)
+    engine = EngineProcess.start(spec, observer=metrics, start_method=settings.engine_start_method,
+                                 prestarted=prestarted)
     server = ServerInfo(
         base_model=checkpoint.manifest.base_model,
         checkpoint_format_version=checkpoint.manifest.format_version,
@@ -114,7 +126,9 @@ def load(settings: Settings, metrics: ServiceMetrics) -> Loaded:
     return Loaded(scheduler, server, checkpoint.manifest.prompt_format)
 
 
-def create_app(settings: Settings | None = None, *, load_now: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, load_now: bool = False, prestarted: Prestarted | None = None
+) -> FastAPI:
     """The app; its lifespan loads the checkpoint, unless `load_now` loads it here (blocking).
 
     With `load_now`, a broken checkpoint raises `CheckpointError` from this
@@ -123,11 +137,11 @@ def create_app(settings: Settings | None = None, *, load_now: bool = False) -> F
     """
     settings = settings or Settings()
     metrics = ServiceMetrics(settings.served_model_name)
-    preloaded = load(settings, metrics) if load_now else None
+    preloaded = load(settings, metrics, prestarted) if load_now else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = preloaded or await asyncio.to_thread(load, settings, metrics)
+        loaded = preloaded or await asyncio.to_thread(load, settings, metrics, prestarted)
         scheduler = loaded.scheduler
         scheduler.engine.on_death(lambda: _engine_died(app))
         try:

@@ -15,8 +15,10 @@ between two decode steps:
      each request's seed and token index), then emits one `Sampled` event per
      row and an `Ended` event for rows that hit EOS, their token budget or
      their deadline; those rows leave the batch at once;
-  5. calls `after_iteration` (the engine process sends the iteration's events
-     to the API process there, one message per step for all rows).
+  5. calls `after_iteration` after the prefills and after the decode step
+     (the engine process sends the events so far to the API process there:
+     one message per step for all rows, and one for the first tokens of the
+     requests just admitted, so that they do not wait for the step).
 Every event is handed to the request's `Sink`, which must not block.
 
 Bounds: at most `max_running` rows decode together; `submit` refuses a
@@ -198,8 +200,9 @@ class Engine:
         (the scheduler enforces it); each of the max_running KV slots holds that many tokens.
         compile: run the decode step (`kv.SlotBatch`) and the common sampling steps
         (`sampling.FastPaths`) through `torch.compile`; `warm_up` compiles them.
-        after_iteration: called in the engine thread after each loop iteration
-        that did anything, and once more when the loop ends."""
+        after_iteration: called in the engine thread after each prefill round, at the end of
+        each loop iteration, and once more when the loop ends (the outbox sends nothing when it
+        holds nothing new)."""
         self.model = model
         self.head = head
         self.device = next(model.parameters()).device
@@ -350,6 +353,10 @@ class Engine:
                     self._drop_cancelled_rows()
                     for group in prefill_groups([len(s.request.prompt_ids) for s in admitted]):
                         self._start([admitted[i] for i in group])
+                    if admitted:
+                        # First tokens leave now, not after the decode step below: that step
+                        # (one more token for every row) would add its length to their TTFT.
+                        self._iteration_done()
                     if self._rows and not self._paused:
                         self._step()
                     self._iteration_done()

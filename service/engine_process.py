@@ -33,12 +33,15 @@ the `on_death` callbacks (the console command then exits non-zero, so the
 supervisor restarts the server). If the API process dies, the engine sees
 end-of-file on its input pipe and stops.
 
-Start: the `spawn` method by default (forking a process that has started
-torch's threads, or CUDA, can deadlock); `forkserver` with the engine module
-preloaded starts later engines of the same process in milliseconds instead of
-the seconds torch takes to import (the tests start many servers). SIGINT is
-ignored in the engine: a terminal's Ctrl-C reaches the API process, which
-drains and then stops the engine.
+Start (engine_boot.py): the `spawn` method by default (forking a process that
+has started torch's threads, or CUDA, can deadlock); `forkserver` with the
+engine module preloaded starts later engines of the same process in
+milliseconds instead of the seconds torch takes to import (the tests start
+many servers). The console command starts the process first thing, so that
+its imports overlap the API process's; the process then waits for its
+`EngineSpec` on its input pipe. SIGINT and SIGTERM are ignored in the
+engine: a terminal's Ctrl-C, or a supervisor's SIGTERM to every process,
+is the API process's to handle: it drains, then stops the engine.
 
 What it does not do: HTTP, tokenization, or restart a dead engine.
 """
@@ -48,7 +51,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -69,12 +71,11 @@ from service.engine import (
     Sampled,
     Started,
 )
+from service.engine_boot import Prestarted, StartMethod, prestart
 from service.events import FinishReason
 from service.sampling import ControllerSpec
 
 log = logging.getLogger(__name__)
-
-StartMethod = Literal["spawn", "forkserver"]
 
 
 # ---------------------------------------------------------------- the wire
@@ -251,10 +252,14 @@ class _OutboxSink:
         self._outbox.add(self._id, events)
 
 
-def run_engine_process(spec: EngineSpec, inputs: Connection, outputs: Connection) -> None:
-    """The engine process's body: load, warm up, say Ready, then run the loop until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the API process's to handle
+def run_engine_process(inputs: Connection, outputs: Connection) -> None:
+    """The engine process's body: wait for the spec, load, warm up, say Ready, then run the loop
+    until told to stop (or until the API process is gone)."""
     encoder = msgspec.msgpack.Encoder()
+    try:
+        spec = msgspec.msgpack.decode(inputs.recv_bytes(), type=EngineSpec)
+    except (EOFError, OSError):
+        return  # the API process gave up before sending the spec (a broken checkpoint, say)
     try:
         engine, outbox, ready = _build_engine(spec, outputs)
     except Exception as exc:
@@ -424,25 +429,24 @@ class EngineProcess:
 
     @classmethod
     def start(
-        cls, spec: EngineSpec, *, observer=None, start_method: StartMethod = "spawn", timeout_s: float | None = None
+        cls, spec: EngineSpec, *, observer=None, start_method: StartMethod = "spawn", timeout_s: float | None = None,
+        prestarted: Prestarted | None = None,
     ) -> EngineProcess:
-        """Start the engine process and wait until it is ready (its warm-up, compilation included).
+        """Start the engine process (or use one `engine_boot.prestart` started) and wait until it
+        is ready (its warm-up, compilation included).
 
         Raises `CheckpointError` for a broken checkpoint and `EngineStartError` for anything else.
         """
-        context = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            context.set_forkserver_preload([__name__, "model", "service.engine"])
-        to_engine_reader, to_engine = context.Pipe(duplex=False)
-        from_engine, from_engine_writer = context.Pipe(duplex=False)
-        process = context.Process(
-            target=run_engine_process, args=(spec, to_engine_reader, from_engine_writer), name="introllm-engine",
-        )
-        process.start()
-        # Our copies of the child's ends: closed, so that end-of-file means the child is gone.
-        to_engine_reader.close()
-        from_engine_writer.close()
-        log.info("engine process %d started (%s); loading %s", process.pid, start_method, spec.checkpoint)
+        booted = prestarted or prestart(start_method)
+        process, to_engine, from_engine = booted.process, booted.to_engine, booted.from_engine
+        try:
+            to_engine.send_bytes(msgspec.msgpack.encode(spec))
+        except OSError:
+            booted.close()
+            raise EngineStartError(
+                f"the engine process exited before start-up (exit code {process.exitcode})"
+            ) from None
+        log.info("engine process %d started (%s); loading %s", process.pid, booted.start_method, spec.checkpoint)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         decoder = msgspec.msgpack.Decoder(FromEngine)
         try:
@@ -518,14 +522,20 @@ class EngineProcess:
             return self._cond.wait_for(lambda: predicate(*self._load_locked()), timeout)
 
     def cap_deadlines(self, deadline: float) -> None:
-        self._send(Control("cap_deadlines", deadline))
+        self._control(Control("cap_deadlines", deadline))
 
     def pause(self) -> None:
         """Hold decode steps in the engine (see `engine.Engine.pause`)."""
-        self._send(Control("pause"))
+        self._control(Control("pause"))
 
     def resume(self) -> None:
-        self._send(Control("resume"))
+        self._control(Control("resume"))
+
+    def _control(self, message: Control) -> None:
+        try:
+            self._send(message)
+        except EngineUnavailable:
+            pass  # the engine is gone: there is nothing left to control (its requests have failed)
 
     def on_death(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from the reader thread) if the engine process dies unasked."""

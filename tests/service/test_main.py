@@ -157,7 +157,7 @@ def test_broken_checkpoint_exits_3_with_one_error_line_naming_the_file(
     assert named_file in errors[0]
 
 
-def test_sigterm_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp_path):
+def test_sigterm_to_both_processes_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp_path):
     port = free_port()
     env = _child_env(
         INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(port), INTROLLM_DEVICE="cpu",
@@ -165,12 +165,17 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp
     )
     with reaped(_serve([], env, tmp_path)) as process:
         lines = _Lines(process.stdout)
+        lines.wait_for("engine process")
+        engine_pid = int(re.search(r"engine process (\d+)", lines.seen[-1]).group(1))
         lines.wait_for("Application startup complete")
         body = {"prompt": "1 2>3\n", "max_new_tokens": LONG, "ignore_eos": True, "stream": True}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT) as client:
             with client.stream("POST", "/v1/generate", json=body) as response:
                 events = response.iter_lines()
                 assert next(line for line in events if line.startswith("data:"))
+                # As a supervisor that signals every process of the container does: the engine
+                # ignores it and keeps decoding; the API process drains, then stops it.
+                os.kill(engine_pid, signal.SIGTERM)
                 process.send_signal(signal.SIGTERM)
                 lines.wait_for("draining")
                 payloads = sse_json(read_sse(events))
