@@ -184,11 +184,7 @@ async def _generate_events(handle: RequestHandle, model: str, body: GenerateRequ
 )
 async def completions(body: CompletionRequest, request: Request, scheduler: SchedulerDep) -> Any:
     """OpenAI-compatible completions (one prompt, n=1); per-token `temperatures` as an extra field."""
-    model = request.app.state.settings.served_model_name
-    if body.model != model:
-        # The requested name is not quoted back: the error is logged, and a body may hold anything.
-        raise ServiceError(404, "not_found", f"the requested model is not served here (this server: {model!r})",
-                           param="model")
+    model = _served_model(body.model, request)
     started = time.perf_counter()
     handle = scheduler.submit(body.to_input())
     if body.stream:
@@ -235,10 +231,7 @@ async def _completion_chunks(
 async def chat_completions(body: ChatCompletionRequest, request: Request, scheduler: SchedulerDep) -> Any:
     """OpenAI-compatible chat (n=1), rendered with the checkpoint's recorded prompt format; per-token
     `temperatures` as an extra field."""
-    model = request.app.state.settings.served_model_name
-    if body.model != model:
-        raise ServiceError(404, "not_found", f"the requested model is not served here (this server: {model!r})",
-                           param="model")
+    model = _served_model(body.model, request)
     prompt_format: PromptFormat = getattr(request.app.state, "prompt_format", PLAIN)
     try:
         prompt_ids = render_prompt(prompt_format, scheduler.tokenizer, body.message_dicts())
@@ -378,6 +371,16 @@ async def _result_unless_disconnected(handle: RequestHandle, request: Request) -
         result.cancel()
         gone.cancel()
         handle.cancel()  # no-op when finished
+
+
+def _served_model(requested: str, request: Request) -> str:
+    """The served model's name; 404 when an OpenAI-style request names another."""
+    model = request.app.state.settings.served_model_name
+    if requested != model:
+        # The requested name is not quoted back: the error is logged, and a body may hold anything.
+        raise ServiceError(404, "not_found", f"the requested model is not served here (this server: {model!r})",
+                           param="model")
+    return model
 
 
 def _completion_id(handle: RequestHandle) -> str:
