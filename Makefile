@@ -24,8 +24,9 @@ install: $(VENV)/.installed
 system-deps:
 	bash scripts/system-deps.sh
 
+# One pytest worker per CPU, each taking whole test files (module-scoped servers stay whole).
 test: install system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check .
