@@ -6,8 +6,8 @@ the engine process, which loads the weights and warms up (compiling, when
 on), off the event loop (or uses the one `create_app(..., load_now=True)`
 started), runs one warm-up request through the whole path, and serves; on
 shutdown it drains (no new requests, in-flight ones get `drain_grace_s` to
-finish, then time out) and stops the engine process. Every error leaves as JSON of one shape (see
-errors.py), pydantic's validation errors included.
+finish, then time out) and stops the engine process. Every error leaves as
+JSON of one shape (see errors.py), pydantic's validation errors included.
 
 Request ids: `RequestIdMiddleware`, the outermost of ours, takes the client's
 `X-Request-Id` (nginx sets one) or makes one, sets it in the `REQUEST_ID`

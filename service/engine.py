@@ -37,6 +37,7 @@ server's engine process (engine_process.py), or a test's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -144,19 +145,21 @@ class EngineUnavailable(Exception):
     """The engine is stopping or its thread has died."""
 
 
+CancelReason = Literal["cancelled", "stop"]
+
+
 class Ticket:
-    """The caller's handle on a submitted request: it can only end it early."""
+    """The caller's handle on a submitted request, from either engine: it can only end it early."""
 
-    def __init__(self, engine: Engine, sequence: _Sequence) -> None:
-        self._engine = engine
-        self._sequence = sequence
+    def __init__(self, cancel: Callable[[CancelReason], None]) -> None:
+        self._cancel = cancel
 
-    def cancel(self, reason: Literal["cancelled", "stop"] = "cancelled") -> None:
+    def cancel(self, reason: CancelReason = "cancelled") -> None:
         """Ask for removal at the next step boundary; a no-op once the request has finished.
 
         reason "stop": the reader found a stop string and has already ended the
         request on its side; the engine only frees the row."""
-        self._engine._cancel(self._sequence, reason)
+        self._cancel(reason)
 
 
 @dataclass
@@ -167,7 +170,7 @@ class _Sequence:
     request: EngineRequest
     row: RowSampler | None = None  # built in the engine thread at admission
     generated: int = 0
-    cancel_reason: Literal["cancelled", "stop"] | None = None
+    cancel_reason: CancelReason | None = None
     done: bool = False
 
     @property
@@ -289,7 +292,7 @@ class Engine:
             self._in_system += 1
             self._publish_load()
             self._cond.notify_all()
-        return Ticket(self, sequence)
+        return Ticket(functools.partial(self._cancel, sequence))
 
     def cap_deadlines(self, deadline: float) -> None:
         """Make every request, present and future, end by `deadline` (monotonic): the drain."""
@@ -329,7 +332,7 @@ class Engine:
         waiting = len(self._waiting)
         return self._in_system - waiting, waiting
 
-    def _cancel(self, sequence: _Sequence, reason: Literal["cancelled", "stop"]) -> None:
+    def _cancel(self, sequence: _Sequence, reason: CancelReason) -> None:
         with self._cond:
             if sequence.cancel_reason is None:
                 sequence.cancel_reason = reason

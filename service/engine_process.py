@@ -48,15 +48,14 @@ What it does not do: HTTP, tokenization, or restart a dead engine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Literal
 
 import msgspec
 
@@ -70,6 +69,7 @@ from service.engine import (
     Failed,
     Sampled,
     Started,
+    Ticket,
 )
 from service.engine_boot import Prestarted, StartMethod, prestart
 from service.events import FinishReason
@@ -198,8 +198,8 @@ class EngineSpec:
     compile: bool
     torch_threads: int
     warm_up_prompt_ids: tuple[int, ...] | None  # None: no warm-up (and no compilation before serving)
-    log_level: str | None = None  # None: leave logging as it is (a test's process)
-    log_format: str = "text"
+    log_level: str
+    log_format: str
 
 
 # ---------------------------------------------------------------- the engine process
@@ -216,7 +216,7 @@ class _Outbox:
         self._batch_sizes: list[int] = []
         self._load = (0, 0)
         self._sent_load = (0, 0)
-        self.tickets: dict[int, object] = {}
+        self.tickets: dict[int, Ticket] = {}
 
     def add(self, request_id: int, events: list[EngineEvent]) -> None:
         with self._lock:
@@ -284,11 +284,9 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
 
     from model import load_checkpoint
     from service.engine import Engine
+    from service.logs import configure_handler
 
-    if spec.log_level is not None:
-        from service.logs import configure_handler
-
-        configure_handler(spec.log_format, spec.log_level)
+    configure_handler(spec.log_format, spec.log_level)
     torch.set_num_threads(spec.torch_threads)
     checkpoint = load_checkpoint(
         spec.checkpoint, torch.device(spec.device), getattr(torch, spec.dtype),
@@ -338,7 +336,7 @@ def _read_inputs(engine, outbox: _Outbox, inputs: Connection) -> None:
             elif isinstance(message, Cancel):
                 ticket = outbox.tickets.get(message.id)
                 if ticket is not None:
-                    ticket.cancel(message.reason)  # type: ignore[attr-defined]
+                    ticket.cancel(message.reason)  # type: ignore[arg-type]  # written by _cancel from one
             elif message.action == "cap_deadlines":
                 engine.cap_deadlines(message.value)
             elif message.action == "pause":
@@ -382,17 +380,6 @@ class EngineDied(RuntimeError):
     """The engine process exited without being asked to."""
 
 
-class ProcessTicket:
-    """A request in the engine process: it can only be ended early."""
-
-    def __init__(self, client: EngineProcess, request_id: int) -> None:
-        self._client = client
-        self._id = request_id
-
-    def cancel(self, reason: Literal["cancelled", "stop"] = "cancelled") -> None:
-        self._client._cancel(self._id, reason)
-
-
 class EngineProcess:
     """The API process's side: starts the engine process, submits, and routes its events to each request's sink.
 
@@ -429,7 +416,7 @@ class EngineProcess:
 
     @classmethod
     def start(
-        cls, spec: EngineSpec, *, observer=None, start_method: StartMethod = "spawn", timeout_s: float | None = None,
+        cls, spec: EngineSpec, *, observer=None, start_method: StartMethod = "spawn",
         prestarted: Prestarted | None = None,
     ) -> EngineProcess:
         """Start the engine process (or use one `engine_boot.prestart` started) and wait until it
@@ -439,33 +426,17 @@ class EngineProcess:
         """
         booted = prestarted or prestart(start_method)
         process, to_engine, from_engine = booted.process, booted.to_engine, booted.from_engine
+        log.info("engine process %d started (%s); loading %s", process.pid, booted.start_method, spec.checkpoint)
         try:
             to_engine.send_bytes(msgspec.msgpack.encode(spec))
-        except OSError:
+            message = msgspec.msgpack.decode(from_engine.recv_bytes(), type=FromEngine)  # Ready or StartFailed
+        except (EOFError, OSError):
             booted.close()
-            raise EngineStartError(
-                f"the engine process exited before start-up (exit code {process.exitcode})"
-            ) from None
-        log.info("engine process %d started (%s); loading %s", process.pid, booted.start_method, spec.checkpoint)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        decoder = msgspec.msgpack.Decoder(FromEngine)
-        try:
-            while not from_engine.poll(1.0):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise EngineStartError(f"the engine process was not ready within {timeout_s} s")
-            message = decoder.decode(from_engine.recv_bytes())
-        except (EOFError, OSError, EngineStartError) as exc:
-            process.kill()
-            process.join()
-            if isinstance(exc, EngineStartError):
-                raise
             raise EngineStartError(
                 f"the engine process exited during start-up (exit code {process.exitcode})"
             ) from None
         if isinstance(message, StartFailed):
-            process.join()
-            to_engine.close()
-            from_engine.close()
+            booted.close()  # it has exited: joined here
             if message.checkpoint_error:
                 from model import CheckpointError
 
@@ -484,7 +455,7 @@ class EngineProcess:
         with self._cond:
             return not self._stopping and not self._dead
 
-    def submit(self, request: EngineRequest) -> ProcessTicket:
+    def submit(self, request: EngineRequest) -> Ticket:
         """Send a request to the engine; raises EngineFull or EngineUnavailable instead of waiting."""
         spec, params = request.controller, request.params
         with self._cond:
@@ -502,7 +473,7 @@ class EngineProcess:
             params.max_new_tokens, params.top_k, params.top_p, params.greedy, params.ignore_eos,
             request.seed, request.deadline,
         ))
-        return ProcessTicket(self, request_id)
+        return Ticket(functools.partial(self._cancel, request_id))
 
     def load(self) -> tuple[int, int]:
         """(running, waiting): running as the engine last reported, waiting the rest of those in flight."""

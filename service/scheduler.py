@@ -43,6 +43,7 @@ from typing import Literal, Protocol
 from transformers import PreTrainedTokenizerBase
 
 from service.engine import (
+    CancelReason,
     DecodeParams,
     Ended,
     EngineEvent,
@@ -237,7 +238,7 @@ class RequestState:
                 except Exception as exc:  # a detokenizer failure fails this request only
                     log.exception("detokenizing a token failed")
                     self._fail("internal", f"detokenizing a token failed: {exc}")
-                    self._cancel_in_engine("cancelled")
+                    self.cancel_in_engine("cancelled")
             elif isinstance(event, Started):
                 self._started_at = event.at
                 if self._metrics is not None:
@@ -266,7 +267,7 @@ class RequestState:
         self.queue.put_nowait(TokenEvent(event.index, event.token_id, text, event.tau, event.updated, event.logprob))
         if stop_hit:
             self._finish("stop")
-            self._cancel_in_engine("stop")
+            self.cancel_in_engine("stop")
 
     def _finish(self, reason: FinishReason) -> None:
         now = time.monotonic()
@@ -303,7 +304,8 @@ class RequestState:
         if self._count_failure is not None:
             self._count_failure(reason)
 
-    def _cancel_in_engine(self, reason: Literal["cancelled", "stop"]) -> None:
+    def cancel_in_engine(self, reason: CancelReason) -> None:
+        """Free the request's row in the engine (its reader has ended it, or left)."""
         if self.ticket is not None:
             self.ticket.cancel(reason)
 
@@ -358,7 +360,7 @@ class RequestHandle:
     def cancel(self) -> None:
         """Remove the request from the engine (no-op once finished)."""
         if not self._state.done:
-            self._state._cancel_in_engine("cancelled")
+            self._state.cancel_in_engine("cancelled")
 
 
 # ---------------------------------------------------------------- admission
