@@ -72,7 +72,8 @@ def _wait_ready(client: httpx.Client, process: subprocess.Popen, output: Path) -
 def _exercise_keys_everywhere(client: httpx.Client) -> dict[str, httpx.Response]:
     """Right and wrong keys in the header, in X-Request-Id and in bodies; returns the responses by name."""
     responses = {}
-    body = {"prompt": "1 2>3\n", "max_new_tokens": 3}
+    # ignore_eos: an unseeded draw may end at EOS after one token; the log must then say 3.
+    body = {"prompt": "1 2>3\n", "max_new_tokens": 3, "ignore_eos": True}
     for i, key in enumerate([*KEYS, FILE_KEY]):
         responses[f"ok-{i}"] = client.post("/v1/generate", json=body, headers={
             "Authorization": f"Bearer {key}", "X-Request-Id": f"trace-ok-{i}"})
@@ -129,6 +130,7 @@ def test_json_log_lines_are_json_carry_request_ids_and_never_a_key(checkpoint_di
         assert {record["logger"] for record in own} == {"service.routes", "uvicorn.access"}, own
         finished = next(record for record in own if record["logger"] == "service.routes")["message"]
         assert f"request {responses[f'ok-{i}'].json()['id']} finished: status 200" in finished
+        assert responses[f"ok-{i}"].json()["usage"]["completion_tokens"] == 3
         assert "completion_tokens 3" in finished and "mean tau" in finished
     completion_id = responses["completion"].json()["id"]
     assert completion_id.startswith("cmpl-")
