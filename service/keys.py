@@ -49,7 +49,9 @@ class KeyRing:
     def __init__(self, fixed: Iterable[str], path: Path | None = None) -> None:
         self._fixed = [key.encode() for key in fixed if key]
         self._path = path
-        self._lock = threading.Lock()  # require_api_key runs in the thread pool
+        # require_api_key runs on the event loop (a stat per request, a read only when the file
+        # changed); the lock keeps the ring safe for callers on other threads too.
+        self._lock = threading.Lock()
         self._file_keys: list[bytes] = []
         self._file_state: tuple[int, int, int] | None = None
         if path is not None:

@@ -91,16 +91,19 @@ GENERATION_ERRORS = (400, 401, 413, 415, 422, 429, 500, 503)
 
 
 # ---------------------------------------------------------------- dependencies
+# All `async def`: FastAPI runs a plain `def` dependency in its thread pool, and
+# three thread hops per request (on a 2-core machine, each one waiting for the
+# GIL and a CPU) cost more than these header checks themselves.
 
 
-def get_scheduler(request: Request) -> Scheduler:
+async def get_scheduler(request: Request) -> Scheduler:
     scheduler: Scheduler | None = getattr(request.app.state, "scheduler", None)
     if scheduler is None:
         raise unavailable("the model is not loaded", retry_after_s=1)
     return scheduler
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Bearer auth when any key is configured; compared with every key in constant time (keys.py)."""
     keys: KeyRing = request.app.state.keys
     if not keys.enabled:
@@ -113,7 +116,7 @@ def require_api_key(request: Request) -> None:
         raise unauthorized("missing or wrong API key (send 'Authorization: Bearer <key>')")
 
 
-def require_json_body(request: Request) -> None:
+async def require_json_body(request: Request) -> None:
     """415 for a body not declared as JSON (curl -d sends a form type unless told otherwise).
 
     A body without a Content-Type is refused too: FastAPI (strict_content_type)
