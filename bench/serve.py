@@ -11,8 +11,11 @@ What it does:
      every CPU but one); it waits up to 600 s until the server is ready (a
      first start compiles for minutes) and records what it runs (/info);
   2. for each concurrency level, runs that many clients over a fixed set of
-     prompts (fixed seed; `--requests` per level, at least twice the
-     concurrency so that every client is busy at once). `--workload fixed`:
+     prompts (fixed seed; `--requests` per level, at least eight per
+     client: every client starts at once, and that first wave, a burst of
+     new connections and prefills, is then an eighth of the requests rather
+     than half, so p50 TTFT describes the steady state; the first wave's
+     own TTFT is reported beside it). `--workload fixed`:
      Countdown-format prompts streamed with `ignore_eos`, so every request
      yields exactly `--new-tokens` tokens; `--workload task`: the bundled
      task's held-out problems, each ending at EOS as a user's would. Each
@@ -91,6 +94,7 @@ READY_TIMEOUT_S = 600.0  # compiling the decode step takes 30-60 s on CPU
 class RequestRecord:
     ok: bool
     tokens: int = 0
+    first_wave: bool = False  # one of the first `concurrency` requests, sent all at once
     ttft_s: float | None = None
     e2e_s: float | None = None
     error: str | None = None
@@ -112,6 +116,7 @@ class Level:
         ttfts = [r.ttft_s for r in good if r.ttft_s is not None]
         itls = [gap for r in good for gap in r.itl_s]  # pooled over requests
         e2es = [r.e2e_s for r in good if r.e2e_s is not None]
+        first_wave = [r.ttft_s for r in good if r.first_wave and r.ttft_s is not None]
         return {
             "name": self.name,
             "concurrency": self.concurrency,
@@ -125,6 +130,7 @@ class Level:
             **_stats("ttft", ttfts),
             **_stats("itl", itls),
             **_stats("e2e", e2es),
+            "ttft_first_wave_p50_ms": _ms(_quantile(first_wave, 0.50)),
             "errors": sorted({r.error for r in self.records if r.error})[:5],
         }
 
@@ -171,9 +177,14 @@ def heldout_prompts(count: int, seed: int) -> list[str]:
     return [format_prompt(problem) for problem in heldout]
 
 
+# Requests per client at least, per level: the first wave (every client at once) is then
+# at most an eighth of a level's requests.
+REQUESTS_PER_CLIENT = 8
+
+
 def requests_for(concurrency: int, requested: int) -> int:
-    """`--requests`, but at least two per client so that all clients run at once."""
-    return max(requested, 2 * concurrency)
+    """`--requests`, but at least `REQUESTS_PER_CLIENT` per client (see the module docstring)."""
+    return max(requested, REQUESTS_PER_CLIENT * concurrency)
 
 
 def serving_dtype(device: str) -> torch.dtype:
@@ -335,8 +346,11 @@ async def run_level(url: str, prompts: list[str], concurrency: int, body: dict) 
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while not queue.empty():
+            first_wave = queue.qsize() > len(prompts) - concurrency
             prompt = queue.get_nowait()
-            records.append(await _one_request(client, {**body, "prompt": prompt}))
+            record = await _one_request(client, {**body, "prompt": prompt})
+            record.first_wave = first_wave
+            records.append(record)
 
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), limits=limits) as client:
         start = time.perf_counter()
@@ -419,7 +433,7 @@ def _tiny_random_checkpoint(directory: Path) -> Path:
 
 TABLE_COLUMNS = [
     "name", "requests", "failures", "request_per_s", "output_tokens_per_s",
-    "ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms", "itl_mean_ms", "itl_p50_ms", "itl_p99_ms",
+    "ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms", "ttft_first_wave_p50_ms", "itl_mean_ms", "itl_p50_ms", "itl_p99_ms",
     "e2e_mean_ms", "e2e_p50_ms", "e2e_p99_ms",
 ]
 

@@ -53,8 +53,12 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
         for name in LEVEL_FIELDS:
             assert name in level, (level["name"], name)
         assert level["failures"] == 0, level
-        assert level["requests"] >= 2 * level["concurrency"]
+        assert level["requests"] >= 8 * level["concurrency"]
         assert level["completed"] == level["requests"]
+        # The first wave: one request per client, all sent at once, its TTFT reported apart.
+        records = report["records"][level["name"]]
+        assert sum(record["first_wave"] for record in records) == level["concurrency"]
+        assert _non_negative_number(level["ttft_first_wave_p50_ms"])
         assert level["output_tokens"] == level["requests"] * report["settings"]["new_tokens"]
         for name in ("request_per_s", "output_tokens_per_s", *LATENCIES):
             assert _non_negative_number(level[name]), (level["name"], name, level[name])
