@@ -24,7 +24,10 @@ What it does:
      end-to-end latency (E2E);
   3. reads the server's peak resident memory (VmHWM in /proc/<pid>/status)
      after the sweep, then stops the server;
-  4. loads the same checkpoint in this process and runs `model.generate()`
+  4. loads the same checkpoint in this process and runs `model.generate()`,
+     before the server starts and again after it stops (the machine's speed
+     drifts over minutes: bracketing the sweep keeps a drift from favouring
+     either side; the baseline row is both runs together, each also reported),
      (do_sample, top_k=0, temperature 1; with `fixed`, the same number of new
      tokens forced with min_new_tokens; with `task`, ending at EOS) one prompt
      at a time, with TTFT and ITL from a
@@ -45,7 +48,8 @@ What it does:
 
 JSON keys: checkpoint, settings (the flags), machine, server (overrides,
 info, ready_s, peak_rss_mib, ...), model (parameters, kv_bytes_per_token, ...), levels (one
-row per concurrency level), baseline (the generate() row, or null), summary
+row per concurrency level), baseline (the generate() row, or null), baseline_halves (its
+runs before and after the server), summary
 (the two ratios, null when a level is missing), records (per request).
 
 What it does not do: tune anything, compare GPUs, or measure GPU memory (the
@@ -362,6 +366,12 @@ async def run_level(url: str, prompts: list[str], concurrency: int, body: dict) 
 # ---------------------------------------------------------------- the baseline
 
 
+def merged(levels: list[Level], name: str) -> Level:
+    """One level from runs of the same requests at different times: all records, walls summed."""
+    return Level(name, levels[0].concurrency, sum(level.requests for level in levels),
+                 sum(level.wall_s for level in levels), [r for level in levels for r in level.records])
+
+
 def run_hf_generate(
     checkpoint: Path, prompts: list[str], new_tokens: int, seed: int, device: str, *, stop_at_eos: bool = False
 ) -> Level:
@@ -523,6 +533,17 @@ def main() -> None:
         count = max(max(requests_for(c, args.requests) for c in args.concurrency), args.baseline_requests or 0)
         prompts = fixed_prompts(count, args.seed) if fixed_length else heldout_prompts(count, args.seed)
 
+        baseline_prompts = prompts[: args.baseline_requests or args.requests]
+
+        def baseline_run() -> Level | None:
+            if args.no_baseline:
+                return None
+            return run_hf_generate(checkpoint, baseline_prompts, args.new_tokens, args.seed, device,
+                                   stop_at_eos=not fixed_length)
+
+        # The baseline runs before and after the server, never beside it: this VM's speed drifts
+        # over minutes, and bracketing the sweep keeps a drift from favouring either side.
+        baseline_before = baseline_run()
         server = None
         if not args.url:
             server = ServerProcess(checkpoint, overrides)
@@ -541,11 +562,12 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
-        baseline = None
-        if not args.no_baseline:
-            baseline_prompts = prompts[: args.baseline_requests or args.requests]
-            baseline = run_hf_generate(checkpoint, baseline_prompts, args.new_tokens, args.seed, device,
-                                       stop_at_eos=not fixed_length)
+        baseline_after = baseline_run()
+        for level, when in ((baseline_before, "before"), (baseline_after, "after")):
+            if level is not None:
+                level.name = f"HF generate() {when}"
+        baseline_halves = [level for level in (baseline_before, baseline_after) if level is not None]
+        baseline = merged(baseline_halves, "HF generate() c=1") if baseline_halves else None
     load_after = _load_avg()
 
     rows = [level.summary() for level in levels]
@@ -559,7 +581,8 @@ def main() -> None:
         f"baseline threads={torch.get_num_threads()}  cpus={os.cpu_count()}  load={load_before} -> {load_after}  "
         f"torch={torch.__version__}"
     )
-    _print_table(rows + ([baseline_row] if baseline_row else []), header)
+    halves = [level.summary() for level in baseline_halves]
+    _print_table(rows + ([baseline_row] if baseline_row else []) + halves, header)
     if facts is not None:
         print(f"model: {facts['parameters']} parameters, KV cache {facts['kv_bytes_per_token']} bytes "
               f"per sequence per token ({facts['dtype']})")
@@ -584,6 +607,7 @@ def main() -> None:
         "model": facts,
         "levels": rows,
         "baseline": baseline_row,
+        "baseline_halves": halves,  # the baseline's run before the server and its run after
         "summary": ratios,
         "records": {
             level.name: [{k: v for k, v in asdict(r).items() if k != "itl_s"} for r in level.records]

@@ -70,6 +70,11 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     for name in LEVEL_FIELDS:
         assert name in baseline, name
     assert baseline["failures"] == 0
+    # Run before the server and again after it: the row is both runs together.
+    halves = report["baseline_halves"]
+    assert [half["name"] for half in halves] == ["HF generate() before", "HF generate() after"]
+    assert baseline["requests"] == sum(half["requests"] for half in halves)
+    assert baseline["output_tokens"] == sum(half["output_tokens"] for half in halves)
     for name in ("request_per_s", "output_tokens_per_s", "ttft_p50_ms", "e2e_p50_ms"):
         assert _non_negative_number(baseline[name]), (name, baseline[name])
 
