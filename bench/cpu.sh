@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Every CPU benchmark behind BENCHMARKS.md, in one run on one machine (about 30 minutes on 2 cores):
+# Every CPU benchmark behind BENCHMARKS.md, in one run on one machine (about 20 minutes on 2 cores):
 #   1. offline decode, bundled model: engine (learned/fixed/entropy, eager and compiled) vs
 #      generate() vs the bare forward, batches 1 8 16 32, prompt 32, 128 new tokens;
-#   2. HTTP serving, bundled model, the server started as `make serve` starts it: 1 4 16 64 clients,
+#   2. HTTP serving, bundled model, the server started as `make serve` starts it: 1 4 16 64 clients
+#      (at least 8 requests per client per level),
 #      the bundled task's held-out problems ending at EOS, then 128 new tokens ignoring EOS, each
-#      with the one-at-a-time generate() baseline and the server's peak memory;
+#      with the one-at-a-time generate() baseline (run before and after the server) and the
+#      server's peak memory;
 #   3. offline decode on the Qwen2.5-0.5B shape (random weights), kept short for a CPU and eager
 #      (compiling the 24-layer model took over 7 minutes on 2 cores);
 #   4. start-up to ready as `make serve` starts, with an empty then a warm compile cache (bench/startup.sh);
