@@ -373,7 +373,8 @@ def merged(levels: list[Level], name: str) -> Level:
 
 
 def run_hf_generate(
-    checkpoint: Path, prompts: list[str], new_tokens: int, seed: int, device: str, *, stop_at_eos: bool = False
+    checkpoint: Path, prompts: list[str], new_tokens: int, seed: int, device: str, *, name: str,
+    stop_at_eos: bool = False,
 ) -> Level:
     """The same model with transformers' generate(), one request at a time, on the server's device and dtype.
 
@@ -425,7 +426,7 @@ def run_hf_generate(
                 itl_s=[later - earlier for earlier, later in zip(times, times[1:], strict=False)],
             ))
         wall = time.perf_counter() - wall_start
-    return Level("HF generate() c=1", 1, len(prompts), wall, records)
+    return Level(name, 1, len(prompts), wall, records)
 
 
 # ---------------------------------------------------------------- main
@@ -535,15 +536,15 @@ def main() -> None:
 
         baseline_prompts = prompts[: args.baseline_requests or args.requests]
 
-        def baseline_run() -> Level | None:
+        def baseline_run(when: str) -> Level | None:
             if args.no_baseline:
                 return None
             return run_hf_generate(checkpoint, baseline_prompts, args.new_tokens, args.seed, device,
-                                   stop_at_eos=not fixed_length)
+                                   stop_at_eos=not fixed_length, name=f"HF generate() {when}")
 
         # The baseline runs before and after the server, never beside it: this VM's speed drifts
         # over minutes, and bracketing the sweep keeps a drift from favouring either side.
-        baseline_before = baseline_run()
+        baseline_before = baseline_run("before")
         server = None
         if not args.url:
             server = ServerProcess(checkpoint, overrides)
@@ -562,10 +563,7 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
-        baseline_after = baseline_run()
-        for level, when in ((baseline_before, "before"), (baseline_after, "after")):
-            if level is not None:
-                level.name = f"HF generate() {when}"
+        baseline_after = baseline_run("after")
         baseline_halves = [level for level in (baseline_before, baseline_after) if level is not None]
         baseline = merged(baseline_halves, "HF generate() c=1") if baseline_halves else None
     load_after = _load_avg()

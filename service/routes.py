@@ -71,8 +71,10 @@ from service.schemas import (
     ServedModel,
     StreamDone,
     StreamToken,
+    chat_completion_id,
     chat_response,
     completion_choice,
+    completion_id,
     completion_response,
     generate_response,
     openai_finish_reason,
@@ -192,8 +194,8 @@ async def completions(body: CompletionRequest, request: Request, scheduler: Sche
     handle = scheduler.submit(body.to_input())
     if body.stream:
         return _sse(handle, _completion_chunks(handle, model, body),
-                    ended=_Ending(handle, _completion_id(handle), started))
-    result = await _logged_result(handle, request, _Ending(handle, _completion_id(handle), started))
+                    ended=_Ending(handle, completion_id(handle), started))
+    result = await _logged_result(handle, request, _Ending(handle, completion_id(handle), started))
     if result is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return completion_response(handle, model, result, logprobs=body.logprobs is not None)
@@ -202,7 +204,7 @@ async def completions(body: CompletionRequest, request: Request, scheduler: Sche
 async def _completion_chunks(
     handle: RequestHandle, model: str, body: CompletionRequest
 ) -> AsyncIterator[BaseModel]:
-    chunk_id = _completion_id(handle)
+    chunk_id = completion_id(handle)
     offset = 0
 
     def chunk(choices: list, **extra: Any) -> CompletionResponse:
@@ -243,7 +245,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, schedu
         raise validation_error(str(exc), "messages") from exc
     started = time.perf_counter()
     handle = scheduler.submit(body.to_input(prompt_ids))
-    chat_id = handle.request_id.replace("gen-", "chatcmpl-", 1)
+    chat_id = chat_completion_id(handle)
     if body.stream:
         return _sse(handle, _chat_chunks(handle, model, body, chat_id), ended=_Ending(handle, chat_id, started))
     result = await _logged_result(handle, request, _Ending(handle, chat_id, started))
@@ -384,10 +386,6 @@ def _served_model(requested: str, request: Request) -> str:
         raise ServiceError(404, "not_found", f"the requested model is not served here (this server: {model!r})",
                            param="model")
     return model
-
-
-def _completion_id(handle: RequestHandle) -> str:
-    return handle.request_id.replace("gen-", "cmpl-", 1)
 
 
 @dataclass(frozen=True)

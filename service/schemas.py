@@ -449,10 +449,20 @@ class ChatCompletionChunk(Sent):
     temperature: TemperatureSummary | None = None  # IntroLLM extra, on the last chunk
 
 
+def completion_id(handle: RequestHandle) -> str:
+    """The `cmpl-` id OpenAI's completions carry: the request's own id under that prefix."""
+    return handle.request_id.replace("gen-", "cmpl-", 1)
+
+
+def chat_completion_id(handle: RequestHandle) -> str:
+    """The `chatcmpl-` id of a chat completion, likewise."""
+    return handle.request_id.replace("gen-", "chatcmpl-", 1)
+
+
 def chat_response(handle: RequestHandle, model: str, result: Completed) -> ChatCompletionResponse:
     finish = result.finish
     return ChatCompletionResponse(
-        id=handle.request_id.replace("gen-", "chatcmpl-", 1),
+        id=chat_completion_id(handle),
         created=handle.created,
         model=model,
         choices=[ChatChoice(message=ChatReply(content=finish.text), finish_reason=openai_finish_reason(finish.reason),
@@ -519,7 +529,7 @@ def _completion_logprobs(tokens: list[TokenEvent], offset: int) -> CompletionLog
 def completion_response(handle: RequestHandle, model: str, result: Completed, logprobs: bool) -> CompletionResponse:
     finish = result.finish
     return CompletionResponse(
-        id=handle.request_id.replace("gen-", "cmpl-", 1),
+        id=completion_id(handle),
         created=handle.created,
         model=model,
         choices=[completion_choice(result.tokens, finish.text, openai_finish_reason(finish.reason), logprobs)],
