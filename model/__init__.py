@@ -22,6 +22,7 @@ from model.controllers import (
     constant_action,
 )
 from model.decode import Generation, SamplingParams, StepOutput, StepResult, decode_step, generate, prefill, sample_step
+from model.draft import DRAFT_STATISTICS, Draft, decode_draft, draft_summary_size, summarise_draft
 from model.lm import LMOutput, forward, lm_hidden_size, new_cache
 from model.noise import CounterNoise
 from model.prompt_format import (
@@ -38,6 +39,8 @@ from model.temperature_head import ActionDistribution, HeadConfig, TemperatureAc
 from model.tiny import TinyLMConfig, build_char_tokenizer, build_tiny_lm
 
 __all__ = [
+    "DRAFT_STATISTICS",
+    "Draft",
     "FORMAT_VERSION",
     "ActionDistribution",
     "Checkpoint",
@@ -64,7 +67,9 @@ __all__ = [
     "build_tiny_lm",
     "choose_prompt_format",
     "constant_action",
+    "decode_draft",
     "decode_step",
+    "draft_summary_size",
     "forward",
     "generate",
     "lm_hidden_size",
@@ -79,6 +84,7 @@ __all__ = [
     "sample",
     "sample_step",
     "save_checkpoint",
+    "summarise_draft",
     "token_log_probs",
     "user_message",
     "write_manifest",

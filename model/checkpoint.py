@@ -6,7 +6,8 @@ A checkpoint is a directory:
     tokenizer.json, tokenizer_config.json   the tokenizer, likewise
     temperature_head.safetensors            the head's weights
     introllm.json                           the manifest: format version, head
-                                            config (tau range included), base
+                                            config (tau range and the head's
+                                            inputs included), base
                                             model name, prompt format (plain
                                             or chat template; absent = plain),
                                             training summary
@@ -43,6 +44,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from model.draft import DRAFT_STATISTICS, draft_summary_size
 from model.lm import lm_hidden_size
 from model.prompt_format import PLAIN, PromptFormat, PromptFormatError
 from model.temperature_head import HeadConfig, TemperatureHead
@@ -278,6 +280,12 @@ def load_checkpoint(
         raise CheckpointError(
             f"temperature head hidden_size {manifest.head.hidden_size} does not match the LM's hidden size {lm_width}: "
             f"{path / HEAD_FILE} (sized by {MANIFEST_FILE}) is for another LM than {CONFIG_FILE}"
+        )
+    if manifest.head.reads_draft and manifest.head.draft_size != draft_summary_size(lm_width):
+        raise CheckpointError(
+            f"temperature head draft_size {manifest.head.draft_size} in {path / MANIFEST_FILE} does not match the "
+            f"draft summary of this LM ({draft_summary_size(lm_width)} = {len(DRAFT_STATISTICS)} statistics + "
+            f"hidden size {lm_width})"
         )
     model = model.to(device).eval()
     return Checkpoint(model=model, tokenizer=tokenizer, head=head, manifest=manifest, path=path)

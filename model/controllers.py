@@ -13,7 +13,7 @@ state; tau_prev is passed in by the decode loop.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -48,21 +48,27 @@ def constant_action(tau: torch.Tensor, gate: torch.Tensor) -> TemperatureAction:
 class LearnedTemperature:
     """The head's policy. `deterministic` serves without noise (gate p > 0.5, Beta mean);
     `tau_range` optionally narrows the trained range at serving time (the
-    recorded log_prob is then no longer that of the applied tau)."""
+    recorded log_prob is then no longer that of the applied tau). A head that
+    reads a greedy draft needs `draft`, the summary of each row's draft (B, F)
+    (`model.decode_draft`); `with_draft` binds it for a batch."""
 
     head: TemperatureHead
     deterministic: bool = False
     tau_range: tuple[float, float] | None = None
     name: str = "learned"
+    draft: torch.Tensor | None = None
+
+    def with_draft(self, draft: torch.Tensor | None) -> LearnedTemperature:
+        return replace(self, draft=draft)
 
     def initial_tau(self, batch: int, device: torch.device) -> torch.Tensor:
         return torch.full((batch, 1), self.head.config.tau_init, device=device)
 
     def choose(self, hidden, logits, tau_prev, generators) -> TemperatureAction:
         if self.deterministic:
-            action = self.head.choose_deterministic(hidden, tau_prev)
+            action = self.head.choose_deterministic(hidden, tau_prev, self.draft)
         else:
-            action = self.head.sample(hidden, tau_prev, generators)
+            action = self.head.sample(hidden, tau_prev, generators, self.draft)
         if self.tau_range is not None:
             action.tau = action.tau.clamp(*self.tau_range)
         return action

@@ -15,6 +15,7 @@ explicit object created here or passed in by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -136,13 +137,15 @@ def generate(
     use_cache: bool = True,
     pad_token_id: int = 0,
     keep_logits: bool = False,
+    observe: Callable[[StepOutput], None] | None = None,
 ) -> Generation:
     """Decode up to `max_new_tokens` per row from prompts (B, T) of equal length.
 
     A row stops at EOS; the loop stops when every row has. `use_cache=False`
     recomputes the whole sequence at each step (the check on the cache).
     `generators` given as `CounterNoise` is the noise of the first new token;
-    new token t draws from its counters advanced by t.
+    new token t draws from its counters advanced by t. `observe` is
+    called with each step's logits and hidden state before its token is drawn.
     """
     batch, prompt_len = prompt_ids.shape
     device = prompt_ids.device
@@ -164,6 +167,8 @@ def generate(
         records.append(result)
         if keep_logits:
             logits_seen.append(step.logits)
+        if observe is not None:
+            observe(step)
         tau = result.action.tau
         if params.eos_token_id is not None:
             hit_eos = (result.tokens == params.eos_token_id) & ~finished

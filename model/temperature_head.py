@@ -3,12 +3,18 @@
 What it does: maps a hidden state h_t (B, d) to a hybrid action, following
 IntroLLM (arXiv 2602.13035):
 
-    u_t = W2 . ReLU(W1 . h_t + b1) + b2,     u_t = [u_gate, u_alpha, u_beta]
+    u_t = W2 . ReLU(W1 . x_t + b1) + b2,     u_t = [u_gate, u_alpha, u_beta]
     c_t ~ Bernoulli(sigmoid(u_gate))                  "update the temperature?"
     z_t ~ Beta(softplus(u_alpha) + eps, softplus(u_beta) + eps)
     tau_t = tau_min + z_t (tau_max - tau_min)  if c_t = 1,  else tau_{t-1}
 
-and gives the log-probability GRPO differentiates,
+The head's input x_t is the config's `inputs`, concatenated: "hidden" (h_t,
+the paper's head and every checkpoint written before draft heads), optionally
+"tau_prev" (tau_{t-1} mapped to [0, 1]) and "draft" (the summary of the
+prompt's greedy draft, `model/draft.py`, the same for every token of a
+sample). A manifest without `inputs` is the paper's head, reading h_t only.
+
+It gives the log-probability GRPO differentiates,
 log P(c_t) + c_t log Beta(z_t; alpha_t, beta_t). It also offers a
 deterministic choice for serving without noise (gate by probability > 0.5,
 Beta mean).
@@ -38,6 +44,8 @@ from model.noise import ACTION_STREAM, UNIFORMS_PER_GAMMA, CounterNoise, gamma_f
 # softplus are saturated far before, and this keeps alpha/beta finite when the
 # hidden state is huge or the head has diverged.
 LOGIT_CLAMP = 30.0
+# What a head may read beside h_t (HeadConfig.inputs).
+OPTIONAL_INPUTS = ("tau_prev", "draft")
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,14 @@ class HeadConfig:
         init_gate_prob and Beta(alpha, beta) with mean at tau_init and
         alpha + beta = init_concentration.
     z_margin: z is clamped into [z_margin, 1 - z_margin].
+    inputs: what the head reads, in order: "hidden" first, then optionally
+        "tau_prev" and "draft" (see the module docstring).
+    draft_size: width of the draft summary when "draft" is an input, else 0.
+    draft_linear: how many leading entries of the draft summary (its confidence
+        statistics, model/draft.py) also reach u_t through a linear map of
+        their own, zero at initialisation: a per-problem shift of the gate and
+        Beta logits that needs no hidden unit to discover eight numbers among
+        hundreds of inputs.
     """
 
     hidden_size: int
@@ -64,8 +80,19 @@ class HeadConfig:
     init_gate_prob: float = 0.5
     init_concentration: float = 8.0
     z_margin: float = 1e-4
+    inputs: tuple[str, ...] = ("hidden",)
+    draft_size: int = 0
+    draft_linear: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))  # a manifest gives a list
+        if self.inputs[:1] != ("hidden",) or not set(self.inputs[1:]) <= set(OPTIONAL_INPUTS) \
+                or len(set(self.inputs)) != len(self.inputs):
+            raise ValueError(f"head inputs must be 'hidden' then any of {OPTIONAL_INPUTS}, got {list(self.inputs)}")
+        if ("draft" in self.inputs) != (self.draft_size > 0):
+            raise ValueError("draft_size must be > 0 exactly when 'draft' is an input of the head")
+        if not 0 <= self.draft_linear <= self.draft_size:
+            raise ValueError(f"draft_linear must be in [0, draft_size], got {self.draft_linear}")
         if self.hidden_size <= 1:
             raise ValueError(f"hidden_size must be > 1, got {self.hidden_size}")
         if not 0.0 < self.tau_min < self.tau_max:
@@ -77,8 +104,18 @@ class HeadConfig:
         if self.init_concentration <= 2 * self.eps:
             raise ValueError("init_concentration must exceed 2 * eps")
 
+    @property
+    def reads_draft(self) -> bool:
+        return "draft" in self.inputs
+
+    @property
+    def input_size(self) -> int:
+        return self.hidden_size + ("tau_prev" in self.inputs) + self.draft_size
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["inputs"] = list(self.inputs)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadConfig:
@@ -137,14 +174,26 @@ def _softplus_inverse(y: float) -> float:
 
 
 class TemperatureHead(nn.Module):
-    """MLP d -> d/2 -> 3 with ReLU; see the module docstring for the action."""
+    """MLP (d + extra inputs) -> d/2 -> 3 with ReLU; see the module docstring for the action.
+
+    Every method takes the step's hidden state (..., d) and, for a head that
+    reads them, tau_prev (..., 1) and the draft summary (..., F) or (B, F) for
+    hidden (B, N, d) (one summary per row, broadcast over its tokens).
+    """
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
         self.config = config
         d = config.hidden_size
-        self.fc1 = nn.Linear(d, d // 2)
+        self.fc1 = nn.Linear(config.input_size, d // 2)
         self.fc2 = nn.Linear(d // 2, 3)
+        self.draft_linear = nn.Linear(config.draft_linear, 3, bias=False) if config.draft_linear else None
+        # The draft statistics enter standardised (x - mean) / std, both paths alike: fixed numbers saved with
+        # the weights, set once by the trainer from drafts of training prompts (`set_draft_scale`).
+        # (None for a head without that path: nothing extra in its state dict, so older heads load unchanged.)
+        linear = config.draft_linear
+        self.register_buffer("draft_mean", torch.zeros(linear) if linear else None)
+        self.register_buffer("draft_std", torch.ones(linear) if linear else None)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -154,6 +203,8 @@ class TemperatureHead(nn.Module):
         nn.init.kaiming_uniform_(self.fc1.weight, a=math.sqrt(5))
         nn.init.zeros_(self.fc1.bias)
         nn.init.zeros_(self.fc2.weight)
+        if self.draft_linear is not None:
+            nn.init.zeros_(self.draft_linear.weight)
         mean = float(cfg.tau_to_z(torch.tensor(cfg.tau_init)))
         mean = min(max(mean, 0.05), 0.95)
         alpha = max(mean * cfg.init_concentration - cfg.eps, 1e-3)
@@ -161,15 +212,60 @@ class TemperatureHead(nn.Module):
         gate_logit = math.log(cfg.init_gate_prob / (1 - cfg.init_gate_prob))
         self.fc2.bias.copy_(torch.tensor([gate_logit, _softplus_inverse(alpha), _softplus_inverse(beta)]))
 
-    def raw_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+    @property
+    def reads_draft(self) -> bool:
+        return self.config.reads_draft
+
+    @torch.no_grad()
+    def set_draft_scale(self, summaries: torch.Tensor) -> None:
+        """Standardise the draft statistics by their mean and std over draft summaries (P, draft_size)."""
+        stats = summaries[:, : self.config.draft_linear].float()
+        self.draft_mean.copy_(stats.mean(dim=0))
+        self.draft_std.copy_(stats.std(dim=0).clamp_min(1e-3) if len(stats) > 1 else torch.ones_like(self.draft_std))
+
+    def head_input(
+        self, hidden: torch.Tensor, tau_prev: torch.Tensor | None = None, draft: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x_t (..., input_size): the inputs the config names, concatenated, in the weights' dtype."""
+        cfg = self.config
+        dtype = self.fc1.weight.dtype
+        parts = [hidden.to(dtype)]
+        if "tau_prev" in cfg.inputs:
+            if tau_prev is None:
+                raise ValueError("this temperature head reads tau_prev: pass it")
+            tau_prev = torch.nan_to_num(tau_prev.float(), nan=cfg.tau_init).clamp(cfg.tau_min, cfg.tau_max)
+            parts.append(cfg.tau_to_z(tau_prev).to(dtype).expand(*hidden.shape[:-1], 1))
+        if cfg.reads_draft:
+            if draft is None:
+                raise ValueError("this temperature head reads a greedy draft of the prompt: pass its summary "
+                                 "(model.decode_draft)")
+            if draft.shape[-1] != cfg.draft_size:
+                raise ValueError(f"draft summary has width {draft.shape[-1]}, the head reads {cfg.draft_size}")
+            if cfg.draft_linear:
+                stats = (draft[..., : cfg.draft_linear].float() - self.draft_mean) / self.draft_std
+                draft = torch.cat([stats.to(draft.dtype), draft[..., cfg.draft_linear :]], dim=-1)
+            while draft.dim() < hidden.dim():
+                draft = draft.unsqueeze(-2)  # one summary per row, over its tokens
+            parts.append(torch.nan_to_num(draft.to(dtype)).expand(*hidden.shape[:-1], cfg.draft_size))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+    def raw_outputs(
+        self, hidden: torch.Tensor, tau_prev: torch.Tensor | None = None, draft: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """u_t for hidden states (..., d): (..., 3), float32, finite and clamped."""
-        weight_dtype = self.fc1.weight.dtype
-        u = self.fc2(F.relu(self.fc1(hidden.to(weight_dtype)))).float()
+        x = self.head_input(hidden, tau_prev, draft)
+        u = self.fc2(F.relu(self.fc1(x)))
+        if self.draft_linear is not None:
+            start = x.shape[-1] - self.config.draft_size  # the summary is the last part of x
+            u = u + self.draft_linear(x[..., start : start + self.config.draft_linear])
+        u = u.float()
         return torch.nan_to_num(u, nan=0.0).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
 
-    def distribution(self, hidden: torch.Tensor) -> ActionDistribution:
+    def distribution(
+        self, hidden: torch.Tensor, tau_prev: torch.Tensor | None = None, draft: torch.Tensor | None = None
+    ) -> ActionDistribution:
         """The action distribution for hidden states (..., d); fields shaped (..., 1)."""
-        u = self.raw_outputs(hidden)
+        u = self.raw_outputs(hidden, tau_prev, draft)
         eps = self.config.eps
         return ActionDistribution(
             gate_logit=u[..., 0:1],
@@ -191,6 +287,7 @@ class TemperatureHead(nn.Module):
         hidden: torch.Tensor,
         tau_prev: torch.Tensor,
         generators: torch.Generator | Sequence[torch.Generator] | CounterNoise | None = None,
+        draft: torch.Tensor | None = None,
     ) -> TemperatureAction:
         """Draw c_t and z_t for hidden (B, d) given tau_prev (B, 1).
 
@@ -200,7 +297,7 @@ class TemperatureHead(nn.Module):
         outcome, so a seed fixes the temperatures of a request regardless of
         what else is in the batch.
         """
-        dist = self.distribution(hidden)
+        dist = self.distribution(hidden, tau_prev, draft)
         uniform, gamma_a, gamma_b = _draw_gate_and_beta(dist.alpha, dist.beta, generators)
         gate = (uniform < dist.gate_prob).float()
         # Beta(a, b) = Ga / (Ga + Gb). Both Gammas can underflow to 0 for small
@@ -209,25 +306,32 @@ class TemperatureHead(nn.Module):
         z = torch.where(total > 0, gamma_a / total.clamp_min(1e-30), dist.beta_mean)
         return self._act(dist, tau_prev, gate, z)
 
-    def choose_deterministic(self, hidden: torch.Tensor, tau_prev: torch.Tensor) -> TemperatureAction:
+    def choose_deterministic(
+        self, hidden: torch.Tensor, tau_prev: torch.Tensor, draft: torch.Tensor | None = None
+    ) -> TemperatureAction:
         """Noise-free choice for serving: update where P(update) > 0.5, to the Beta mean."""
-        dist = self.distribution(hidden)
+        dist = self.distribution(hidden, tau_prev, draft)
         gate = (dist.gate_prob > 0.5).float()
         return self._act(dist, tau_prev, gate, dist.beta_mean)
 
-    def log_prob(self, hidden: torch.Tensor, gate: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, hidden: torch.Tensor, gate: torch.Tensor, z: torch.Tensor,
+        tau_prev: torch.Tensor | None = None, draft: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """log P(c) + c * log Beta(z; alpha, beta) for hidden (..., d), gate and z (..., 1)."""
         z = z.float().clamp(self.config.z_margin, 1 - self.config.z_margin)
-        return _action_log_prob(self.distribution(hidden), gate.float(), z)
+        return _action_log_prob(self.distribution(hidden, tau_prev, draft), gate.float(), z)
 
-    def action_entropy(self, hidden: torch.Tensor) -> torch.Tensor:
+    def action_entropy(
+        self, hidden: torch.Tensor, tau_prev: torch.Tensor | None = None, draft: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Entropy (nats) of the action for hidden states (..., d): H(gate) + P(update) * H(Beta), (..., 1).
 
         The Beta part is a differential entropy on [0, 1]: 0 for the uniform
         Beta(1, 1), negative for anything more concentrated. Trainers use it as
         an exploration bonus for the temperature policy.
         """
-        dist = self.distribution(hidden)
+        dist = self.distribution(hidden, tau_prev, draft)
         p = dist.gate_prob
         gate_entropy = -(p * F.logsigmoid(dist.gate_logit) + (1 - p) * F.logsigmoid(-dist.gate_logit))
         beta_entropy = torch.distributions.Beta(dist.alpha, dist.beta, validate_args=False).entropy()
