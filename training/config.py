@@ -15,10 +15,10 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from model import HeadConfig, TinyLMConfig
+from model import DRAFT_STATISTICS, HeadConfig, TinyLMConfig, draft_summary_size
 from training.tasks.countdown import CountdownConfig
 from training.tasks.jsonl import JsonlTaskConfig
 
@@ -47,6 +47,19 @@ class HeadPrior:
     eps: float = HeadConfig.eps
     init_gate_prob: float = HeadConfig.init_gate_prob
     init_concentration: float = HeadConfig.init_concentration
+    # What a new head reads, comma-separated: "hidden" (the paper's head), optionally "tau_prev" and
+    # "draft" (a summary of the prompt's greedy draft, model/draft.py). Empty: "hidden" for sft; for grpo,
+    # whatever the warm start's head reads (a different list starts a fresh head with this prior).
+    inputs: str = ""
+
+    def head_config(self, hidden_size: int) -> HeadConfig:
+        """The model core's config of a fresh head with this prior on an LM of width `hidden_size`."""
+        inputs = tuple(part.strip() for part in (self.inputs or "hidden").split(",") if part.strip())
+        fields = {k: v for k, v in asdict(self).items() if k != "inputs"}
+        draft_size = draft_summary_size(hidden_size) if "draft" in inputs else 0
+        draft_linear = len(DRAFT_STATISTICS) if "draft" in inputs else 0
+        return HeadConfig(hidden_size=hidden_size, inputs=inputs, draft_size=draft_size, draft_linear=draft_linear,
+                          **fields)
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,13 @@ class GRPOConfig:
     lm_advantage: str = "mean"
     tau_advantage: str = "mean"
     pass_k: int = 4
+    # Head steps also sample each group at these temperatures (comma-separated, inside the head's range),
+    # each row keeping its rung for its whole completion: the head's signal for temperatures it would not
+    # pick itself (training/grpo.py). ladder_samples rows per group cycle over the rungs (0 = one per rung).
+    tau_ladder: str = ""
+    ladder_samples: int = 0
+    tau_rows: str = "policy+ladder"  # the head's rows in its updates: its own and the ladder's, or "ladder" alone
+    ladder_weights: str = "positive"  # ladder rows weigh by max(advantage, 0) ("positive") or the advantage
     tau_entropy_coef: float = 0.0  # bonus on the head's action entropy in its updates (exploration)
     # Start the head afresh from `head` instead of the warm start's (a resumed run keeps its own).
     # A low init_gate_prob makes each sample's tau persist, so a group holds hot and cold samples
@@ -117,6 +137,7 @@ class GRPOConfig:
     head: HeadPrior = field(default_factory=HeadPrior)
     lm_lr: float = 3e-5
     head_lr: float = 3e-4
+    draft_lr_scale: float = 30.0  # the head's linear path from the draft statistics learns at head_lr x this
     clip_eps: float = 0.2
     kl_coef: float = 0.0
     updates_per_rollout: int = 1
@@ -155,6 +176,13 @@ class EvalConfig:
                         "fixed:1.2,fixed:1.4,entropy,learned,learned-deterministic")
     seed: int = 0
     batch_rows: int = 512
+    # The baselines built on each problem's greedy draft (hedge, draft rule; training/frontier.py). The
+    # draft rule picks the first or the second of draft_rule_taus (both in `controllers`) per problem,
+    # fitted on draft_rule_problems train-split problems with draft_rule_samples samples at each.
+    draft_baselines: bool = True
+    draft_rule_taus: str = "0.1,1.0"
+    draft_rule_problems: int = 500
+    draft_rule_samples: int = 4
     plot_samples: int = 4
     write_manifest: bool = True  # record the table in the checkpoint's manifest and model card
     threads: int = 0

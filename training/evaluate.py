@@ -13,6 +13,24 @@ the same per-row seeds, and reports
     by token class (Countdown: choice / compute / answer / format / eos; a task
     without classes: text / eos);
   - a PNG of tau along a few sampled solutions.
+
+With a greedy draft (always for a head that reads one, and whenever the
+draft baselines are on), each problem's greedy draft is decoded once as its
+sample 0. A draft-reading head's "learned" result is that draft plus k - 1
+samples of the head (samples 1..k-1): k decodes, like every other row. The
+draft gives two problem-blind or hand-made baselines at the same cost, built
+from the same samples (sample s draws the same noise under every controller):
+  - hedge <tau>: the draft plus samples 1..k-1 of fixed tau, for each tau of
+    the grid;
+  - draft rule p><t>: a logistic rule on the draft's statistics, fitted on
+    train-split problems (label: hot beat cold there), choosing per problem the
+    cold or the hot tau of `draft_rule_taus` for samples 1..k-1, one row per
+    probability threshold t;
+and the targets: the learned point against each family at the nearest
+setting at or below its pass@k ("above the curve"), against the best fixed
+tau at both ends, and its mean tau on problems only hot sampling solves
+against problems cold sampling solves every time. A PNG of the frontier (avg@k
+against pass@k) shows all of it.
 It writes report.json and report.md, and can record the table in the
 checkpoint's manifest.
 
@@ -30,6 +48,8 @@ from pathlib import Path
 import torch
 
 from model import (
+    DRAFT_STATISTICS,
+    FixedTemperature,
     TemperatureController,
     TemperatureHead,
     load_checkpoint,
@@ -38,11 +58,22 @@ from model import (
 )
 from training.common import set_threads
 from training.config import EvalConfig, config_to_dict
-from training.rollout import RolloutBatch, controller_from_spec, sample_completions
+from training.frontier import (
+    DraftRule,
+    draft_rule_results,
+    fit_draft_rule,
+    hedges,
+    plot_frontier,
+    targets,
+    targets_markdown,
+)
+from training.rollout import RolloutBatch, controller_from_spec, draft_completions, sample_completions
 from training.start import task_from_record, task_of
 from training.tasks import Task
 
 Z_95 = 1.959964
+# ControllerResult fields kept out of the JSON rows (report.json has the counts per problem instead).
+PER_PROBLEM_FIELDS = ("per_problem_accuracy", "correct", "per_problem_tau")
 
 
 @dataclass
@@ -57,6 +88,9 @@ class ControllerResult:
     mean_tau: float
     gate_rate: float
     per_problem_accuracy: list[float] = field(repr=False, default_factory=list)
+    # (P, k) 0/1: sample s of problem i correct; and mean tau per problem (NaN where nothing was sampled by tau).
+    correct: list[list[int]] = field(repr=False, default_factory=list)
+    per_problem_tau: list[float] = field(repr=False, default_factory=list)
 
 
 @dataclass
@@ -67,18 +101,22 @@ class EvalReport:
     plot: str
     markdown: str
     problem_outcomes: dict[str, dict[str, float]] = field(default_factory=dict)
+    targets: list[dict] = field(default_factory=list)
+    draft_rule: dict = field(default_factory=dict)
+    frontier_plot: str = ""
 
     def to_dict(self, per_problem: bool = False) -> dict:
         """The report as JSON; `per_problem` adds each controller's correct count per problem, which
         paired comparisons across models need (report.json has it, the manifest does not)."""
         rows = []
         for r in self.results:
-            row = {k: v for k, v in asdict(r).items() if k != "per_problem_accuracy"}
+            row = {k: v for k, v in asdict(r).items() if k not in PER_PROBLEM_FIELDS}
             if per_problem:
                 row["correct_per_problem"] = [round(a * r.samples) for a in r.per_problem_accuracy]
             rows.append(row)
         return {"results": rows, "token_classes": self.token_classes, "problem_outcomes": self.problem_outcomes,
-                "learned_vs_best_fixed": self.learned_vs_best_fixed, "plot": self.plot}
+                "learned_vs_best_fixed": self.learned_vs_best_fixed, "plot": self.plot, "targets": self.targets,
+                "draft_rule": self.draft_rule, "frontier_plot": self.frontier_plot}
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
@@ -109,23 +147,41 @@ def build_controllers(spec: str, head: TemperatureHead) -> list[tuple[str, Tempe
 
 
 def summarise(name: str, batches: list[RolloutBatch], n_problems: int, samples: int) -> ControllerResult:
-    correct = torch.zeros(n_problems)
+    """avg@k, pass@k and the per-sample outcomes of `batches` (sample indices 0..samples-1). Mean tau and
+    gate rate count the rows a temperature controller sampled, not a greedy draft among them."""
+    correct = torch.zeros(n_problems, samples, dtype=torch.long)
     tau_sum = gate_sum = tokens = 0.0
+    problem_tau = torch.zeros(n_problems)
+    problem_tokens = torch.zeros(n_problems)
     for b in batches:
-        for row, i in enumerate(b.problem_index):
-            correct[i] += float(b.rewards[row] >= 1.0)
+        for row, (i, s) in enumerate(zip(b.problem_index, b.sample_index, strict=True)):
+            correct[i, s] = int(b.rewards[row] >= 1.0)
+        if b.behaviour == "draft":
+            continue
         mask = b.generation.mask
         tau_sum += float(b.generation.taus[mask].sum())
         gate_sum += float(b.generation.gates[mask].sum())
         tokens += float(mask.sum())
-    per_problem = (correct / samples).tolist()
-    solved = int((correct > 0).sum())
+        problem_tau.index_add_(0, torch.tensor(b.problem_index), (b.generation.taus * mask).sum(dim=1).float().cpu())
+        problem_tokens.index_add_(0, torch.tensor(b.problem_index), mask.sum(dim=1).float().cpu())
+    return result_from_outcomes(name, correct, mean_tau=tau_sum / max(tokens, 1.0),
+                                gate_rate=gate_sum / max(tokens, 1.0),
+                                per_problem_tau=(problem_tau / problem_tokens).tolist())
+
+
+def result_from_outcomes(name: str, correct: torch.Tensor, mean_tau: float = float("nan"),
+                         gate_rate: float = float("nan"), per_problem_tau: list[float] | None = None
+                         ) -> ControllerResult:
+    """A result from per-sample outcomes (P, k) in {0, 1}."""
+    n_problems, samples = correct.shape
+    per_problem = (correct.sum(dim=1).float() / samples).tolist()
+    solved = int((correct.sum(dim=1) > 0).sum())
     return ControllerResult(
         name=name, problems=n_problems, samples=samples,
         avg_at_k=sum(per_problem) / n_problems, avg_at_k_ci=mean_interval(per_problem),
         pass_at_k=solved / n_problems, pass_at_k_ci=wilson_interval(solved, n_problems),
-        mean_tau=tau_sum / max(tokens, 1.0), gate_rate=gate_sum / max(tokens, 1.0),
-        per_problem_accuracy=per_problem,
+        mean_tau=mean_tau, gate_rate=gate_rate, per_problem_accuracy=per_problem,
+        correct=correct.tolist(), per_problem_tau=per_problem_tau or [],
     )
 
 
@@ -148,38 +204,42 @@ def token_labels(tokenizer, token_ids: list[int], task: Task) -> tuple[list[str]
     return pieces, labels
 
 
-def tau_by_problem_outcome(results: list[ControllerResult], batches: list[RolloutBatch]) -> dict:
-    """The learned policy's mean tau and accuracy on problems grouped by how fixed taus fare on them.
-
-    Groups, from the coldest and the hottest fixed tau evaluated: "cold solves all" (every sample at the
-    coldest tau correct), "only hot solves" (none at the coldest, some at the hottest), "neither", and
-    "mixed". A head that reads the problem should be cold on the first group and hot on the second; one
-    that ignores it shows the same tau everywhere.
-    """
+def problem_groups(results: list[ControllerResult]) -> tuple[str, str, dict[str, list[int]]]:
+    """Problems grouped by how the coldest fixed tau and the fixed tau with the best pass@k fare on them:
+    "<cold> solves all" (every sample at the coldest tau correct), "only <hot> solves" (none at the
+    coldest, some at the hot one), "neither solves", and "mixed"; returns (cold name, hot name, groups)."""
     fixed = sorted((r for r in results if r.name.startswith("fixed ")), key=lambda r: float(r.name.split()[1]))
-    if len(fixed) < 2 or not batches:
-        return {}
+    if len(fixed) < 2:
+        return "", "", {}
     cold, hot = fixed[0], max(fixed[1:], key=lambda r: r.pass_at_k)
-    tau_sum: dict[int, float] = defaultdict(float)
-    tokens: dict[int, float] = defaultdict(float)
-    correct: dict[int, list[float]] = defaultdict(list)
-    for b in batches:
-        mask = b.generation.mask
-        for row, i in enumerate(b.problem_index):
-            tau_sum[i] += float(b.generation.taus[row][mask[row]].sum())
-            tokens[i] += float(mask[row].sum())
-            correct[i].append(float(b.rewards[row] >= 1.0))
     groups: dict[str, list[int]] = defaultdict(list)
     for i, (c, h) in enumerate(zip(cold.per_problem_accuracy, hot.per_problem_accuracy, strict=True)):
         name = (f"{cold.name} solves all" if c == 1.0 else f"only {hot.name} solves" if c == 0 and h > 0
                 else "neither solves" if c == 0 else "mixed")
         groups[name].append(i)
+    return cold.name, hot.name, dict(sorted(groups.items()))
+
+
+def tau_by_problem_outcome(results: list[ControllerResult], learned: ControllerResult | None) -> dict:
+    """The learned policy's mean tau (a mean over problems of each problem's mean tau over its sampled
+    tokens, a greedy draft left out) and accuracy on the groups of `problem_groups`. A head that reads the
+    problem should be cold on the first group and hot on the second; one that ignores it shows the same
+    tau everywhere."""
+    cold, hot, groups = problem_groups(results)
+    if learned is None or not groups:
+        return {}
+    by_name = {r.name: r for r in results}
+
+    def mean(values):
+        values = [v for v in values if not math.isnan(v)]
+        return sum(values) / max(len(values), 1)
+
     return {name: {"problems": len(ids),
-                   "mean_tau": sum(tau_sum[i] for i in ids) / max(sum(tokens[i] for i in ids), 1.0),
-                   "learned_avg": sum(sum(correct[i]) / len(correct[i]) for i in ids) / len(ids),
-                   "cold_avg": sum(cold.per_problem_accuracy[i] for i in ids) / len(ids),
-                   "hot_avg": sum(hot.per_problem_accuracy[i] for i in ids) / len(ids)}
-            for name, ids in sorted(groups.items())}
+                   "mean_tau": mean([learned.per_problem_tau[i] for i in ids]),
+                   "learned_avg": mean([learned.per_problem_accuracy[i] for i in ids]),
+                   "cold_avg": mean([by_name[cold].per_problem_accuracy[i] for i in ids]),
+                   "hot_avg": mean([by_name[hot].per_problem_accuracy[i] for i in ids])}
+            for name, ids in groups.items()}
 
 
 def _rows(batches: list[RolloutBatch]):
@@ -210,7 +270,12 @@ def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, c
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(b, r, ids) for b, r, ids in _rows(batches) if b.sample_index[r] == 0][:count]
+    seen: set[int] = set()
+    rows = []
+    for b, r, ids in _rows(batches):  # each problem's first sampled completion (a greedy draft has no tau to show)
+        if b.behaviour != "draft" and b.problem_index[r] not in seen and len(rows) < count:
+            seen.add(b.problem_index[r])
+            rows.append((b, r, ids))
     colours = {"choice": "tab:orange", "compute": "tab:blue", "answer": "tab:green", "format": "tab:gray",
                "text": "tab:purple", "eos": "tab:red", "special": "black"}
     fig, axes = plt.subplots(len(rows), 1, figsize=(11, 2.2 * len(rows)), squeeze=False)
@@ -239,10 +304,33 @@ def to_markdown(report: EvalReport, n: int, k: int) -> str:
     lines = [f"Held-out problems: {n}, samples per problem: {k}; 95% intervals over problems.", "",
              f"| controller | avg@{k} | 95% CI | pass@{k} | 95% CI | mean tau | gate rate |",
              "|---|---|---|---|---|---|---|"]
-    for r in report.results:
-        lines.append(f"| {r.name} | {r.avg_at_k:.3f} | [{r.avg_at_k_ci[0]:.3f}, {r.avg_at_k_ci[1]:.3f}] | "
-                     f"{r.pass_at_k:.3f} | [{r.pass_at_k_ci[0]:.3f}, {r.pass_at_k_ci[1]:.3f}] | "
-                     f"{r.mean_tau:.3f} | {r.gate_rate:.3f} |")
+    def row(r: ControllerResult) -> str:
+        tau = "-" if math.isnan(r.mean_tau) else f"{r.mean_tau:.3f}"
+        gate = "-" if math.isnan(r.gate_rate) else f"{r.gate_rate:.3f}"
+        return (f"| {r.name} | {r.avg_at_k:.3f} | [{r.avg_at_k_ci[0]:.3f}, {r.avg_at_k_ci[1]:.3f}] | "
+                f"{r.pass_at_k:.3f} | [{r.pass_at_k_ci[0]:.3f}, {r.pass_at_k_ci[1]:.3f}] | {tau} | {gate} |")
+
+    drafted = ("hedge ", "draft rule ")
+    lines += [row(r) for r in report.results if not r.name.startswith(drafted)]
+    baselines = [r for r in report.results if r.name.startswith(drafted)]
+    if baselines:
+        lines += ["", f"Baselines with the greedy draft as sample 0 (samples 1..{k - 1} reused from the fixed rows "
+                  "above: the same seeds; mean tau and gate rate not tracked):", "",
+                  f"| baseline | avg@{k} | 95% CI | pass@{k} | 95% CI | mean tau | gate rate |",
+                  "|---|---|---|---|---|---|---|"] + [row(r) for r in baselines]
+    rule = report.draft_rule
+    if rule.get("not_fitted"):
+        lines += ["", f"Draft rule: not fitted ({rule['not_fitted']})."]
+    elif rule:
+        weights = ", ".join(f"{name} {w:+.2f}" for name, w in zip(rule["statistics"], rule["weights"], strict=True))
+        lines += ["", f"Draft rule: P(hot {rule['hot']:g} beats cold {rule['cold']:g}) = sigmoid(w . standardised "
+                  f"statistics + {rule['bias']:+.2f}), fitted on {rule['train_problems']} train-split problems "
+                  f"where the two differ (train AUC {rule['train_auc']:.2f}); w: {weights}."]
+    if report.targets:
+        lines += ["", "Targets (paired 95% intervals over problems; (a) compares with each family's setting of "
+                  f"the highest pass@{k} not above the learned one):", ""] + targets_markdown(report.targets, k)
+    if report.frontier_plot:
+        lines += ["", f"![avg@{k} against pass@{k}](frontier.png)"]
     d = report.learned_vs_best_fixed
     if d:
         lines += ["", f"Learned minus best fixed tau ({d['best_fixed_avg']}) on avg@{k}, paired over problems: "
@@ -281,12 +369,32 @@ def paired_comparison(results: list[ControllerResult]) -> dict:
     }
 
 
-def _with_split(cfg: EvalConfig, n_heldout: int, split_seed: int):
+def _with_split(cfg: EvalConfig, n_heldout: int, split_seed: int, n_train: int):
     """The eval config's task flags with the checkpoint's split (so Countdown's held-out set is the same)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(task_name=cfg.task_name, task=cfg.task, jsonl=cfg.jsonl, n_train=0, n_heldout=n_heldout,
-                           split_seed=split_seed)
+    return SimpleNamespace(task_name=cfg.task_name, task=cfg.task, jsonl=cfg.jsonl, n_train=n_train,
+                           n_heldout=n_heldout, split_seed=split_seed)
+
+
+def _fixed_tau(name: str) -> float:
+    return float(name.split()[1])
+
+
+def fit_rule_on_train(cfg: EvalConfig, ckpt, task: Task, cold: float, hot: float) -> DraftRule:
+    """The draft rule, fitted on the first `draft_rule_problems` train-split problems: each one's draft
+    statistics, and `draft_rule_samples` samples at the cold and at the hot tau."""
+    train, _ = task.split()
+    problems = train[: cfg.draft_rule_problems]
+    args = dict(task=task, max_new_tokens=task.max_new_tokens, batch_rows=cfg.batch_rows,
+                prompt_format=ckpt.manifest.prompt_format)
+    _, summaries = draft_completions(ckpt.model, ckpt.tokenizer, problems, **args)
+    outcomes = []
+    for tau in (cold, hot):
+        batches = sample_completions(ckpt.model, ckpt.tokenizer, FixedTemperature(tau), problems,
+                                     samples=cfg.draft_rule_samples, seed=cfg.seed + 1, **args)
+        outcomes.append(torch.tensor(summarise(f"fixed {tau}", batches, len(problems), cfg.draft_rule_samples).correct))
+    return fit_draft_rule(summaries[:, : len(DRAFT_STATISTICS)], outcomes[0], outcomes[1], cold, hot)
 
 
 def run_evaluation(cfg: EvalConfig) -> EvalReport:
@@ -296,32 +404,81 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
     training = ckpt.manifest.training
     n_heldout = int(training.get("n_heldout", max(cfg.problems, 500)))
     split_seed = int(training.get("split_seed", 1234))
+    # Train problems only for fitting the draft rule (Countdown's held-out split does not depend on their number).
+    n_train = cfg.draft_rule_problems if cfg.draft_baselines else 0
     if cfg.task_name:
-        task = task_of(_with_split(cfg, n_heldout, split_seed))
+        task = task_of(_with_split(cfg, n_heldout, split_seed, n_train))
     else:
-        task = task_from_record(training, n_heldout=n_heldout, split_seed=split_seed)
+        task = task_from_record(training, n_heldout=n_heldout, split_seed=split_seed, n_train=n_train)
     _, heldout = task.split()
     problems = heldout[: cfg.problems]
     out = Path(cfg.out or Path(cfg.checkpoint) / "eval")
     out.mkdir(parents=True, exist_ok=True)
     max_new = task.max_new_tokens
+    args = dict(task=task, max_new_tokens=max_new, seed=cfg.seed, batch_rows=cfg.batch_rows,
+                prompt_format=ckpt.manifest.prompt_format)
+    reads_draft = ckpt.head.reads_draft
+    draft_batches, drafts = [], None
+    if reads_draft or cfg.draft_baselines:
+        if cfg.samples < 2:
+            raise ValueError("the greedy draft is one of the samples: evaluate with samples >= 2")
+        draft_batches, drafts = draft_completions(ckpt.model, ckpt.tokenizer, problems, task=task,
+                                                  max_new_tokens=max_new, batch_rows=cfg.batch_rows,
+                                                  prompt_format=ckpt.manifest.prompt_format)
     results, learned_batches = [], None
     for name, controller in build_controllers(cfg.controllers, ckpt.head):
         # Same seed for every controller: each (problem, sample) row draws the
         # same random numbers, which makes the comparison paired.
-        batches = sample_completions(ckpt.model, ckpt.tokenizer, controller, problems, samples=cfg.samples,
-                                     task=task, max_new_tokens=max_new, seed=cfg.seed, batch_rows=cfg.batch_rows,
-                                     prompt_format=ckpt.manifest.prompt_format)
+        if reads_draft and name.startswith("learned"):
+            # The draft is sample 0; the head samples 1..k-1 reading it: k decodes in all.
+            batches = draft_batches + sample_completions(ckpt.model, ckpt.tokenizer, controller, problems,
+                                                         samples=cfg.samples - 1, first_sample=1, drafts=drafts,
+                                                         **args)
+        else:
+            batches = sample_completions(ckpt.model, ckpt.tokenizer, controller, problems, samples=cfg.samples,
+                                         **args)
         results.append(summarise(name, batches, len(problems), cfg.samples))
         if name == "learned":
             learned_batches = batches
+    draft_rule: dict = {}
+    if cfg.draft_baselines:
+        draft_correct = torch.tensor(summarise("draft", draft_batches, len(problems), cfg.samples).correct)[:, 0]
+        fixed = {r.name: torch.tensor(r.correct) for r in results if r.name.startswith("fixed ")}
+        results += [result_from_outcomes(name, c) for name, c in hedges(draft_correct, fixed).items()]
+        cold, hot = (float(t) for t in cfg.draft_rule_taus.split(","))
+        by_tau = {_fixed_tau(name): c for name, c in fixed.items()}
+        try:
+            if cold not in by_tau or hot not in by_tau:
+                raise ValueError(f"draft_rule_taus {cfg.draft_rule_taus!r} are not both fixed taus of the controllers")
+            rule = fit_rule_on_train(cfg, ckpt, task, cold, hot)
+        except ValueError as exc:  # e.g. a model that solves nothing: no problem says which tau wins
+            draft_rule = {"not_fitted": str(exc)}
+        else:
+            draft_rule = rule.to_dict()
+            stats = drafts[:, : len(DRAFT_STATISTICS)]
+            results += [result_from_outcomes(name, c) for name, c in
+                        draft_rule_results(rule, stats, draft_correct, by_tau[cold], by_tau[hot]).items()]
+    learned = next((r for r in results if r.name == "learned"), None)
     classes = tau_by_token_class(learned_batches, ckpt.tokenizer, task) if learned_batches else {}
     plot = ""
     if learned_batches and cfg.plot_samples:
         plot = plot_tau_along_solutions(learned_batches, ckpt.tokenizer, problems, cfg.plot_samples,
                                         out / "tau_along_solutions.png", task)
+    outcomes = tau_by_problem_outcome(results, learned)
+    target_rows: list[dict] = []
+    fixed_results = [r for r in results if r.name.startswith("fixed ")]
+    if learned is not None and fixed_results:
+        families = {"fixed": fixed_results,
+                    "hedge": [r for r in results if r.name.startswith("hedge ")],
+                    "draft rule": [r for r in results if r.name.startswith("draft rule ")]}
+        cold_name, hot_name, groups = problem_groups(results)
+        tau_groups = {name: {"taus": [learned.per_problem_tau[i] for i in ids]} for name, ids in groups.items()}
+        target_rows = targets(learned, {k: v for k, v in families.items() if v}, fixed_results, tau_groups,
+                              cold_name, hot_name)
+    frontier = plot_frontier(results, out / "frontier.png", cfg.samples) if fixed_results else ""
     report = EvalReport(results=results, token_classes=classes, learned_vs_best_fixed=paired_comparison(results),
-                        plot=plot, markdown="", problem_outcomes=tau_by_problem_outcome(results, learned_batches or []))
+                        plot=plot, markdown="", problem_outcomes=outcomes, targets=target_rows,
+                        draft_rule=draft_rule, frontier_plot=frontier)
     report.markdown = to_markdown(report, len(problems), cfg.samples)
     # One line of JSON: the per-problem counts make an indented file needlessly long.
     full = {"config": config_to_dict(cfg), **report.to_dict(per_problem=True)}

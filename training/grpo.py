@@ -16,6 +16,24 @@ What it does, per step:
      analytic pass@k advantage of Pass@k Training (arXiv 2508.10751), which
      rewards a group for having at least one success among k, or their sum.
 
+A head that reads a greedy draft (`--head-inputs hidden,tau_prev,draft`,
+model/draft.py) gets one per prompt: sample 0 of each group is the prompt's
+greedy draft (scored, logged, never trained on: no policy sampled it), and
+samples 1..G-1 follow the head reading the draft's summary, exactly as
+evaluation and serving count "n samples" (the draft is one of them).
+
+The training signal for "hot" (`--tau-ladder 0.1,0.4,0.7,1.0`): in head
+steps each group also gets one row per rung of a temperature ladder, each
+keeping its rung for the whole completion (`rollout.LadderTemperature`). The
+head's rows and the ladder's share one group advantage, so a hot rung that
+solves what the head's cold rows miss gets a positive advantage. The head's
+own rows keep the clipped ratio against the head that sampled them (1 at the
+first update: behaviour = head); ladder rows are weighted by their advantage
+alone (advantage-weighted regression, Peng et al. 2019): the head's
+probability of a rung it would not pick is tiny (its log-density is logged as
+`ladder_logprob`), so an importance ratio against it would silence exactly
+the rows that say "hot".
+
 The baseline the paper compares against is the same command with
 `--rollout-temperature fixed:1.0` (or `entropy`): rollouts at that
 temperature, every step an LM step, the head never touched.
@@ -36,7 +54,7 @@ import copy
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
@@ -44,7 +62,7 @@ import torch
 from tqdm import trange
 
 from model import (
-    HeadConfig,
+    LearnedTemperature,
     TemperatureController,
     TemperatureHead,
     lm_hidden_size,
@@ -54,7 +72,15 @@ from model import (
 from training import distributed
 from training.common import JsonlLog, code_version, set_threads
 from training.config import GRPOConfig, config_to_dict
-from training.rollout import RolloutBatch, ScoreFn, controller_from_spec, recompute_log_probs, sample_completions
+from training.rollout import (
+    LadderTemperature,
+    RolloutBatch,
+    ScoreFn,
+    controller_from_spec,
+    draft_completions,
+    recompute_log_probs,
+    sample_completions,
+)
 from training.start import (
     lm_to_save,
     prepare_lm,
@@ -150,7 +176,7 @@ def clipped_policy_loss(
     Token-level normalisation: `normalizer` is the number of tokens in the
     whole batch (every rank), so long and short completions weigh per token.
     """
-    ratio = torch.exp(logp_new - logp_old)
+    ratio = importance_weights(logp_new, logp_old)
     adv = advantages.unsqueeze(1)
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
     return -(surrogate * mask).sum() / normalizer
@@ -165,13 +191,34 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def batch_advantages(
     batches: list[RolloutBatch], n_problems: int, group_size: int, kind: str = "mean", k: int = 4
 ) -> list[torch.Tensor]:
-    """The advantage (by `kind`, see `advantages_of`) of every row of every batch, within its problem's group."""
+    """The advantage (by `kind`, see `advantages_of`) of every row of every batch, within its problem's group.
+
+    A problem's group is its rows in `batches`, whatever their sample indices
+    (a draft-reading head's rows start at 1; ladder rows follow); every problem
+    must have `group_size` of them."""
     device = batches[0].rewards.device
+    columns = sorted({s for b in batches for s in b.sample_index})
+    if len(columns) != group_size:
+        raise ValueError(f"expected {group_size} samples per problem, got sample indices {columns}")
+    column = torch.tensor([columns.index(s) if s in columns else -1 for s in range(columns[-1] + 1)])
     rewards = torch.zeros(n_problems, group_size, device=device)
     for b in batches:
-        rewards[b.problem_index, b.sample_index] = b.rewards
+        rewards[b.problem_index, column[b.sample_index]] = b.rewards
     adv = advantages_of(rewards, kind, k)
-    return [adv[b.problem_index, b.sample_index] for b in batches]
+    return [adv[b.problem_index, column[b.sample_index]] for b in batches]
+
+
+def parse_ladder(spec: str) -> list[float]:
+    """"0.1,0.4,0.7,1.0" -> [0.1, 0.4, 0.7, 1.0]; "" -> [] (no ladder)."""
+    try:
+        return [float(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"tau ladder must be comma-separated temperatures, got {spec!r}") from None
+
+
+def importance_weights(logp_new: torch.Tensor, logp_behaviour: torch.Tensor) -> torch.Tensor:
+    """Per-token ratio pi_new(a) / pi_behaviour(a) from log-probs (R, N): 1 where the behaviour is the head."""
+    return torch.exp(logp_new - logp_behaviour)
 
 
 def rollout_controller(spec: str, head: TemperatureHead) -> TemperatureController:
@@ -208,7 +255,7 @@ def update(
     n_tokens = distributed.all_reduce_sum(local_tokens, device)
     world = distributed.world_size()
     optimizer.zero_grad(set_to_none=True)
-    totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "tau_entropy": 0.0}
+    totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "tau_entropy": 0.0, "ladder_logprob": 0.0, "ladder_tokens": 0.0}
     for batch, adv in zip(batches, advantages, strict=True):
         mask = batch.generation.mask.float()
         new = recompute_log_probs(model, head, batch)
@@ -218,7 +265,16 @@ def update(
             logp_new, logp_old = new.temperature_logprobs, batch.generation.temperature_logprobs
         # Each rank's loss is scaled by world so that averaging gradients over
         # ranks gives the sum over all tokens / all tokens.
-        loss = clipped_policy_loss(logp_new, logp_old, adv, mask, cfg.clip_eps, n_tokens / world)
+        if phase == "tau" and batch.behaviour == "ladder":
+            # Advantage-weighted log-likelihood of the rung's action (see the module docstring). With
+            # "positive" weights only rows that beat their group pull the head towards their rung:
+            # pushing the likelihood of the others down has no floor.
+            weight = adv.clamp_min(0.0) if cfg.ladder_weights == "positive" else adv
+            loss = -(logp_new * weight.unsqueeze(1) * mask).sum() / (n_tokens / world)
+            totals["ladder_logprob"] += float((logp_new.detach() * mask).sum())
+            totals["ladder_tokens"] += float(mask.sum())
+        else:
+            loss = clipped_policy_loss(logp_new, logp_old, adv, mask, cfg.clip_eps, n_tokens / world)
         if ref_model is not None and phase == "lm":
             with torch.no_grad():
                 ref = recompute_log_probs(ref_model, head, batch).token_logprobs
@@ -235,12 +291,16 @@ def update(
     distributed.average_gradients(params)
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
-    return {
+    out = {
         "loss": totals["loss"],
         "entropy": totals["entropy"] / max(local_tokens, 1.0),
         "kl": totals["kl"] / max(local_tokens, 1.0),
         "tau_entropy": totals["tau_entropy"] / max(local_tokens, 1.0),
     }
+    if totals["ladder_tokens"]:
+        # The head's log-density of the rungs' actions per token (this rank's rows): how far off-policy they are.
+        out["ladder_logprob"] = totals["ladder_logprob"] / totals["ladder_tokens"]
+    return out
 
 
 def rollout_metrics(batches: list[RolloutBatch], device: torch.device) -> dict[str, float]:
@@ -267,6 +327,13 @@ def rollout_metrics(batches: list[RolloutBatch], device: torch.device) -> dict[s
     }
 
 
+def mean_success(batches: list[RolloutBatch], device: torch.device) -> float:
+    """Share of rows with reward >= 1 over every rank's `batches`."""
+    hits = distributed.all_reduce_sum(float(sum(float((b.rewards >= 1.0).sum()) for b in batches)), device)
+    rows = distributed.all_reduce_sum(float(sum(len(b.rewards) for b in batches)), device)
+    return hits / max(rows, 1.0)
+
+
 @dataclass
 class TrainResult:
     """Where the checkpoint went, and this rank's final policies."""
@@ -291,21 +358,47 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     same_task = (previous.get("task") == task_fields["task"]
                  and previous.get("task_name", "countdown") == task_fields["task_name"])
     first_step = int(previous.get("grpo_step", 0)) if same_task else 0
-    if cfg.reinit_head and first_step == 0:
-        # A fresh head with this run's prior (a resumed run keeps the head it trained).
-        head = TemperatureHead(HeadConfig(hidden_size=lm_hidden_size(model), **asdict(cfg.head))).to(device)
+    fresh_head = cfg.head.head_config(lm_hidden_size(model))
+    new_inputs = bool(cfg.head.inputs) and fresh_head.inputs != head.config.inputs
+    fresh = (cfg.reinit_head or new_inputs) and first_step == 0
+    if fresh:
+        # A fresh head with this run's prior and inputs (a resumed run keeps the head it trained).
+        head = TemperatureHead(fresh_head).to(device)
     distributed.broadcast_parameters([model, head])
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     model = prepare_lm(model, cfg.lora, cfg.gradient_checkpointing)
     train_problems, heldout = task.split()
     max_new = cfg.max_new_tokens or task.max_new_tokens
+    if fresh and head.config.draft_linear:
+        # Standardise the draft statistics by those of this LM's drafts of training prompts (the same on every rank).
+        scale_problems = random.Random(cfg.seed).sample(train_problems, min(len(train_problems), 256))
+        _, summaries = draft_completions(model, tokenizer, scale_problems, task=task, max_new_tokens=max_new,
+                                         score=score, prompt_format=prompt_format)
+        head.set_draft_scale(summaries)
     phases = step_phases(cfg)
     controller = rollout_controller(cfg.rollout_temperature, head)
+    # A draft-reading head's group: sample 0 is the greedy draft, samples 1..G-1 follow the head.
+    with_draft = head.reads_draft and isinstance(controller, LearnedTemperature)
+    if with_draft and cfg.group_size < 2:
+        raise ValueError("a draft-reading head needs group_size >= 2 (the draft is one of the group)")
+    ladder = parse_ladder(cfg.tau_ladder)
+    ladder_controller = LadderTemperature(ladder, head, cfg.group_size) if ladder else None
+    ladder_rows = (cfg.ladder_samples or len(ladder)) if ladder else 0
+    if cfg.ladder_weights not in ("positive", "signed"):
+        raise ValueError(f"ladder_weights must be positive or signed, got {cfg.ladder_weights!r}")
+    if cfg.tau_rows not in ("policy+ladder", "ladder") or (cfg.tau_rows == "ladder" and not ladder):
+        raise ValueError(f"tau_rows must be policy+ladder or ladder (with a tau ladder), got {cfg.tau_rows!r}")
     for kind in (cfg.lm_advantage, cfg.tau_advantage):
         advantages_of(torch.zeros(1, cfg.group_size), kind, cfg.pass_k)  # fail before the first rollout
+    # The draft statistics' linear path gets its own learning rate: its weights need changes of order 1
+    # (a per-problem shift of the Beta logits), which head_lr would take thousands of steps to make.
+    draft_params = list(head.draft_linear.parameters()) if head.draft_linear is not None else []
+    head_groups = [{"params": [p for p in head.parameters() if all(p is not q for q in draft_params)]}]
+    if draft_params:
+        head_groups.append({"params": draft_params, "lr": cfg.head_lr * cfg.draft_lr_scale})
     optimizers = {
         "lm": torch.optim.AdamW(trainable_lm_parameters(model), lr=cfg.lm_lr, betas=(0.9, 0.99), weight_decay=0.0),
-        "tau": torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, betas=(0.9, 0.99), weight_decay=0.0),
+        "tau": torch.optim.AdamW(head_groups, lr=cfg.head_lr, betas=(0.9, 0.99), weight_decay=0.0),
     }
     out = Path(cfg.out)
     log = JsonlLog(out / "grpo_log.jsonl", enabled=rank == 0)
@@ -339,30 +432,57 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         rng = random.Random((cfg.seed * 1_000_003 + step) * 101 + rank)
         problems = rng.sample(train_problems, prompts_per_rank)
         t0 = time.time()
-        batches = sample_completions(model, tokenizer, controller, problems, samples=cfg.group_size,
-                                     task=task, max_new_tokens=max_new, seed=cfg.seed, step=step * world + rank,
-                                     score=score, prompt_format=prompt_format)
+        rollout_args = dict(task=task, max_new_tokens=max_new, seed=cfg.seed, step=step * world + rank, score=score,
+                            prompt_format=prompt_format)
+        drafts, draft_batches = None, []
+        if with_draft:
+            draft_batches, drafts = draft_completions(model, tokenizer, problems, task=task, max_new_tokens=max_new,
+                                                      score=score, prompt_format=prompt_format)
+        batches = sample_completions(model, tokenizer, controller, problems, samples=cfg.group_size - with_draft,
+                                     first_sample=int(with_draft), drafts=drafts, **rollout_args)
+        explore = []
+        if ladder_controller is not None and "tau" in phase:
+            explore = sample_completions(model, tokenizer, ladder_controller, problems, samples=ladder_rows,
+                                         first_sample=cfg.group_size, drafts=drafts, **rollout_args)
         stats: dict[str, float] = {}
         # Head first: its ratio is then exact (the LM that produced the hidden states has not moved), and
         # the LM's token log-probs use the recorded taus, so a head update cannot change the LM's ratio.
         for part in sorted(phase.split("+"), key=lambda name: name != "tau"):
             kind = cfg.lm_advantage if part == "lm" else cfg.tau_advantage
-            advantages = batch_advantages(batches, len(problems), cfg.group_size, kind, cfg.pass_k)
+            if part == "tau" and explore:
+                # The head learns from the ladder, with or without its own rows (tau_rows); the LM from its own.
+                rows = explore if cfg.tau_rows == "ladder" else batches + explore
+            else:
+                rows = batches
+            group = len({s for b in rows for s in b.sample_index})
+            advantages = batch_advantages(rows, len(problems), group, kind, cfg.pass_k)
             params = set_phase(model, head, part)
             for _ in range(cfg.updates_per_rollout):
-                part_stats = update(model, head, ref_model, batches, advantages, part, cfg, optimizers[part], params,
+                part_stats = update(model, head, ref_model, rows, advantages, part, cfg, optimizers[part], params,
                                     device)
             # One step may update both policies: the LM's loss, entropy and KL keep the plain names.
             stats.update(part_stats if part == "lm" or phase == "tau"
-                         else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"]})
+                         else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"],
+                               **({"ladder_logprob": part_stats["ladder_logprob"]}
+                                  if "ladder_logprob" in part_stats else {})})
         set_phase(model, head, "none")
         record = {"stage": "grpo", "step": step, "phase": phase, **rollout_metrics(batches, device), **stats,
                   "seconds": round(time.time() - t0, 3)}
+        if draft_batches:
+            record["draft_accuracy"] = mean_success(draft_batches, device)
+        if explore:
+            record["ladder_accuracy"] = mean_success(explore, device)
         if rank == 0 and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
-            eval_batches = sample_completions(model, tokenizer, controller,
-                                              heldout[: cfg.eval_problems], samples=1, task=task,
+            # One sample per held-out problem; a draft-reading head's is the sample after the draft.
+            eval_problems = heldout[: cfg.eval_problems]
+            eval_drafts = None
+            if with_draft:
+                _, eval_drafts = draft_completions(model, tokenizer, eval_problems, task=task,
+                                                   max_new_tokens=max_new, score=score, prompt_format=prompt_format)
+            eval_batches = sample_completions(model, tokenizer, controller, eval_problems, samples=1, task=task,
                                               max_new_tokens=max_new, seed=cfg.seed + 1, score=score,
-                                              prompt_format=prompt_format)
+                                              prompt_format=prompt_format, first_sample=int(with_draft),
+                                              drafts=eval_drafts)
             record["heldout_accuracy"] = float(torch.cat([b.rewards for b in eval_batches]).mean())
         history.append(record)
         log.write(record)

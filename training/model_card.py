@@ -41,6 +41,14 @@ def grpo_curve(records: list[dict], windows: int = 8) -> list[str]:
     return lines
 
 
+def _inputs(head) -> str:
+    names = {"hidden": "the LM's last hidden state h_t", "tau_prev": "the previous temperature tau_{t-1}",
+             "draft": (f"a summary of the prompt's greedy draft ({head.draft_size} numbers: {head.draft_linear} "
+                       "confidence statistics, also on a linear path of their own, then the pooled hidden states; "
+                       "the draft is sample 0 of every group and of every evaluation row's k samples)")}
+    return ", ".join(names[i] for i in head.inputs)
+
+
 def render(checkpoint: str | Path, command: str) -> str:
     path = Path(checkpoint)
     manifest = read_manifest(path)
@@ -54,7 +62,7 @@ def render(checkpoint: str | Path, command: str) -> str:
         "`training/` code; every number below was written by that code.", "",
         "## How it was made", "", "```", command, "```", "",
         f"Base model: `{manifest.base_model}`. Temperature range [{head.tau_min}, {head.tau_max}], "
-        f"tau_0 = {head.tau_init}, Beta eps = {head.eps}.", "",
+        f"tau_0 = {head.tau_init}, Beta eps = {head.eps}. The head reads {_inputs(head)}.", "",
         "| stage | steps | seconds | seed | code version | world size |", "|---|---|---|---|---|---|",
     ]
     for stage in training.get("stages", []):
@@ -67,6 +75,12 @@ def render(checkpoint: str | Path, command: str) -> str:
                   f"`{c['schedule']}`, LM advantage `{c.get('lm_advantage', 'mean')}`, head advantage "
                   f"`{c.get('tau_advantage', 'mean')}` (k = {c.get('pass_k', '-')}), {c['prompts_per_step']} prompts "
                   f"x {c['group_size']} samples per step, LM lr {c['lm_lr']}, head lr {c['head_lr']}."]
+        if c.get("tau_ladder"):
+            lines[-1] += (f" Head steps also sample each group at the temperature ladder `{c['tau_ladder']}` (one row "
+                          f"per rung, the rung for the whole completion; the head learns from them with "
+                          f"`{c.get('ladder_weights', 'signed')}` advantage weights, from its own rows with the "
+                          f"clipped ratio); the draft statistics' linear path learns at {c.get('draft_lr_scale', 1)} "
+                          "x the head lr.")
     task = training.get("task", {})
     lines += ["", f"Task config: `{json.dumps(task)}`; held-out split seed {training.get('split_seed')}.", ""]
     sft_points = [r for r in _read_jsonl(path / "sft_log.jsonl") if "heldout_accuracy_tau1" in r]
@@ -81,6 +95,8 @@ def render(checkpoint: str | Path, command: str) -> str:
     if evaluation:
         report = (path / "eval" / "report.md")
         lines += ["", "## Evaluation", "", report.read_text() if report.is_file() else json.dumps(evaluation)]
+        if (path / "eval" / "frontier.png").is_file():
+            lines[-1] = lines[-1].replace("](frontier.png)", "](eval/frontier.png)")
         if (path / "eval" / "tau_along_solutions.png").is_file():
             lines += ["![tau along sampled solutions](eval/tau_along_solutions.png)", ""]
     comparison = path / "eval" / "comparison" / "comparison.md"

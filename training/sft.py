@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,7 +29,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from model import (
     PLAIN,
     FixedTemperature,
-    HeadConfig,
     PromptFormat,
     TemperatureHead,
     build_char_tokenizer,
@@ -130,7 +128,7 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     model.eval()
     hidden = lm_hidden_size(model)
-    head = TemperatureHead(HeadConfig(hidden_size=hidden, **asdict(cfg.head))).to(device)
+    head = TemperatureHead(cfg.head.head_config(hidden)).to(device)
     if rank == 0:
         summary = {
             "stages": [{

@@ -120,11 +120,13 @@ def task_record(cfg: Any) -> dict[str, Any]:
     return {"task_name": cfg.task_name, "task": settings}
 
 
-def task_from_record(training: dict[str, Any], *, n_heldout: int, split_seed: int) -> Task:
-    """The task a checkpoint was trained on, from its manifest's training record (older ones: Countdown)."""
+def task_from_record(training: dict[str, Any], *, n_heldout: int, split_seed: int, n_train: int = 0) -> Task:
+    """The task a checkpoint was trained on, from its manifest's training record (older ones: Countdown);
+    `n_train` train problems are generated where the task generates them (Countdown)."""
     name = training.get("task_name", "countdown")
     settings = dict(training.get("task", {}))
     settings.pop("name", None)
     countdown = CountdownConfig(**settings) if name == "countdown" else CountdownConfig()
     jsonl = JsonlTaskConfig(**settings) if name == "jsonl" else JsonlTaskConfig()
-    return build_task(name, countdown=countdown, jsonl=jsonl, n_train=0, n_heldout=n_heldout, split_seed=split_seed)
+    return build_task(name, countdown=countdown, jsonl=jsonl, n_train=n_train, n_heldout=n_heldout,
+                      split_seed=split_seed)

@@ -26,7 +26,8 @@ def test_frontier_table_has_one_row_per_grid_point_with_per_problem_counts(micro
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(micro_checkpoint, checkpoint)
     cfg = EvalConfig(checkpoint=str(checkpoint), problems=6, samples=3,
-                     controllers=GRID + ",entropy,learned,learned-deterministic", plot_samples=0, threads=1)
+                     controllers=GRID + ",entropy,learned,learned-deterministic", plot_samples=0, threads=1,
+                     draft_baselines=False)
     report = run_evaluation(cfg)
     names = [r.name for r in report.results]
     assert names == ["fixed 0.1", "fixed 0.5", "fixed 1.0", "fixed 1.4", "entropy (EDT)", "learned",

@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import FixedTemperature, LearnedTemperature, TinyLMConfig, load_checkpoint, save_checkpoint
+from model import (
+    FixedTemperature,
+    HeadConfig,
+    LearnedTemperature,
+    TemperatureHead,
+    TinyLMConfig,
+    draft_summary_size,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.config import (
     GRPOConfig,
     HeadPrior,
@@ -35,7 +44,9 @@ from training.grpo import (
     batch_advantages,
     clipped_policy_loss,
     group_advantages,
+    importance_weights,
     k3_kl,
+    parse_ladder,
     parse_schedule,
     pass_at_k_advantages,
     rollout_controller,
@@ -43,7 +54,7 @@ from training.grpo import (
     train_grpo,
     update,
 )
-from training.rollout import recompute_log_probs, sample_completions
+from training.rollout import LadderTemperature, draft_completions, recompute_log_probs, sample_completions
 from training.sft import train_sft
 from training.tasks.countdown import CountdownConfig, Problem, Verdict, split
 
@@ -267,6 +278,151 @@ def test_batch_advantages_normalise_within_each_problem_across_batches(rollout):
                 assert a == pytest.approx(0.75 / (0.5 + 1e-4) if s == 0 else -0.25 / (0.5 + 1e-4))
             else:
                 assert a == 0.0
+
+
+# --- the draft-reading head and the temperature ladder -----------------------------------------------
+
+
+def _draft_head(hidden_size: int) -> TemperatureHead:
+    torch.manual_seed(0)
+    head = TemperatureHead(HeadConfig(hidden_size=hidden_size, inputs=("hidden", "tau_prev", "draft"),
+                                      draft_size=draft_summary_size(hidden_size)))
+    with torch.no_grad():
+        head.fc2.weight.normal_(0, 0.5)
+    return head
+
+
+@pytest.fixture()
+def draft_rollout(tiny_lm, tokenizer, countdown_problems):
+    """3 problems: each one's greedy draft (sample 0), 4 head samples reading it (1..4), 3 ladder rows (5..7)."""
+    problems = countdown_problems[:3]
+    head = _draft_head(tiny_lm.config.hidden_size)
+    drafts, summaries = draft_completions(tiny_lm, tokenizer, problems, task=TASK, max_new_tokens=16)
+    rows = sample_completions(tiny_lm, tokenizer, LearnedTemperature(head), problems, samples=4, first_sample=1,
+                              drafts=summaries, task=TASK, max_new_tokens=16, seed=3, batch_rows=5)
+    ladder = sample_completions(tiny_lm, tokenizer, LadderTemperature([0.2, 1.0, 1.8], head, 5), problems,
+                                samples=3, first_sample=5, drafts=summaries, task=TASK, max_new_tokens=16, seed=3)
+    return problems, head, summaries, drafts, rows, ladder
+
+
+def test_importance_weights_are_one_when_the_behaviour_is_the_head(draft_rollout, tiny_lm):
+    _, head, summaries, _, rows, _ = draft_rollout
+    for batch in rows:
+        assert batch.behaviour == "policy" and batch.draft is not None
+        mask = batch.generation.mask
+        with torch.no_grad():
+            new = recompute_log_probs(tiny_lm, head, batch)
+        weights = importance_weights(new.temperature_logprobs, batch.generation.temperature_logprobs)
+        torch.testing.assert_close(weights[mask], torch.ones_like(weights[mask]), rtol=0, atol=1e-4)
+        # and they are not 1 for another head: the recomputation really reads the recorded actions
+        other = copy.deepcopy(head)
+        with torch.no_grad():
+            other.fc2.weight.mul_(-1)
+            moved = importance_weights(recompute_log_probs(tiny_lm, other, batch).temperature_logprobs,
+                                       batch.generation.temperature_logprobs)
+        assert (moved[mask] - 1).abs().max() > 1e-2
+
+
+def test_the_draft_is_sample_zero_and_the_head_rows_read_their_problems_draft(draft_rollout):
+    problems, _, summaries, drafts, rows, _ = draft_rollout
+    assert summaries.shape[0] == len(problems)
+    assert sorted(i for b in drafts for i in b.problem_index) == [0, 1, 2]
+    assert {s for b in drafts for s in b.sample_index} == {0} and all(b.behaviour == "draft" for b in drafts)
+    assert {s for b in rows for s in b.sample_index} == {1, 2, 3, 4}
+    for b in rows:
+        torch.testing.assert_close(b.draft, summaries[b.problem_index])
+
+
+def test_ladder_rows_keep_their_rung_for_the_whole_completion_as_an_update_at_every_token(draft_rollout):
+    _, head, _, _, _, ladder = draft_rollout
+    for batch in ladder:
+        gen = batch.generation
+        assert batch.behaviour == "ladder"
+        for row, sample in enumerate(batch.sample_index):
+            n = int(gen.lengths[row])
+            rung = [0.2, 1.0, 1.8][sample - 5]
+            assert gen.taus[row, :n].tolist() == pytest.approx([rung] * n, abs=1e-5)
+            assert gen.gates[row, :n].tolist() == [1.0] * n
+            assert head.config.z_to_tau(gen.z[row, :n]).tolist() == pytest.approx([rung] * n, abs=1e-5)
+
+
+def test_advantages_group_a_problems_rows_whatever_their_sample_indices(draft_rollout):
+    problems, _, _, _, rows, ladder = draft_rollout
+    for b in rows + ladder:  # only ladder rung 0.2 (sample 5) succeeds
+        b.rewards = torch.tensor([float(s == 5) for s in b.sample_index])
+    advantages = batch_advantages(rows + ladder, len(problems), group_size=7)
+    for b, adv in zip(rows + ladder, advantages, strict=True):
+        for s, a in zip(b.sample_index, adv.tolist(), strict=True):
+            assert (a > 0) == (s == 5) and a != 0
+    with pytest.raises(ValueError, match="expected 4 samples"):
+        batch_advantages(rows + ladder, len(problems), group_size=4)
+
+
+def test_ladder_rows_pull_the_heads_temperatures_towards_the_rewarded_rung(micro_checkpoint, countdown_problems):
+    """Advantage-weighted updates on ladder rows: when only the coldest rung succeeds, the head's
+    probability of choosing it rises (and the LM stays frozen)."""
+    start = load_checkpoint(micro_checkpoint)
+    model, tokenizer = start.model, start.tokenizer
+    head = _draft_head(model.config.hidden_size)
+    problems = countdown_problems[:6]
+    _, summaries = draft_completions(model, tokenizer, problems, task=TASK, max_new_tokens=8)
+    ladder = sample_completions(model, tokenizer, LadderTemperature([0.2, 1.0, 1.8], head, 0), problems, samples=3,
+                                task=TASK, max_new_tokens=8, seed=0, drafts=summaries)
+    for b in ladder:
+        b.rewards = torch.tensor([float(s == 0) for s in b.sample_index])
+    cold = [b for b in ladder if 0 in b.sample_index]
+
+    def cold_logprob() -> float:
+        with torch.no_grad():
+            total = 0.0
+            for b in cold:
+                rows = [r for r, s in enumerate(b.sample_index) if s == 0]
+                logp = recompute_log_probs(model, head, b).temperature_logprobs[rows]
+                total += float((logp * b.generation.mask[rows]).sum() / b.generation.mask[rows].sum())
+            return total / len(cold)
+
+    before_lm, before = _snapshot(model), cold_logprob()
+    cfg = GRPOConfig(head_lr=1e-2)
+    params = set_phase(model, head, "tau")
+    optimizer = torch.optim.AdamW(params, lr=cfg.head_lr)
+    for _ in range(5):
+        update(model, head, None, ladder, batch_advantages(ladder, len(problems), 3), "tau", cfg, optimizer, params,
+               torch.device("cpu"))
+    assert cold_logprob() > before + 1.0
+    assert _changed(model, before_lm) == []
+
+
+def test_parse_ladder():
+    assert parse_ladder("0.1, 0.4,1.0") == [0.1, 0.4, 1.0] and parse_ladder("") == []
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_ladder("hot,cold")
+
+
+def test_a_ladder_rung_outside_the_heads_range_is_refused(head):
+    with pytest.raises(ValueError, match="outside the head's range"):
+        LadderTemperature([0.05, 1.0], head, 0)
+
+
+def test_a_draft_head_run_samples_drafts_and_ladder_rows_and_trains_the_head(micro_checkpoint, tmp_path):
+    cfg = micro_grpo(micro_checkpoint, tmp_path / "run", steps=2, schedule="lm+tau:1", group_size=4,
+                     head=HeadPrior(inputs="hidden,tau_prev,draft"), tau_ladder="0.3,1.5", lm_lr=1e-3, head_lr=1e-2,
+                     eval_every=2, eval_problems=3)
+    result = train_grpo(cfg, score=digit_fraction)
+    steps = step_records(read_log(tmp_path / "run" / "grpo_log.jsonl"))
+    assert [r["phase"] for r in steps] == ["lm+tau", "lm+tau"]
+    for r in steps:
+        assert 0 <= r["draft_accuracy"] <= 1 and 0 <= r["ladder_accuracy"] <= 1
+        assert math.isfinite(r["ladder_logprob"]) and math.isfinite(r["tau_loss"])
+    assert "heldout_accuracy" in steps[-1]
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved.head.reads_draft and saved.manifest.head.inputs == ("hidden", "tau_prev", "draft")
+    init = load_checkpoint(micro_checkpoint)
+    assert weights_digest([result.model]) != weights_digest([init.model])
+    # A resumed run keeps its draft head rather than starting another.
+    again = train_grpo(micro_grpo(tmp_path / "run", tmp_path / "more", steps=3, schedule="lm+tau:1", group_size=4,
+                                  head=HeadPrior(inputs="hidden,tau_prev,draft"), tau_ladder="0.3,1.5"),
+                       score=digit_fraction)
+    assert again.head.reads_draft
 
 
 # --- one update, per phase ---------------------------------------------------------------------------
@@ -521,6 +677,8 @@ DDP_ENTRY = textwrap.dedent("""
     ("joint-both", ["--schedule", "lm+tau:1", "--tau-advantage", "mean+pass@k", "--pass-k", "2"],
      ["lm+tau", "lm+tau"]),
     ("fixed", ["--rollout-temperature", "fixed:1.0"], ["lm", "lm"]),
+    ("draft-ladder", ["--schedule", "lm+tau:1", "--head-inputs", "hidden,tau_prev,draft", "--tau-ladder", "0.3,1.5"],
+     ["lm+tau", "lm+tau"]),
 ])
 def test_two_process_data_parallel_run_keeps_ranks_in_sync(mode, flags, phases, micro_checkpoint, tmp_path):
     entry = tmp_path / "ddp_entry.py"

@@ -73,7 +73,10 @@ def test_grpo_keeps_the_format_and_records_the_jsonl_task(trained):
 
 def test_eval_reports_every_controller_on_the_heldout_problems(trained):
     report = json.loads((trained["grpo"] / "eval" / "report.json").read_text())
-    assert [r["name"] for r in report["results"]] == ["fixed 1.0", "learned"]
+    # The hedge (the greedy draft, then samples of fixed 1.0) comes with the draft baselines; the draft rule
+    # needs both of its taus (0.1 and 1.0) in the grid and says why it was not fitted.
+    assert [r["name"] for r in report["results"]] == ["fixed 1.0", "learned", "hedge 1.0"]
+    assert "not both fixed taus" in report["draft_rule"]["not_fitted"]
     assert all(r["problems"] == 3 and r["samples"] == 2 for r in report["results"])
     assert "text" in report["token_classes"]  # the JSONL task has no classes of its own
     assert "| learned |" in trained["report"]
