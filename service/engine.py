@@ -53,7 +53,7 @@ from transformers import PreTrainedModel
 from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
 from service.events import FinishReason
 from service.kv import SlotBatch, prefill_groups, prefill_together
-from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows
+from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows, serves_greedy_draft
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class Engine:
                 tau = torch.ones((rows, 1), device=self.device)
                 noise = CounterNoise.for_rows([0] * rows, 0, self.device)
                 for spec in (ControllerSpec("learned"), ControllerSpec("fixed", temperature=1.0)):
-                    sampler = RowSampler(spec, self._controller(spec))
+                    sampler = RowSampler(spec, self._controller(spec), greedy=serves_greedy_draft(spec, self.head))
                     sample_rows([sampler] * rows, step, tau, noise, fast=self._fast)
 
     def start(self) -> None:
@@ -471,7 +471,7 @@ class Engine:
             controller=self._controller(request.controller),
             top_k=params.top_k,
             top_p=params.top_p,
-            greedy=params.greedy,
+            greedy=params.greedy or serves_greedy_draft(request.controller, self.head),
         )
 
     def _controller(self, spec: ControllerSpec) -> TemperatureController:

@@ -14,6 +14,13 @@ same taus and tokens alone, in any batch, and in the reference decode given
 the same `CounterNoise`. Every step is a fixed sequence of batched tensor ops:
 no per-row loop, no host sync unless rows disagree on top-k, top-p or greedy.
 
+A checkpoint whose head reads a greedy draft of the prompt (model/draft.py)
+answers a learned-mode request of one sample with that greedy draft: its
+tokens are the argmax, reported at tau_min (the coldest the head can choose)
+with no update, as evaluation counts a draft-reading head's first sample.
+Sampling n > 1 rows after the draft, with the head reading it, is the
+engine's n-samples work, not done here.
+
 What it does not do: run the model, stop sequences, or validate requests
 (specs arrive checked by the scheduler).
 """
@@ -58,6 +65,8 @@ class ControllerSpec:
     deterministic: bool = False
 
     def build(self, head: TemperatureHead) -> TemperatureController:
+        if serves_greedy_draft(self, head):
+            return FixedTemperature(head.config.tau_min)  # with RowSampler.greedy: the argmax (module docstring)
         if self.mode == "learned":
             return LearnedTemperature(head, deterministic=self.deterministic, tau_range=self.tau_range)
         if self.mode == "fixed":
@@ -67,6 +76,12 @@ class ControllerSpec:
         low, high = self.tau_range or (head.config.tau_min, head.config.tau_max)
         # EDT's tau_0 is the ceiling it approaches at high entropy: keep it inside the range.
         return EntropyTemperature(tau_0=min(max(1.0, low), high), tau_min=low, tau_max=high)
+
+
+def serves_greedy_draft(spec: ControllerSpec, head: TemperatureHead) -> bool:
+    """Whether rows of `spec` are the greedy draft (a learned request to a draft-reading head; see the module
+    docstring): their sampler must be greedy."""
+    return spec.mode == "learned" and head.reads_draft
 
 
 @dataclass
