@@ -103,6 +103,7 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
         max_sequence_length=min(limits.max_prompt_tokens + limits.max_new_tokens, context or 1 << 62),
         prefill_token_budget=settings.prefill_token_budget,
         compile=compile,
+        compile_fallback=settings.compile == "auto",
         torch_threads=settings.engine_threads(),
         warm_up_prompt_ids=tuple(encode_prompt(tokenizer, "warm up")) if settings.warm_up else None,
         log_level=settings.log_level,

@@ -196,6 +196,7 @@ class EngineSpec:
     max_sequence_length: int
     prefill_token_budget: int
     compile: bool
+    compile_fallback: bool  # compile=auto: a compilation failure at warm-up means serving eager, not failing
     torch_threads: int
     warm_up_prompt_ids: tuple[int, ...] | None  # None: no warm-up (and no compilation before serving)
     log_level: str
@@ -293,21 +294,36 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
         trust_remote_code=spec.trust_remote_code,
     )
     outbox = _Outbox(outputs)
-    engine = Engine(
-        checkpoint.model,
-        checkpoint.head,
-        eos_token_ids=eos_token_ids(checkpoint),
-        max_running=spec.max_running,
-        max_waiting=spec.max_waiting,
-        max_sequence_length=spec.max_sequence_length,
-        prefill_token_budget=spec.prefill_token_budget,
-        compile=spec.compile,
-        observer=outbox,
-        after_iteration=outbox.flush,
-    )
-    if spec.warm_up_prompt_ids is not None:
-        # With `compile`, this is where the decode step compiles (before readiness).
-        engine.warm_up(list(spec.warm_up_prompt_ids))
+
+    def build(compile: bool) -> Engine:
+        engine = Engine(
+            checkpoint.model,
+            checkpoint.head,
+            eos_token_ids=eos_token_ids(checkpoint),
+            max_running=spec.max_running,
+            max_waiting=spec.max_waiting,
+            max_sequence_length=spec.max_sequence_length,
+            prefill_token_budget=spec.prefill_token_budget,
+            compile=compile,
+            observer=outbox,
+            after_iteration=outbox.flush,
+        )
+        if spec.warm_up_prompt_ids is not None:
+            # With `compile`, this is where the decode step compiles (before readiness).
+            engine.warm_up(list(spec.warm_up_prompt_ids))
+        return engine
+
+    try:
+        engine = build(spec.compile)
+    except Exception as exc:
+        if not (spec.compile and spec.compile_fallback):
+            raise
+        # compile=auto promised a start: say why in one line and serve eager (a half-compiled model is dropped).
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        log.warning("compile=auto: compiling failed at warm-up (%s: %s); serving without torch.compile",
+                    type(exc).__name__, reason)
+        torch._dynamo.reset()
+        engine = build(False)
     dtype = str(next(checkpoint.model.parameters()).dtype).removeprefix("torch.")
     return engine, outbox, Ready(str(engine.device), dtype, torch.get_num_threads(), os.getpid())
 

@@ -17,6 +17,8 @@ import json
 import math
 import os
 import shutil
+import sys
+import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -83,7 +85,8 @@ class Settings(BaseSettings):
         "auto",
         description="torch.compile the decode and sampling steps before serving (faster steady state; the "
         "first start compiles for minutes on a small CPU, later starts reuse compile_cache_dir); 'auto': on "
-        "when a C++ compiler is found (CPU and CUDA alike need one), else off with a log line",
+        "when a C++ compiler and the Python headers are found (CPU and CUDA alike need them), else off with a "
+        "log line, and off with a log line if compiling fails at warm-up; true: a failure stops the start",
     )
     compile_cache_dir: Path = Field(
         Path.home() / ".cache" / "introllm" / "torch-compile",
@@ -204,7 +207,13 @@ class Settings(BaseSettings):
             )
             if compiler is None:
                 return False, "compile=auto: no C++ compiler found (install g++, or set compile=false)"
-            return True, f"compile=auto: {self.torch_device().type}, C++ compiler {compiler}"
+            # Inductor's C++ includes Python.h: a compiler without the Python headers cannot build anything.
+            headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+            if not headers.is_file():
+                return False, (f"compile=auto: no Python headers ({headers} is missing: install the python"
+                               f"{sys.version_info.major}.{sys.version_info.minor}-dev package, or set compile=false)")
+            return True, (f"compile=auto: {self.torch_device().type}, C++ compiler {compiler}; if compiling fails at "
+                          "warm-up the engine serves without it")
         return self.compile, f"compile={str(self.compile).lower()}"
 
     def torch_dtype(self) -> torch.dtype:

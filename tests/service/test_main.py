@@ -201,3 +201,45 @@ def test_a_killed_engine_process_makes_the_server_exit_4(checkpoint_dir, tmp_pat
         lines.wait_for("exiting with status 4")
         assert process.wait(timeout=60) == ENGINE_DIED
     assert any("engine process died (exit code -9)" in line for line in lines.seen), "".join(lines.seen)
+
+
+def _broken_compiler(folder: Path) -> Path:
+    """A C++ compiler that is found on PATH but cannot build anything, as on a machine without the
+    Python headers: inductor fails the moment it builds its first kernel."""
+    compiler = folder / "broken-c++"
+    compiler.write_text("#!/bin/sh\necho 'fatal error: Python.h: No such file or directory' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    return compiler
+
+
+def test_compile_auto_falls_back_to_eager_with_one_line_when_compiling_fails(checkpoint_dir, tmp_path):
+    port = free_port()
+    env = _child_env(
+        INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(port), INTROLLM_DEVICE="cpu",
+        INTROLLM_TORCH_THREADS="1", INTROLLM_LOG_LEVEL="info", INTROLLM_COMPILE="auto",
+        CXX=str(_broken_compiler(tmp_path)), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor-cache"),
+    )
+    with reaped(_serve([], env, tmp_path)) as process:
+        lines = _Lines(process.stdout)
+        lines.wait_for("Application startup complete")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT) as client:
+            assert client.get("/health/ready").status_code == 200
+            reply = client.post("/v1/generate", json={"prompt": "1 2>3\n", "max_new_tokens": 5, "ignore_eos": True})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 5
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    fallback = [line for line in lines.seen if "compiling failed at warm-up" in line]
+    assert len(fallback) == 1, "".join(lines.seen)
+    assert "serving without torch.compile" in fallback[0] and "Traceback" not in "".join(lines.seen)
+
+
+def test_compile_true_still_fails_loudly_when_compiling_fails(checkpoint_dir, tmp_path):
+    env = _child_env(
+        INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(free_port()), INTROLLM_DEVICE="cpu",
+        INTROLLM_TORCH_THREADS="1", INTROLLM_COMPILE="true",
+        CXX=str(_broken_compiler(tmp_path)), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor-cache"),
+    )
+    with reaped(_serve([], env, tmp_path)) as process:
+        assert process.wait(timeout=240) != 0
+        output = process.stdout.read()
+    assert "compiling failed at warm-up" not in output

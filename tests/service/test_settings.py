@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sysconfig
+
 import pytest
 from pydantic import ValidationError
 
@@ -110,3 +112,17 @@ def test_compile_auto_turns_on_only_with_a_cpp_compiler(monkeypatch, tmp_path):
     compiler.chmod(0o755)
     enabled, why = Settings(device="cpu").compile_decision()
     assert enabled is True and str(compiler) in why
+
+
+def test_compile_auto_stays_off_without_the_python_headers(monkeypatch, tmp_path):
+    compiler = tmp_path / "g++"
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    headers = tmp_path / "include"  # no Python.h in it, as on a system without python3.X-dev
+    headers.mkdir()
+    real_paths = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {**real_paths, "include": str(headers)})
+    enabled, why = Settings(device="cpu").compile_decision()
+    assert enabled is False and str(headers / "Python.h") in why and "-dev" in why
+    assert Settings(device="cpu", compile=True).compile_decision()[0] is True  # true is the operator's word
