@@ -30,6 +30,7 @@ from pathlib import Path
 
 from training.config import CompareConfig, config_to_dict
 from training.evaluate import mean_interval
+from training.frontier import finish_frontier_plot
 
 # Target (b) allows the learned point this much below the best fixed tau.
 TOLERANCE = 0.01
@@ -214,15 +215,8 @@ def plot_frontier(reports: list[ModelReport], path: Path) -> str:
         if entropy is not None:
             ax.plot([entropy["pass_at_k"]], [entropy["avg_at_k"]], "x", color=colour, markersize=9,
                     label=f"{rep.name}: entropy (EDT)")
-    ax.set_xlabel(f"pass@{k} (held-out)")
-    ax.set_ylabel(f"avg@{k} (held-out)")
-    ax.set_title("Fixed-tau trade-off curves and learned points (up and right is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    title = "Fixed-tau trade-off curves and learned points (up and right is better)"
+    return finish_frontier_plot(fig, ax, path, k, title, dpi=120)
 
 
 def run_comparison(cfg: CompareConfig) -> str:

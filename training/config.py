@@ -183,7 +183,7 @@ class EvalConfig:
     draft_rule_taus: str = "0.1,1.0"
     draft_rule_problems: int = 500
     draft_rule_samples: int = 4
-    plot_samples: int = 4
+    plot_samples: int = 6  # panels of tau along sampled solutions, alternating hot-only and cold-solved problems
     write_manifest: bool = True  # record the table in the checkpoint's manifest and model card
     threads: int = 0
     # Empty: the task the checkpoint was trained on (from its manifest); else countdown | jsonl with its flags.

@@ -263,22 +263,34 @@ def tau_by_token_class(batches: list[RolloutBatch], tokenizer, task: Task) -> di
 
 
 def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, count: int, path: Path,
-                             task: Task) -> str:
-    """One panel per sampled completion: tau at each generated token, coloured by class."""
+                             task: Task, groups: dict[str, list[int]] | None = None) -> str:
+    """One panel per sampled completion: tau at each generated token, coloured by class.
+
+    With `groups` (name -> problem indices, `problem_groups`), the panels alternate between the first
+    two groups given (the problems only hot sampling solves, and those cold sampling solves every
+    time), each titled with its group: a head that reads the problem shows it here."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seen: set[int] = set()
-    rows = []
+    first: dict[int, tuple] = {}
     for b, r, ids in _rows(batches):  # each problem's first sampled completion (a greedy draft has no tau to show)
-        if b.behaviour != "draft" and b.problem_index[r] not in seen and len(rows) < count:
-            seen.add(b.problem_index[r])
-            rows.append((b, r, ids))
+        if b.behaviour != "draft" and b.problem_index[r] not in first:
+            first[b.problem_index[r]] = (b, r, ids)
+    group_of: dict[int, str] = {}
+    if groups:
+        picks = [[i for i in ids if i in first] for ids in list(groups.values())[:2]]
+        order = [i for pair in zip(*picks, strict=False) for i in pair]  # alternate between the two groups
+        for name, ids in list(groups.items())[:2]:
+            group_of.update((i, name) for i in ids)
+    else:
+        order = sorted(first)
+    rows = [first[i] for i in order[:count]]
     colours = {"choice": "tab:orange", "compute": "tab:blue", "answer": "tab:green", "format": "tab:gray",
                "text": "tab:purple", "eos": "tab:red", "special": "black"}
-    fig, axes = plt.subplots(len(rows), 1, figsize=(11, 2.2 * len(rows)), squeeze=False)
+    # One tau scale for every panel, so hot and cold samples compare at a glance.
+    fig, axes = plt.subplots(len(rows), 1, figsize=(11, 2.2 * len(rows)), squeeze=False, sharey=True)
     for ax, (b, r, ids) in zip(axes[:, 0], rows, strict=True):
         pieces, labels = token_labels(tokenizer, ids, task)
         n = len(ids)
@@ -290,7 +302,8 @@ def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, c
         verdict = "correct" if float(b.rewards[r]) >= 1 else b.reasons[r]
         prompt = task.prompt(problems[b.problem_index[r]]).strip()
         prompt = prompt if len(prompt) <= 80 else prompt[:77] + "..."
-        ax.set_title(f"prompt {prompt!r}  ({verdict})", fontsize=9)
+        group = group_of.get(b.problem_index[r])
+        ax.set_title(f"prompt {prompt!r}  ({verdict})" + (f"  [{group}]" if group else ""), fontsize=9)
         ax.set_ylabel("tau")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=k) for k, c in colours.items()]
     fig.legend(handles=handles, loc="upper right", ncol=6, fontsize=8)
@@ -462,8 +475,11 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
     classes = tau_by_token_class(learned_batches, ckpt.tokenizer, task) if learned_batches else {}
     plot = ""
     if learned_batches and cfg.plot_samples:
+        cold_name, hot_name, groups = problem_groups(results)
+        shown = {name: groups[name] for name in (f"only {hot_name} solves", f"{cold_name} solves all")
+                 if name in groups}
         plot = plot_tau_along_solutions(learned_batches, ckpt.tokenizer, problems, cfg.plot_samples,
-                                        out / "tau_along_solutions.png", task)
+                                        out / "tau_along_solutions.png", task, shown or None)
     outcomes = tau_by_problem_outcome(results, learned)
     target_rows: list[dict] = []
     fixed_results = [r for r in results if r.name.startswith("fixed ")]

@@ -222,12 +222,19 @@ def plot_frontier(results: list, path: Path, k: int) -> str:
     for r, colour in zip(others, ("tab:red", "tab:purple", "tab:orange", "black"), strict=False):
         ax.scatter([r.pass_at_k], [r.avg_at_k], color=colour, marker="*" if "learned" in r.name else "D", s=120,
                    label=r.name, zorder=3)
-    ax.set_xlabel(f"pass@{k}")
-    ax.set_ylabel(f"avg@{k}")
-    ax.set_title("Held-out frontier: higher and further right is better")
+    return finish_frontier_plot(fig, ax, path, k, "Held-out frontier: higher and further right is better", dpi=110)
+
+
+def finish_frontier_plot(fig, ax, path: Path, k: int, title: str, dpi: int) -> str:
+    """Axes labels (pass@k across, avg@k up), grid and legend; save to `path` and close."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(f"pass@{k} (held-out)")
+    ax.set_ylabel(f"avg@{k} (held-out)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return str(path)

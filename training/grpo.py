@@ -29,10 +29,14 @@ head's rows and the ladder's share one group advantage, so a hot rung that
 solves what the head's cold rows miss gets a positive advantage. The head's
 own rows keep the clipped ratio against the head that sampled them (1 at the
 first update: behaviour = head); ladder rows are weighted by their advantage
-alone (advantage-weighted regression, Peng et al. 2019): the head's
-probability of a rung it would not pick is tiny (its log-density is logged as
-`ladder_logprob`), so an importance ratio against it would silence exactly
-the rows that say "hot".
+alone, without a ratio (advantage-weighted regression, Peng et al. 2019):
+the head's probability of a rung it would not pick is tiny (its log-density
+per token is logged as `ladder_logprob`; about -5.7 at the start of the
+bundled run), so an importance ratio against it would silence exactly the
+rows that say "hot". By default only rows that beat their group pull
+(`--ladder-weights positive`, max(A, 0)); with signed weights the failing
+rows' push has no floor, and in 60-step trials it drove the gate towards 0
+(the head then kept tau_0 for whole completions).
 
 The baseline the paper compares against is the same command with
 `--rollout-temperature fixed:1.0` (or `entropy`): rollouts at that
