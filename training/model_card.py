@@ -110,7 +110,8 @@ def render(checkpoint: str | Path, command: str) -> str:
     ablations = path / "eval" / "ablations" / "comparison.md"
     if ablations.is_file():
         lines += ["", "## Recipe ablations", "",
-                  "Other joint recipes from the same warm start, evaluated the same way: "
+                  "Other joint recipes from the same warm start, evaluated the same way (the ones with the paper's "
+                  "head, reading h_t only, include the previous bundled model as `default`): "
                   "[eval/ablations/comparison.md](eval/ablations/comparison.md) "
                   "(plot: [eval/ablations/frontier.png](eval/ablations/frontier.png))."]
     return "\n".join(lines).rstrip() + "\n"
