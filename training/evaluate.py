@@ -243,13 +243,16 @@ def tau_by_problem_outcome(results: list[ControllerResult], learned: ControllerR
 
 
 def _rows(batches: list[RolloutBatch]):
+    """(batch, row, generated ids) of every sampled row; a greedy draft (no temperature policy) is left out."""
     for b in batches:
+        if b.behaviour == "draft":
+            continue
         for row in range(len(b.texts)):
             yield b, row, b.generation.tokens[row, : int(b.generation.lengths[row])].tolist()
 
 
 def tau_by_token_class(batches: list[RolloutBatch], tokenizer, task: Task) -> dict[str, dict[str, float]]:
-    """Mean tau and gate rate of the learned policy by the class of the token it sampled."""
+    """Mean tau and gate rate of the learned policy by the class of the token it sampled (draft rows left out)."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # tau, gate, count
     for b, row, ids in _rows(batches):
         _, labels = token_labels(tokenizer, ids, task)
@@ -275,8 +278,8 @@ def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, c
     import matplotlib.pyplot as plt
 
     first: dict[int, tuple] = {}
-    for b, r, ids in _rows(batches):  # each problem's first sampled completion (a greedy draft has no tau to show)
-        if b.behaviour != "draft" and b.problem_index[r] not in first:
+    for b, r, ids in _rows(batches):  # each problem's first sampled completion
+        if b.problem_index[r] not in first:
             first[b.problem_index[r]] = (b, r, ids)
     group_of: dict[int, str] = {}
     if groups:
