@@ -41,6 +41,45 @@ def grpo_curve(records: list[dict], windows: int = 8) -> list[str]:
     return lines
 
 
+def _point(row: dict | None) -> str:
+    return f"{row['avg_at_k']:.3f} / {row['pass_at_k']:.3f}" if row else "-"
+
+
+def _verdict(report: dict, prefix: str) -> str:
+    row = next((t for t in report.get("targets", []) if t["target"].startswith(prefix) and "diff" in t), None)
+    return f"{row['diff']:+.3f} [{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}]" if row else "-"
+
+
+def trials_section(path: Path) -> list[str]:
+    """A row per trial under eval/trials/<name>/ (a run's introllm.json, grpo_log.jsonl and eval/ report, copied
+    there by the make target that produced it): what its head read and how it was trained, its learned point and
+    its targets."""
+    rows, above = [], 0
+    for folder in sorted(p for p in (path / "eval" / "trials").glob("*") if (p / "eval" / "report.json").is_file()):
+        report = json.loads((folder / "eval" / "report.json").read_text())
+        manifest = json.loads((folder / "introllm.json").read_text())
+        grpo = next((s for s in manifest["training"].get("stages", []) if s.get("stage") == "grpo"), {})
+        c = grpo.get("config", {})
+        by_name = {r["name"]: r for r in report["results"]}
+        inputs = ",".join(manifest["head"].get("inputs", ["hidden"]))
+        recipe = (f"inputs `{inputs}`, ladder `{c.get('tau_ladder') or '-'}`"
+                  + (f" ({c.get('ladder_weights')} weights)" if c.get("tau_ladder") else ""))
+        rows.append(f"| [{folder.name}](eval/trials/{folder.name}/eval/report.md) | {recipe} | "
+                    f"{_point(by_name.get('learned'))} | {_point(by_name.get('learned (deterministic)'))} | "
+                    f"{_verdict(report, '(a) above the fixed')} | {_verdict(report, '(c)')} |")
+        above += any(t.get("met") for t in report.get("targets", []) if t["target"].startswith("(a) above the fixed"))
+    if not rows:
+        return []
+    verdict = (f"{above} of {len(rows)} land above their LM's fixed-tau curve (target (a))." if above
+               else "None lands above its LM's fixed-tau curve (target (a)).")
+    return ["", "## Trials of a draft-reading head", "",
+            "Heads that also read tau_{t-1} and the prompt's greedy draft, trained from the same warm start with the "
+            "same GRPO flags (`make draft-model`); each folder holds the run's manifest, log and full evaluation. "
+            + verdict, "",
+            "| trial | head and ladder | learned avg@8 / pass@8 | deterministic | (a) vs fixed, avg@8 [95% CI] | "
+            "(c) tau gap [95% CI] |", "|---|---|---|---|---|---|", *rows]
+
+
 def _inputs(head) -> str:
     names = {"hidden": "the LM's last hidden state h_t", "tau_prev": "the previous temperature tau_{t-1}",
              "draft": (f"a summary of the prompt's greedy draft ({head.draft_size} numbers: {head.draft_linear} "
@@ -107,6 +146,7 @@ def render(checkpoint: str | Path, command: str) -> str:
                   "The same warm start trained by the same `grpo` command with `--rollout-temperature fixed:<tau>`",
                   "(every step an LM step, the head untouched), each model evaluated over a grid of fixed decode",
                   "temperatures; the reports and logs are under `eval/comparison/models/`.", "", text]
+    lines += trials_section(path)
     ablations = path / "eval" / "ablations" / "comparison.md"
     if ablations.is_file():
         lines += ["", "## Recipe ablations", "",
