@@ -110,7 +110,9 @@ class EvalReport:
         paired comparisons across models need (report.json has it, the manifest does not)."""
         rows = []
         for r in self.results:
-            row = {k: v for k, v in asdict(r).items() if k not in PER_PROBLEM_FIELDS}
+            # NaN (not tracked: the draft baselines' mean tau) is null, so report.json stays strict JSON.
+            row = {k: None if isinstance(v, float) and math.isnan(v) else v
+                   for k, v in asdict(r).items() if k not in PER_PROBLEM_FIELDS}
             if per_problem:
                 row["correct_per_problem"] = [round(a * r.samples) for a in r.per_problem_accuracy]
             rows.append(row)

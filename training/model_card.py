@@ -68,6 +68,11 @@ def trials_section(path: Path) -> list[str]:
                     f"{_point(by_name.get('learned'))} | {_point(by_name.get('learned (deterministic)'))} | "
                     f"{_verdict(report, '(a) above the fixed')} | {_verdict(report, '(c)')} |")
         above += any(t.get("met") for t in report.get("targets", []) if t["target"].startswith("(a) above the fixed"))
+    notes = []  # trial folders with notes and logs but no evaluation of their own
+    for readme in sorted((path / "eval" / "trials").glob("*/README.md")):
+        if not (readme.parent / "eval").is_dir():
+            link = f"eval/trials/{readme.parent.name}/README.md"
+            notes.append(f"[{link}]({link})")
     if not rows:
         return []
     verdict = (f"{above} of {len(rows)} land above their LM's fixed-tau curve (target (a))." if above
@@ -77,7 +82,8 @@ def trials_section(path: Path) -> list[str]:
             "same GRPO flags (`make draft-model`); each folder holds the run's manifest, log and full evaluation. "
             + verdict, "",
             "| trial | head and ladder | learned avg@8 / pass@8 | deterministic | (a) vs fixed, avg@8 [95% CI] | "
-            "(c) tau gap [95% CI] |", "|---|---|---|---|---|---|", *rows]
+            "(c) tau gap [95% CI] |", "|---|---|---|---|---|---|", *rows,
+            *(["", "Shorter trials, with their logs: " + ", ".join(notes) + "."] if notes else [])]
 
 
 def _inputs(head) -> str:

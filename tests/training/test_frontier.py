@@ -30,6 +30,10 @@ from training.frontier import (
 )
 
 
+def _refuse(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def test_a_hedge_is_the_draft_then_samples_one_on_of_the_fixed_tau():
     draft = torch.tensor([1, 0, 0])
     fixed = {"fixed 0.5": torch.tensor([[0, 1, 1], [1, 0, 0], [0, 0, 1]])}
@@ -113,7 +117,8 @@ def test_a_draft_heads_learned_result_is_the_draft_plus_k_minus_1_head_samples(m
     assert names == ["fixed 0.1", "fixed 1.0", "learned", "hedge 0.1", "hedge 1.0"]
     # The random micro model solves nothing, so no train problem says which tau wins: the rule is skipped, said so.
     assert "not_fitted" in report.draft_rule and "Draft rule: not fitted" in report.markdown
-    data = json.loads((checkpoint / "eval" / "report.json").read_text())
+    data = json.loads((checkpoint / "eval" / "report.json").read_text(), parse_constant=_refuse)  # strict JSON
+    assert all(r["mean_tau"] is None for r in data["results"] if r["name"].startswith("hedge"))
     learned = next(r for r in data["results"] if r["name"] == "learned")
     assert learned["samples"] == 3 and 0.1 <= learned["mean_tau"] <= 2.0
     assert [t["target"][:3] for t in data["targets"]][:3] == ["(a)", "(a)", "(b)"]
