@@ -63,7 +63,8 @@ def trials_section(path: Path) -> list[str]:
         by_name = {r["name"]: r for r in report["results"]}
         inputs = ",".join(manifest["head"].get("inputs", ["hidden"]))
         recipe = (f"inputs `{inputs}`, ladder `{c.get('tau_ladder') or '-'}`"
-                  + (f" ({c.get('ladder_weights')} weights)" if c.get("tau_ladder") else ""))
+                  + (f" ({c.get('ladder_weights')} weights)" if c.get("tau_ladder") else "")
+                  + f"; {grpo.get('steps', '?')} steps, the last with schedule `{c.get('schedule', '?')}`")
         rows.append(f"| [{folder.name}](eval/trials/{folder.name}/eval/report.md) | {recipe} | "
                     f"{_point(by_name.get('learned'))} | {_point(by_name.get('learned (deterministic)'))} | "
                     f"{_verdict(report, '(a) above the fixed')} | {_verdict(report, '(c)')} |")
@@ -79,7 +80,8 @@ def trials_section(path: Path) -> list[str]:
                else "None lands above its LM's fixed-tau curve (target (a)).")
     return ["", "## Trials of a draft-reading head", "",
             "Heads that also read tau_{t-1} and the prompt's greedy draft, trained from the same warm start with the "
-            "same GRPO flags (`make draft-model`); each folder holds the run's manifest, log and full evaluation. "
+            "same GRPO flags (`make draft-model`, or as the folder's README.md says); each folder holds the run's "
+            "manifest, log and full evaluation. "
             + verdict, "",
             "| trial | head and ladder | learned avg@8 / pass@8 | deterministic | (a) vs fixed, avg@8 [95% CI] | "
             "(c) tau gap [95% CI] |", "|---|---|---|---|---|---|", *rows,

@@ -82,6 +82,7 @@ def test_fixed_mode_samples_as_for_any_checkpoint(draft_server, draft_checkpoint
     checkpoint = load_checkpoint(draft_checkpoint_dir, "cpu", torch.float32)
     reply = post(draft_server, {"prompt": PROMPT, "max_new_tokens": 12, "ignore_eos": True, "seed": 5,
                                 "temperature_mode": "fixed", "temperature": 1.3}).json()
-    expected = reference(checkpoint, PROMPT, max_new_tokens=12, seed=5, stop_at_eos=False, controller=FixedTemperature(1.3))
+    expected = reference(checkpoint, PROMPT, max_new_tokens=12, seed=5, stop_at_eos=False,
+                         controller=FixedTemperature(1.3))
     assert reply["text"] == checkpoint.tokenizer.decode(reference_tokens(expected))
     assert reply["temperature"]["mean"] == pytest.approx(1.3)

@@ -163,3 +163,29 @@ def test_model_card_states_the_recipe_and_embeds_the_comparison(micro_checkpoint
     assert "schedule `lm+tau:1`" in card and "head advantage `mean+pass@k` (k = 2)" in card
     assert "## Joint training vs fixed-temperature GRPO" in card
     assert "![plot](eval/comparison/frontier.png)" in card
+
+
+def test_model_card_lists_each_trial_with_its_learned_point_and_targets(micro_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    train_grpo(GRPOConfig(init=str(micro_checkpoint), out=str(out), steps=1, prompts_per_step=2, group_size=2,
+                          n_train=20, n_heldout=5, eval_every=0, save_every=0, threads=1, max_new_tokens=4),
+               score=lambda problem, text: Verdict(float(len(text) % 2), "ok"))
+    trial = out / "eval" / "trials" / "draft-x"
+    (trial / "eval").mkdir(parents=True)
+    stages = [{"stage": "grpo", "steps": 240, "config": {"tau_ladder": "0.1,1.0", "ladder_weights": "positive",
+                                                         "schedule": "lm+tau:1"}}]
+    (trial / "introllm.json").write_text(json.dumps({"head": {"inputs": ["hidden", "draft"]},
+                                                      "training": {"stages": stages}}))
+    rows = [_row("learned", [4, 0]), _row("learned (deterministic)", [3, 1])]
+    targets_rows = [{"target": "(a) above the fixed curve", "diff": 0.05, "ci": [0.01, 0.09], "met": True},
+                    {"target": "(c) mean tau gap", "diff": 0.3, "ci": [0.2, 0.4], "met": True}]
+    (trial / "eval" / "report.json").write_text(json.dumps({"results": rows, "targets": targets_rows}))
+    notes = out / "eval" / "trials" / "short"
+    notes.mkdir()
+    (notes / "README.md").write_text("# notes\n")
+    card = write_model_card(out, "make default-model").read_text()
+    assert "## Trials of a draft-reading head" in card and "1 of 1 land above" in card
+    row = next(line for line in card.splitlines() if line.startswith("| [draft-x]"))
+    assert "inputs `hidden,draft`, ladder `0.1,1.0` (positive weights); 240 steps" in row
+    assert "| 0.500 / 0.500 | 0.500 / 1.000 | +0.050 [+0.010, +0.090] | +0.300 [+0.200, +0.400] |" in row
+    assert "[eval/trials/short/README.md](eval/trials/short/README.md)" in card
