@@ -90,9 +90,11 @@ def trials_section(path: Path) -> list[str]:
 
 def _inputs(head) -> str:
     names = {"hidden": "the LM's last hidden state h_t", "tau_prev": "the previous temperature tau_{t-1}",
-             "draft": (f"a summary of the prompt's greedy draft ({head.draft_size} numbers: {head.draft_linear} "
-                       "confidence statistics, also on a linear path of their own, then the pooled hidden states; "
-                       "the draft is sample 0 of every group and of every evaluation row's k samples)")}
+             "draft": (f"a summary of the prompt's greedy draft ({head.draft_size} numbers: confidence statistics"
+                       + (f", the first {head.draft_linear} also on a linear path of their own" if head.draft_linear
+                          else "")
+                       + ", then the pooled hidden states; the draft is sample 0 of every group and of every "
+                       "evaluation row's k samples)")}
     return ", ".join(names[i] for i in head.inputs)
 
 
