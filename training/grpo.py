@@ -453,12 +453,13 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         # the LM's token log-probs use the recorded taus, so a head update cannot change the LM's ratio.
         for part in sorted(phase.split("+"), key=lambda name: name != "tau"):
             kind = cfg.lm_advantage if part == "lm" else cfg.tau_advantage
+            own = cfg.group_size - with_draft  # the policy's rows per problem (the draft is not trained on)
             if part == "tau" and explore:
                 # The head learns from the ladder, with or without its own rows (tau_rows); the LM from its own.
-                rows = explore if cfg.tau_rows == "ladder" else batches + explore
+                rows, group = (explore, ladder_rows) if cfg.tau_rows == "ladder" else (batches + explore,
+                                                                                        own + ladder_rows)
             else:
-                rows = batches
-            group = len({s for b in rows for s in b.sample_index})
+                rows, group = batches, own
             advantages = batch_advantages(rows, len(problems), group, kind, cfg.pass_k)
             params = set_phase(model, head, part)
             for _ in range(cfg.updates_per_rollout):
