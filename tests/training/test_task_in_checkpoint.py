@@ -19,11 +19,15 @@ import pytest
 
 from model import FixedTemperature, load_checkpoint, read_manifest
 from scripts.example_artifacts import write_example_artifacts
+from service.settings import DEFAULT_CHECKPOINT
 from tests.training.test_own_model_end_to_end import run
+from training.__main__ import main
+from training.config import EvalConfig, GRPOConfig
 from training.data import SolvedExamples
 from training.model_card import write_model_card
 from training.rollout import sample_completions
-from training.task_record import recorded_choice
+from training.task_record import TaskRecordError, check_heldout, recorded_choice, resolve_task
+from training.tasks.countdown import CountdownConfig
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ["yak", "cat", "box", "owl", "elm", "fig", "gnu", "hat"]
@@ -149,3 +153,32 @@ def test_a_user_error_is_one_line_and_a_status(own, case):
                                   str(own["train"]), "--system-prompt", "Be brief.", "--out", str(root / "x"))
         status, says = 2, ["--system-prompt needs a chat template", "chat_template.jinja"]
     assert_one_line_error(result, status, *says)
+
+
+def test_eval_refuses_another_task_in_one_line(own, capsys):
+    assert main(["eval", "--checkpoint", str(own["sft"]), "--task", "countdown"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "--task 'countdown' contradicts the recorded 'jsonl'" in error
+
+
+def test_held_out_problems_edited_since_sft_are_refused(own, tmp_path):
+    training = read_manifest(own["sft"]).training
+    edited = tmp_path / "heldout.jsonl"
+    edited.write_text(own["heldout"].read_text().replace("yak", "emu"))
+    training["task"]["heldout"] = str(edited)
+    choice = resolve_task(EvalConfig(), training, "sft")
+    task = choice.build()
+    with pytest.raises(TaskRecordError, match="not the ones it recorded"):
+        check_heldout(EvalConfig(), training, task, task.split()[1], "sft")
+
+
+def test_the_bundled_record_reads_as_its_countdown_task_and_default_flags_keep_it():
+    training = read_manifest(DEFAULT_CHECKPOINT).training
+    recorded = recorded_choice(training)
+    assert recorded.name == "countdown" and recorded.countdown == CountdownConfig()
+    assert (recorded.split_seed, recorded.n_heldout) == (1234, 500)
+    assert resolve_task(GRPOConfig(), training, "bundled") == recorded
+    with pytest.raises(TaskRecordError, match="--task-max-target 50 contradicts the recorded 99"):
+        resolve_task(GRPOConfig(task=CountdownConfig(max_target=50)), training, "bundled")
+    # Without a task record (the first checkpoint format) the flags decide, as they always did.
+    assert resolve_task(GRPOConfig(task=CountdownConfig(max_target=50)), {}, "old").countdown.max_target == 50
