@@ -162,8 +162,8 @@ class GRPOConfig:
     grad_clip: float = 1.0  # gradient norm clip
     max_new_tokens: int = 0  # rollout length; 0 = the task's (Countdown: longest valid completion + EOS)
     n_train: int = 20000  # Countdown: training problems generated
-    n_heldout: int = 500  # Countdown: held-out problems; empty = the init checkpoint's recorded split
-    split_seed: int = 1234  # the split's seed; by default the init checkpoint's recorded one
+    n_heldout: int = 500  # Countdown: held-out problems (unless given, the init checkpoint's recorded count)
+    split_seed: int = 1234  # the split's seed (unless given, the init checkpoint's recorded one)
     eval_every: int = 50  # steps between held-out evaluations (0 = none)
     eval_problems: int = 100  # held-out problems in each evaluation
     save_every: int = 50  # steps between checkpoints (0 = at the end only)
@@ -174,8 +174,9 @@ class GRPOConfig:
     dtype: str = "auto"  # the LM's training dtype: auto = bfloat16 on a GPU that has it, else float32
     gradient_checkpointing: bool = False  # trade compute for memory on large models
     # Prompts are rendered with the format recorded in the `init` checkpoint (see SFTConfig.prompt_format).
+
     # The task, its split included, is the one recorded in `init` (countdown for a checkpoint without a record);
-    # a task flag that contradicts the record stops the run unless task_override is set.
+    # a task flag that contradicts the record stops the run unless --task-override true.
     task_name: str = field(default="countdown", metadata=TASK_FLAG)  # countdown | jsonl
     task_override: bool = False  # train on the task the flags give where they contradict the recorded one
     task: CountdownConfig = field(default_factory=CountdownConfig)
@@ -209,7 +210,7 @@ class EvalConfig:
     write_manifest: bool = True  # record the table in the checkpoint's manifest and model card
     threads: int = 0  # torch CPU threads; 0 = torch's default
     # The task the checkpoint records (its held-out split included); a task flag that contradicts the record
-    # stops the run unless task_override is set.
+    # stops the run unless --task-override true.
     task_name: str = field(default="countdown", metadata=TASK_FLAG)  # countdown | jsonl
     task_override: bool = False  # evaluate on the task the flags give where they contradict the recorded one
     task: CountdownConfig = field(default_factory=CountdownConfig)
