@@ -4,9 +4,13 @@ What it does: `PromptFormat` records the one rendering a checkpoint was
 trained with (kept in the checkpoint manifest, so the server renders prompts
 exactly as training did), and `render_prompt` turns chat messages into the
 token ids the model continues from:
-  - "plain": the messages' contents joined by blank lines, with the
+  - "plain": the messages' contents joined by blank lines, then the
+    recorded `separator` (what ends every prompt the model was trained on,
+    "\n" by default) unless the text already ends with it, with the
     tokenizer's BOS in front when it has one (the convention the bundled
-    checkpoints were trained on);
+    checkpoints were trained on). The separator keeps prompt and answer
+    apart, and lets a chat message typed without the task's trailing newline
+    read as the prompts the model learned from;
   - "chat": the recorded chat template (a Jinja string, as transformers'
     `apply_chat_template` reads it) with the generation prompt added, and the
     recorded system prompt first unless the messages bring their own.
@@ -15,7 +19,8 @@ the tokenizer, failing with a clear message when a chat format is asked of a
 tokenizer that has no template.
 
 What it does not do: tokenise completions, or know any task or HTTP schema.
-A checkpoint without a recorded format is read as plain text (`PLAIN`).
+A checkpoint without a recorded format is read as plain text (`PLAIN`), and a
+recorded plain format without a separator renders as before (none).
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ class PromptFormatError(ValueError):
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """The rendering of prompts: "plain" (BOS + text) or "chat" (`chat_template`, `system_prompt` first)."""
+    """The rendering of prompts: "plain" (BOS + text + `separator`) or "chat" (`chat_template`,
+    `system_prompt` first)."""
 
     kind: str = "plain"
     chat_template: str = ""
     system_prompt: str = ""
+    separator: str = ""  # plain only: ends every prompt (not doubled when the text already ends with it)
 
     def __post_init__(self) -> None:
         if self.kind not in FORMAT_KINDS:
@@ -52,6 +59,8 @@ class PromptFormat:
             raise PromptFormatError("a chat prompt format needs its chat template")
         if self.kind == "plain" and self.system_prompt:
             raise PromptFormatError("a system prompt needs a chat template; this prompt format is plain text")
+        if self.kind == "chat" and self.separator:
+            raise PromptFormatError("a chat prompt format takes no separator (its template separates the turns)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,15 +68,17 @@ class PromptFormat:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PromptFormat:
         return cls(kind=str(data.get("kind", "plain")), chat_template=str(data.get("chat_template", "")),
-                   system_prompt=str(data.get("system_prompt", "")))
+                   system_prompt=str(data.get("system_prompt", "")), separator=str(data.get("separator", "")))
 
 
-PLAIN = PromptFormat()
+PLAIN = PromptFormat()  # what a checkpoint without a recorded format was trained with: no separator
+DEFAULT_SEPARATOR = "\n"  # what new plain-format runs record: a line break, as the bundled task's prompts end
 
 
-def choose_prompt_format(tokenizer: PreTrainedTokenizerBase, choice: str = "auto",
-                         system_prompt: str = "") -> PromptFormat:
-    """The format a training run uses: "auto" = chat when the tokenizer has a template, else plain."""
+def choose_prompt_format(tokenizer: PreTrainedTokenizerBase, choice: str = "auto", system_prompt: str = "",
+                         separator: str = DEFAULT_SEPARATOR) -> PromptFormat:
+    """The format a training run uses: "auto" = chat when the tokenizer has a template, else plain
+    (ending every prompt with `separator`)."""
     if choice not in CHOICES:
         raise PromptFormatError(f"unknown prompt format {choice!r} (use one of {', '.join(CHOICES)})")
     template = getattr(tokenizer, "chat_template", None) or ""
@@ -76,12 +87,13 @@ def choose_prompt_format(tokenizer: PreTrainedTokenizerBase, choice: str = "auto
     if choice == "chat" and not template:
         raise PromptFormatError(
             "--prompt-format chat needs a chat template, and this tokenizer has none "
-            "(add `chat_template` to its tokenizer_config.json, or use --prompt-format plain)")
+            "(add a chat_template.jinja file to the model folder, or use --prompt-format plain)")
     if choice == "plain" or not template:
         if system_prompt:
             raise PromptFormatError("--system-prompt needs a chat template; this tokenizer has none "
-                                    "(or --prompt-format plain was asked for)")
-        return PLAIN
+                                    "(or --prompt-format plain was asked for): drop --system-prompt, or add a "
+                                    "chat_template.jinja file to the model folder")
+        return PromptFormat(kind="plain", separator=separator)
     return PromptFormat(kind="chat", chat_template=template, system_prompt=system_prompt)
 
 
@@ -97,7 +109,9 @@ def render_text(fmt: PromptFormat, tokenizer: PreTrainedTokenizerBase, messages:
         if message.get("role") not in ROLES:
             raise PromptFormatError(f"unknown message role {message.get('role')!r} (use {', '.join(ROLES)})")
     if fmt.kind == "plain":
-        return "\n\n".join(str(m["content"]) for m in messages)
+        text = "\n\n".join(str(m["content"]) for m in messages)
+        # Only when missing: a prompt that already ends as the trained ones did (Countdown's "...>24\n") is as is.
+        return text if text.endswith(fmt.separator) else text + fmt.separator
     chat = [dict(m) for m in messages]
     if fmt.system_prompt and chat[0]["role"] != "system":
         chat.insert(0, {"role": "system", "content": fmt.system_prompt})

@@ -28,13 +28,13 @@ ALPHABET = "\n" + "".join(ch for ch in string.printable if ch.isprintable())
 class TinyLMConfig:
     """Shape of the tiny model. Defaults give about 3.2M parameters."""
 
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    intermediate_size: int = 768
-    max_position_embeddings: int = 512
-    rope_theta: float = 10000.0
+    hidden_size: int = 256  # width of the residual stream
+    num_layers: int = 4  # decoder layers
+    num_heads: int = 4  # attention heads
+    num_kv_heads: int = 4  # key/value heads (fewer than num_heads = grouped-query attention)
+    intermediate_size: int = 768  # MLP width
+    max_position_embeddings: int = 512  # longest sequence
+    rope_theta: float = 10000.0  # rotary embedding base
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:

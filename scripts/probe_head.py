@@ -12,6 +12,7 @@ model's eval/trials/head-only/README.md were measured with it:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import torch
@@ -20,7 +21,7 @@ from model import LearnedTemperature, load_checkpoint
 from training.evaluate import summarise
 from training.frontier import auc
 from training.rollout import draft_completions, sample_completions
-from training.start import task_from_record
+from training.task_record import TaskChoice, recorded_choice
 
 
 def main() -> None:
@@ -33,7 +34,8 @@ def main() -> None:
     ckpt = load_checkpoint(args.checkpoint, "cpu", torch.float32)
     counts = {r["name"]: r["correct_per_problem"] for r in json.loads(open(args.report).read())["results"]}
     cold, hot = counts["fixed 0.1"], counts["fixed 1.0"]
-    task = task_from_record(ckpt.manifest.training, n_heldout=len(cold), split_seed=1234)
+    recorded = recorded_choice(ckpt.manifest.training) or TaskChoice()
+    task = dataclasses.replace(recorded, n_heldout=len(cold), split_seed=1234).build()
     _, problems = task.split()
     args_ = dict(task=task, max_new_tokens=task.max_new_tokens)
     drafts, summaries = draft_completions(ckpt.model, ckpt.tokenizer, problems, **args_)

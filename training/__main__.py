@@ -2,7 +2,15 @@
 
 Every field of the command's dataclass config (training/config.py) is a flag,
 nested ones prefixed: `--task-max-target 50`, `--model-hidden-size 128`,
-`--head-tau-max 1.5`. Runs data-parallel under `torchrun --nproc_per_node N`.
+`--head-tau-max 1.5`; `--help` describes each. Runs data-parallel under
+`torchrun --nproc_per_node N`.
+
+A known user error stops the command with one line on stderr and no
+traceback: status 2 for a usage error (a bad flag or value, a task flag that
+contradicts the checkpoint's recorded task, a prompt format the tokenizer
+cannot do), 3 for an input that cannot be used (a missing or malformed task
+file, a missing or broken checkpoint or model folder). Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
+from model import CheckpointError, PromptFormatError
 from training.config import (
     CardConfig,
     CompareConfig,
@@ -20,32 +30,65 @@ from training.config import (
     add_config_arguments,
     config_from_namespace,
 )
+from training.task_record import TaskRecordError
+from training.tasks import JsonlTaskError
 
 COMMANDS = {"sft": SFTConfig, "grpo": GRPOConfig, "eval": EvalConfig, "compare": CompareConfig, "card": CardConfig}
+USAGE_ERROR = 2
+INPUT_ERROR = 3
+EPILOG = ("Exit status: 0 done, 2 a usage error (bad flag or value, a task flag contradicting the checkpoint's "
+          "task), 3 an input that cannot be used (task file, checkpoint or model folder).")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="_subcommand", required=True)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (the usage summary is a --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line: a multi-line one (every malformed line of a file) joined by '; '."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(line if line.endswith(":") else line + ";" for line in lines).rstrip(";") or type(exc).__name__
+
+
+def exit_status(exc: BaseException) -> int | None:
+    """The documented status of a known user error, or None for a bug (which keeps its traceback)."""
+    if isinstance(exc, JsonlTaskError | CheckpointError | FileNotFoundError | NotADirectoryError):
+        return INPUT_ERROR
+    if isinstance(exc, TaskRecordError | PromptFormatError | ValueError):
+        # Every check of a flag's value raises ValueError (configs, schedules, advantages, dtypes).
+        return USAGE_ERROR
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m training", description=__doc__.splitlines()[0], epilog=EPILOG)
+    sub = parser.add_subparsers(dest="_subcommand", required=True, parser_class=OneLineParser)
     for name, cls in COMMANDS.items():
-        add_config_arguments(sub.add_parser(name, help=(cls.__doc__ or "").splitlines()[0]), cls)
-    args = parser.parse_args(argv)
-    config = config_from_namespace(COMMANDS[args._subcommand], args)
-    if args._subcommand == "sft":
+        doc = (cls.__doc__ or "").strip()
+        add_config_arguments(sub.add_parser(name, help=doc.splitlines()[0], description=doc, epilog=EPILOG,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter), cls)
+    return parser
+
+
+def run(command: str, config) -> None:
+    if command == "sft":
         from training.sft import train_sft
 
         print(train_sft(config))
-    elif args._subcommand == "grpo":
+    elif command == "grpo":
         from training.grpo import train_grpo
 
         result = train_grpo(config)
         if os.environ.get("RANK", "0") == "0":
             print(result.out)
-    elif args._subcommand == "eval":
+    elif command == "eval":
         from training.evaluate import run_evaluation
 
         print(run_evaluation(config).markdown)
-    elif args._subcommand == "compare":
+    elif command == "compare":
         from training.compare import run_comparison
 
         print(run_comparison(config))
@@ -53,6 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         from training.model_card import write_model_card
 
         print(write_model_card(config.checkpoint, config.command))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args._subcommand
+    try:
+        run(command, config_from_namespace(COMMANDS[command], args))
+    except Exception as exc:
+        status = exit_status(exc)
+        if status is None:
+            raise
+        print(f"python -m training {command}: error: {one_line(exc)}", file=sys.stderr)
+        return status
     return 0
 
 

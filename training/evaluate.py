@@ -1,8 +1,8 @@
 """Held-out evaluation: learned temperature vs fixed and heuristic temperatures.
 
-What it does: on the checkpoint's held-out problems (of the task it was
-trained on, or the one `--task` names, prompts rendered with the checkpoint's
-recorded prompt format), samples k
+What it does: on the checkpoint's held-out problems (of the task it records,
+training/task_record.py; flags that contradict it need `--task-override
+true`; prompts rendered with the checkpoint's recorded prompt format), samples k
 completions per problem for each temperature controller (fixed tau values,
 the entropy heuristic EDT, the learned head) through the same decode path and
 the same per-row seeds, and reports
@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -68,7 +68,7 @@ from training.frontier import (
     targets_markdown,
 )
 from training.rollout import RolloutBatch, controller_from_spec, draft_completions, sample_completions
-from training.start import task_from_record, task_of
+from training.task_record import check_heldout, resolve_task
 from training.tasks import Task
 
 Z_95 = 1.959964
@@ -387,14 +387,6 @@ def paired_comparison(results: list[ControllerResult]) -> dict:
     }
 
 
-def _with_split(cfg: EvalConfig, n_heldout: int, split_seed: int, n_train: int):
-    """The eval config's task flags with the checkpoint's split (so Countdown's held-out set is the same)."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(task_name=cfg.task_name, task=cfg.task, jsonl=cfg.jsonl, n_train=n_train,
-                           n_heldout=n_heldout, split_seed=split_seed)
-
-
 def _fixed_tau(name: str) -> float:
     return float(name.split()[1])
 
@@ -418,17 +410,15 @@ def fit_rule_on_train(cfg: EvalConfig, ckpt, task: Task, cold: float, hot: float
 def run_evaluation(cfg: EvalConfig) -> EvalReport:
     set_threads(cfg.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = load_checkpoint(cfg.checkpoint, device=device)
-    training = ckpt.manifest.training
-    n_heldout = int(training.get("n_heldout", max(cfg.problems, 500)))
-    split_seed = int(training.get("split_seed", 1234))
+    training = read_manifest(cfg.checkpoint).training
+    choice = resolve_task(cfg, training, cfg.checkpoint)  # before the weights load: a contradiction fails fast
+    if "n_heldout" not in training:  # a checkpoint without a split record: enough held-out problems
+        choice = replace(choice, n_heldout=max(cfg.problems, choice.n_heldout))
     # Train problems only for fitting the draft rule (Countdown's held-out split does not depend on their number).
-    n_train = cfg.draft_rule_problems if cfg.draft_baselines else 0
-    if cfg.task_name:
-        task = task_of(_with_split(cfg, n_heldout, split_seed, n_train))
-    else:
-        task = task_from_record(training, n_heldout=n_heldout, split_seed=split_seed, n_train=n_train)
+    task = choice.build(n_train=cfg.draft_rule_problems if cfg.draft_baselines else 0)
     _, heldout = task.split()
+    check_heldout(cfg, training, task, heldout, cfg.checkpoint)
+    ckpt = load_checkpoint(cfg.checkpoint, device=device)
     problems = heldout[: cfg.problems]
     out = Path(cfg.out or Path(cfg.checkpoint) / "eval")
     out.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,9 @@ temperature, every step an LM step, the head never touched.
 It logs reward, accuracy, mean tau, gate rate (over all ranks), entropy and KL
 (rank 0's share) per step (JSONL), evaluates on held-out prompts now and then,
 saves checkpoints, and resumes from one: a GRPO checkpoint of the same task
-records its step and the run continues from there. On resume the optimiser
+records its step and the run continues from there. The task and its held-out
+split are the ones recorded in the `init` checkpoint (training/task_record.py):
+a task flag contradicting them stops the run unless `--task-override true`. On resume the optimiser
 moments start afresh (they are not saved), and the KL reference is the
 checkpoint the run (re)starts from.
 
@@ -71,6 +73,7 @@ from model import (
     TemperatureHead,
     lm_hidden_size,
     load_checkpoint,
+    read_manifest,
     save_checkpoint,
 )
 from training import distributed
@@ -89,11 +92,10 @@ from training.start import (
     lm_to_save,
     prepare_lm,
     set_lm_trainable,
-    task_of,
-    task_record,
     trainable_lm_parameters,
     training_dtype,
 )
+from training.task_record import check_heldout, resolve_task
 
 PHASES = ("lm", "tau", "lm+tau")
 ADVANTAGES = ("mean", "pass@k", "mean+pass@k")
@@ -352,12 +354,15 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     rank, world, device = distributed.init()
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    task = task_of(cfg)
-    task_fields = task_record(cfg)
+    previous = read_manifest(cfg.init).training
+    choice = resolve_task(cfg, previous, cfg.init)  # before the weights load: a contradiction fails fast
+    task = choice.build(n_train=cfg.n_train)
+    train_problems, heldout = task.split()
+    check_heldout(cfg, previous, task, heldout, cfg.init)
+    task_fields = choice.fields(train_problems, heldout, task)
     start = load_checkpoint(cfg.init, device=device, dtype=training_dtype(cfg.dtype, device))
     model, head, tokenizer = start.model, start.head, start.tokenizer
     prompt_format = start.manifest.prompt_format  # render prompts exactly as the warm start was trained
-    previous = start.manifest.training
     # Resuming: a GRPO checkpoint of the same task records how far it got.
     same_task = (previous.get("task") == task_fields["task"]
                  and previous.get("task_name", "countdown") == task_fields["task_name"])
@@ -371,7 +376,6 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     distributed.broadcast_parameters([model, head])
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     model = prepare_lm(model, cfg.lora, cfg.gradient_checkpointing)
-    train_problems, heldout = task.split()
     max_new = cfg.max_new_tokens or task.max_new_tokens
     if fresh and head.config.draft_linear:
         # Standardise the draft statistics by those of this LM's drafts of training prompts (the same on every rank).
@@ -423,8 +427,7 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                  "steps": step, "seconds": round(time.time() - started, 1), "world_size": world,
                  "final": history[-1] if history else {}}
         stages = [s for s in previous.get("stages", []) if s.get("stage") != "grpo"] + [stage]
-        training = {**previous, "stages": stages, **task_fields, "split_seed": cfg.split_seed,
-                    "n_heldout": cfg.n_heldout, "grpo_step": step}
+        training = {**previous, "stages": stages, **task_fields, "grpo_step": step}
         training.pop("evaluation", None)  # stale once the weights move
         saved = lm_to_save(model, getattr(torch, cfg.save_dtype))
         save_checkpoint(out, saved, tokenizer, head, base_model=start.manifest.base_model, training=training,

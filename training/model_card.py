@@ -1,10 +1,14 @@
 """The model card (README.md) of a trained checkpoint, rendered from what training recorded.
 
-What it does: reads the manifest (stages, configs, seeds, code versions, the
-evaluation table) and the JSONL logs in the checkpoint folder, and writes a
-README.md with the command that produced the checkpoint, a summary of the
-training curves (windows of the GRPO log; SFT held-out accuracy points) and
-the evaluation tables. Nothing in it is typed by hand.
+What it does: reads the manifest (base model, task and its data, prompt
+format, stages, configs, seeds, code versions, the evaluation table), the LM's
+config.json, tokenizer files and safetensors headers (no weights) and the
+JSONL logs in the checkpoint folder, and writes a README.md describing that
+model: its architecture and size, tokenizer, task, reward and data files
+with their problem counts, prompt format and what the evaluation measured,
+then the command that produced it, a summary of the training curves (windows
+of the GRPO log; SFT held-out accuracy points) and the evaluation tables.
+Nothing in it is typed by hand.
 
 What it does not do: evaluate (see `evaluate.py`) or judge the numbers.
 """
@@ -13,8 +17,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from model import read_manifest
+from safetensors import safe_open
+
+from model import PromptFormat, read_manifest
+from model.checkpoint import CONFIG_FILE, TOKENIZER_FILE
+from training.task_record import recorded_choice
 
 CURVE_FIELDS = ("reward", "accuracy", "mean_tau", "gate_rate", "entropy", "kl")
 
@@ -98,6 +107,168 @@ def _inputs(head) -> str:
     return ", ".join(names[i] for i in head.inputs)
 
 
+TINY_BASE = "tiny-llama-char"  # sft's base model name when it builds the tiny model from scratch
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def parameter_count(path: Path) -> int:
+    """The LM's parameters, from the safetensors headers (no tensor is read)."""
+    files = sorted(path.glob("model*.safetensors"))
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            for name in weights.keys():
+                count = 1
+                for size in weights.get_slice(name).get_shape():
+                    count *= size
+                total += count
+    return total
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+
+
+def architecture(path: Path) -> str:
+    """`LlamaForCausalLM` (llama): 4 layers, hidden size 256, 3.2M parameters."""
+    config = _read_json(path / CONFIG_FILE)
+    name = (config.get("architectures") or ["an unnamed architecture"])[0]
+    shape = [f"{config['num_hidden_layers']} layers" if "num_hidden_layers" in config else "",
+             f"hidden size {config['hidden_size']}" if "hidden_size" in config else "",
+             f"{_millions(parameter_count(path))} parameters"]
+    return f"`{name}` ({config.get('model_type', '?')}): " + ", ".join(part for part in shape if part)
+
+
+def tokenizer_kind(path: Path) -> str:
+    """What the tokenizer is: character-level, byte-level BPE, WordPiece, Unigram, ... with its vocabulary size."""
+    backend = _read_json(path / TOKENIZER_FILE)
+    model = backend.get("model", {}) if isinstance(backend.get("model"), dict) else {}
+    kind = str(model.get("type", "unknown"))
+    vocab = model.get("vocab") or {}
+    specials = {token.get("content") for token in backend.get("added_tokens", [])}
+    pieces = [token for token in (vocab if isinstance(vocab, dict) else []) if token not in specials]
+    byte_level = "ByteLevel" in json.dumps([backend.get("pre_tokenizer"), backend.get("decoder")])
+    if kind == "WordLevel" and pieces and all(len(token) == 1 for token in pieces):
+        name = "character-level"
+    elif kind == "BPE" and byte_level:
+        name = "byte-level BPE"
+    else:
+        name = kind
+    size = f", {len(vocab) + len(specials - set(vocab if isinstance(vocab, dict) else []))} tokens" if vocab else ""
+    return f"{name}{size}; {_special_tokens(path)}"
+
+
+def _special_tokens(path: Path) -> str:
+    config = _read_json(path / TOKENIZER_CONFIG)
+
+    def token(key: str) -> str | None:
+        value = config.get(key)
+        return value.get("content") if isinstance(value, dict) else value
+
+    bos, eos, pad = token("bos_token"), token("eos_token"), token("pad_token")
+    return (f"BOS {f'`{bos}`' if bos else 'none'}, EOS {f'`{eos}`' if eos else 'none'}, "
+            + (f"pad `{pad}`" if pad else "no pad token (EOS pads)"))
+
+
+def prompt_format_line(fmt: PromptFormat, has_bos: bool) -> str:
+    if fmt.kind == "chat":
+        system = f", system prompt `{fmt.system_prompt}`" if fmt.system_prompt else ", no system prompt"
+        return f"the tokenizer's chat template (recorded in introllm.json){system}"
+    ending = (f"then {json.dumps(fmt.separator)} unless it already ends so" if fmt.separator
+              else "nothing between prompt and answer (recorded before separators were)")
+    return f"plain text: {'BOS, ' if has_bos else ''}the prompt, {ending}"
+
+
+def task_lines(training: dict[str, Any]) -> list[tuple[str, str]]:
+    """The card's task, reward and data rows, from the manifest's task record."""
+    choice = recorded_choice(training)
+    data = training.get("data", {})
+    if choice is None:
+        return [("task", "not recorded (a checkpoint from before tasks were)")]
+    if choice.name == "countdown":
+        c = choice.countdown
+        # Records from before `data` was: the last stage's generated train problems.
+        n_train = data.get("train_problems") or next(
+            (st["config"].get("n_train") for st in reversed(training.get("stages", [])) if "config" in st), None)
+        counts = f"{n_train} train problems, " if n_train else ""
+        return [("task", f"Countdown: reach a target ({c.min_target}-{c.max_target}) from {c.num_numbers} numbers "
+                         f"({c.min_number}-{c.max_number}) with + - * /, writing every intermediate result, "
+                         "digits reversed"),
+                ("reward", "1 for a valid solution reaching the target (every step parsed and checked), else 0"),
+                ("data", f"generated: {counts}{choice.n_heldout} held out (split seed {choice.split_seed})")]
+    j = choice.jsonl
+    reward = {"math-verify": "math-verify equivalence of the final answer with the reference",
+              "exact": "exact match of the final answer (last \\boxed{} or last line) with the reference, "
+                       "after normalising case, spaces, `$` and a final period",
+              "regex": f"the answer found by `{j.answer_regex}` matches the reference"}[j.reward]
+    files = data.get("files") or {key: {"path": value} for key, value in (("train", j.train), ("heldout", j.heldout))
+                                  if value}
+    described = [f"`{Path(files[k]['path']).name}` ({_problems(files[k])})" for k in ("train", "heldout") if k in files]
+    split = (f"held out: `{Path(j.heldout).name}`" if j.heldout
+             else f"held out: {j.heldout_fraction:.0%} of the train file (split seed {choice.split_seed})")
+    counts = (f"; {data['train_problems']} train and {data['heldout_problems']} held-out problems"
+              if "train_problems" in data else "")
+    return [("task", f"problems from JSONL (prompt and reference answer), completions of at most "
+                     f"{j.max_new_tokens} tokens"),
+            ("reward", f"`{j.reward}`: 1 for {reward}, else 0"),
+            ("data", ", ".join(described) + f"; {split}{counts}")]
+
+
+def _problems(file: dict[str, Any]) -> str:
+    if "problems" in file:
+        return f"{file['problems']} lines"
+    path = Path(file["path"])
+    if not path.is_file():
+        return "file not found now"
+    return f"{sum(1 for line in path.read_text().splitlines() if line.strip())} lines"
+
+
+def evaluation_line(training: dict[str, Any]) -> str:
+    evaluation = training.get("evaluation")
+    if not evaluation:
+        return "not evaluated yet (`python -m training eval`)"
+    config = evaluation.get("config", {})
+    k = config.get("samples", "k")
+    baselines = " and the greedy draft's baselines" if config.get("draft_baselines") else ""
+    return (f"avg@{k} and pass@{k} on {config.get('problems', '?')} held-out problems ({k} samples each) for the "
+            f"temperature controllers `{config.get('controllers', '?')}`{baselines} (tables below)")
+
+
+def summary(path: Path, manifest) -> list[str]:
+    """The card's opening: what the model is, what it was trained to do, and how, as a sentence and a table."""
+    training = manifest.training
+    choice = recorded_choice(training)
+    aims = {"countdown": "solve Countdown problems", "jsonl": "answer the problems of its JSONL files"}
+    aim = aims.get(choice.name, f"do the {choice.name} task") if choice else "do its task"
+    scratch = manifest.base_model == TINY_BASE
+    tokenizer = tokenizer_kind(path)
+    rows = [("base model", f"`{manifest.base_model}`" + (" (built here from scratch)" if scratch else "")),
+            ("architecture", architecture(path)), ("tokenizer", tokenizer),
+            ("prompt format", prompt_format_line(manifest.prompt_format, "BOS none" not in tokenizer)),
+            *task_lines(training),
+            ("evaluation", evaluation_line(training))]
+    model_type = _read_json(path / CONFIG_FILE).get("model_type", "causal LM")
+    origin = "Trained from scratch" if scratch else f"Fine-tuned from `{manifest.base_model}`"
+    return [f"A {_millions(parameter_count(path))}-parameter {model_type} model with a "
+            f"{tokenizer.split(',')[0].split(';')[0]} tokenizer, trained to {aim}, choosing its own sampling "
+            f"temperature at every token with a learned head (IntroLLM). {origin} by this repository's `training/` "
+            "code; every number below was written by that code.",
+            "", "| | |", "|---|---|", *(f"| {key} | {_cell(value)} |" for key, value in rows), ""]
+
+
+def _cell(text: str) -> str:
+    """A table cell: a | (in `<|im_end|>`, say) would end the cell, even inside backticks."""
+    return text.replace("|", "\\|")
+
+
 def render(checkpoint: str | Path, command: str) -> str:
     path = Path(checkpoint)
     manifest = read_manifest(path)
@@ -105,10 +276,7 @@ def render(checkpoint: str | Path, command: str) -> str:
     head = manifest.head
     lines = [
         f"# {path.name}", "",
-        "A tiny character-level Llama that solves Countdown problems (reach a target from four numbers with",
-        "+ - * /, writing every intermediate result, digits reversed) and chooses its own sampling temperature",
-        "at every token with a learned head (IntroLLM). Trained here from scratch by this repository's",
-        "`training/` code; every number below was written by that code.", "",
+        *summary(path, manifest),
         "## How it was made", "", "```", command, "```", "",
         f"Base model: `{manifest.base_model}`. Temperature range [{head.tau_min}, {head.tau_max}], "
         f"tau_0 = {head.tau_init}, Beta eps = {head.eps}. The head reads {_inputs(head)}.", "",

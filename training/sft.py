@@ -7,9 +7,10 @@ bfloat16 on a GPU, with gradient checkpointing or LoRA adapters when asked) on
 solution drawn at random among the problem's worked ones (Countdown: all valid
 ones, so the model learns the choice points as choices). The prompt is
 rendered by the prompt format chosen here (the tokenizer's chat template, or
-`<bos>` + plain text), which the checkpoint records for grpo, eval and the
-server. The temperature head is created as its prior around tau_init and
-saved with the LM (LoRA merged) as a checkpoint.
+`<bos>` + plain text ending with the separator), which the checkpoint records
+for grpo, eval and the server, as it records the task and its split
+(training/task_record.py). The temperature head is created as its prior
+around tau_init and saved with the LM (LoRA merged) as a checkpoint.
 
 What it does not do: touch the head's weights (RL does that), or evaluate
 beyond a quick held-out accuracy at tau = 1 (see `evaluate.py`).
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 from tqdm import trange
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from model import (
     PLAIN,
@@ -37,33 +38,51 @@ from model import (
     lm_hidden_size,
     save_checkpoint,
 )
-from model.checkpoint import MANIFEST_FILE
+from model.checkpoint import MANIFEST_FILE, CheckpointError
 from training import distributed
 from training.common import JsonlLog, code_version, set_threads
 from training.config import SFTConfig, config_to_dict
 from training.data import SolvedExamples, pad_id
 from training.rollout import sample_completions
-from training.start import lm_to_save, prepare_lm, task_of, task_record, trainable_lm_parameters, training_dtype
+from training.start import lm_to_save, prepare_lm, trainable_lm_parameters, training_dtype
+from training.task_record import choice_from_config
 from training.tasks import Task
 
 
-def _load_start(cfg: SFTConfig, dtype: torch.dtype):
+def _unloadable(path: Path, what: str, exc: Exception) -> CheckpointError:
+    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return CheckpointError(f"--init {path}: cannot load {what}: {reason}")
+
+
+def _load_tokenizer(cfg: SFTConfig) -> PreTrainedTokenizerBase:
+    """The run's tokenizer, read before the model: what it cannot do (a chat format) fails before any weight loads."""
     if not cfg.init:
-        tokenizer = build_char_tokenizer()
-        return build_tiny_lm(tokenizer, cfg.model, seed=cfg.seed).to(dtype), tokenizer, "tiny-llama-char"
+        return build_char_tokenizer()
     path = Path(cfg.init)
     if not path.is_dir():
         raise FileNotFoundError(f"--init {path}: not a directory (a local Hugging Face model folder is needed)")
-    # A local folder only, safetensors only, no remote code.
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
-                                                 local_files_only=True, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:  # transformers raises many types for a folder it cannot load; each becomes one line naming the folder
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise _unloadable(path, "its tokenizer", exc) from exc
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer in {path} has no EOS token: set eos_token in its tokenizer_config.json")
+    return tokenizer
+
+
+def _load_model(cfg: SFTConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype):
+    """(model, base model name): the tiny model from scratch, or the --init folder's (its own conventions)."""
+    if not cfg.init:
+        return build_tiny_lm(tokenizer, cfg.model, seed=cfg.seed).to(dtype), "tiny-llama-char"
+    path = Path(cfg.init)
+    try:  # a local folder only, safetensors only, no remote code
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                                     local_files_only=True, dtype=dtype)
+    except Exception as exc:
+        raise _unloadable(path, "a Hugging Face causal LM (safetensors)", exc) from exc
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = pad_id(tokenizer)
-    base = str(path.name) if not (path / MANIFEST_FILE).exists() else f"{path.name} (continued)"
-    return model, tokenizer, base
+    return model, str(path.name) if not (path / MANIFEST_FILE).exists() else f"{path.name} (continued)"
 
 
 def quick_accuracy(model, tokenizer, problems, task: Task, seed: int, tau: float = 1.0,
@@ -87,13 +106,15 @@ def train_sft(cfg: SFTConfig) -> Path:
     rank, world, device = distributed.init()
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    task = task_of(cfg)
-    model, tokenizer, base_model = _load_start(cfg, training_dtype(cfg.dtype, device))
-    prompt_format = choose_prompt_format(tokenizer, cfg.prompt_format, cfg.system_prompt)
+    choice = choice_from_config(cfg)
+    task = choice.build(n_train=cfg.n_train)
+    train_problems, heldout = task.split()  # before the model loads: a bad task file fails fast
+    tokenizer = _load_tokenizer(cfg)
+    prompt_format = choose_prompt_format(tokenizer, cfg.prompt_format, cfg.system_prompt, cfg.prompt_separator)
+    model, base_model = _load_model(cfg, tokenizer, training_dtype(cfg.dtype, device))
     model = prepare_lm(model, cfg.lora, cfg.gradient_checkpointing)
     model.to(device).train()
     distributed.broadcast_parameters([model])
-    train_problems, heldout = task.split()
     examples = SolvedExamples(train_problems, task, tokenizer, prompt_format)
     params = trainable_lm_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -141,9 +162,7 @@ def train_sft(cfg: SFTConfig) -> Path:
                 "world_size": world,
                 "final": metrics,
             }],
-            **task_record(cfg),
-            "split_seed": cfg.split_seed,
-            "n_heldout": cfg.n_heldout,
+            **choice.fields(train_problems, heldout, task),
         }
         save_checkpoint(out, lm_to_save(model).cpu(), tokenizer, head.cpu(), base_model=base_model, training=summary,
                         prompt_format=prompt_format)

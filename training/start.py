@@ -8,10 +8,8 @@ What it does:
     with LoRA, every weight without);
   - `lm_to_save`: the plain model to write into a checkpoint, with LoRA
     adapters merged into a copy of the weights (the training model keeps its
-    adapters), so the server loads an ordinary checkpoint;
-  - `task_of` / `task_record`: the run's task from its config, and what the
-    manifest records about it (Countdown's settings stay where old
-    checkpoints have them).
+    adapters), so the server loads an ordinary checkpoint.
+The run's task is training/task_record.py's.
 
 What it does not do: read checkpoints (model/checkpoint.py) or train.
 """
@@ -19,17 +17,11 @@ What it does not do: read checkpoints (model/checkpoint.py) or train.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
 from training.config import LoraConfig
-from training.tasks import Task, build_task
-from training.tasks.countdown import CountdownConfig
-from training.tasks.jsonl import JsonlTaskConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -102,31 +94,3 @@ def lm_to_save(model: PreTrainedModel, dtype: torch.dtype | None = None) -> PreT
     if dtype is not None and dtype != next(model.parameters()).dtype:
         return copy.deepcopy(model).to(dtype)
     return model
-
-
-def task_of(cfg: Any) -> Task:
-    """The task a training or eval config names (`--task`), with its settings."""
-    return build_task(cfg.task_name, countdown=cfg.task, jsonl=cfg.jsonl, n_train=getattr(cfg, "n_train", 0),
-                      n_heldout=getattr(cfg, "n_heldout", 0), split_seed=getattr(cfg, "split_seed", 1234))
-
-
-def task_record(cfg: Any) -> dict[str, Any]:
-    """What the manifest records of the task: its name and settings (Countdown's as they always were)."""
-    if cfg.task_name == "countdown":
-        settings = asdict(cfg.task)
-    else:  # the files by absolute path, so eval finds them from any working directory
-        files = {key: str(Path(value).resolve()) for key in ("train", "heldout") if (value := getattr(cfg.jsonl, key))}
-        settings = {"name": cfg.task_name, **asdict(cfg.jsonl), **files}
-    return {"task_name": cfg.task_name, "task": settings}
-
-
-def task_from_record(training: dict[str, Any], *, n_heldout: int, split_seed: int, n_train: int = 0) -> Task:
-    """The task a checkpoint was trained on, from its manifest's training record (older ones: Countdown);
-    `n_train` train problems are generated where the task generates them (Countdown)."""
-    name = training.get("task_name", "countdown")
-    settings = dict(training.get("task", {}))
-    settings.pop("name", None)
-    countdown = CountdownConfig(**settings) if name == "countdown" else CountdownConfig()
-    jsonl = JsonlTaskConfig(**settings) if name == "jsonl" else JsonlTaskConfig()
-    return build_task(name, countdown=countdown, jsonl=jsonl, n_train=n_train, n_heldout=n_heldout,
-                      split_seed=split_seed)

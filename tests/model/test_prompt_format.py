@@ -49,18 +49,31 @@ def test_the_messages_own_system_prompt_replaces_the_recorded_one(tokenizer):
     assert tokenizer.decode(ids) == "<|system|>Be long.\n<|user|>hi\n<|assistant|>"
 
 
-def test_auto_is_plain_without_a_template_and_chat_with_one(tokenizer):
-    assert choose_prompt_format(tokenizer, "auto") == PLAIN
+def test_auto_is_plain_with_a_newline_separator_without_a_template_and_chat_with_one(tokenizer):
+    assert choose_prompt_format(tokenizer, "auto") == PromptFormat("plain", separator="\n")
     templated = build_char_tokenizer()
     templated.chat_template = CHATML
     assert choose_prompt_format(templated, "auto", "sys") == PromptFormat("chat", CHATML, "sys")
-    assert choose_prompt_format(templated, "plain") == PLAIN
+    assert choose_prompt_format(templated, "plain", separator=" => ") == PromptFormat("plain", separator=" => ")
+
+
+def test_the_plain_separator_ends_the_prompt_once(tokenizer):
+    fmt = PromptFormat("plain", separator="\n")
+    glued = render_prompt(fmt, tokenizer, user_message("1 2>3"))
+    assert tokenizer.decode(glued[1:]) == "1 2>3\n"
+    assert render_prompt(fmt, tokenizer, user_message("1 2>3\n")) == glued  # already there: not doubled
+    assert tokenizer.decode(render_prompt(PLAIN, tokenizer, user_message("1 2>3"))[1:]) == "1 2>3"  # old: none
+
+
+def test_a_chat_format_takes_no_separator():
+    with pytest.raises(PromptFormatError, match="no separator"):
+        PromptFormat(kind="chat", chat_template=CHATML, separator="\n")
 
 
 def test_asking_for_chat_without_a_template_says_so(tokenizer):
     with pytest.raises(PromptFormatError, match="needs a chat template"):
         choose_prompt_format(tokenizer, "chat")
-    with pytest.raises(PromptFormatError, match="--system-prompt needs a chat template"):
+    with pytest.raises(PromptFormatError, match="--system-prompt needs a chat template.*chat_template.jinja"):
         choose_prompt_format(tokenizer, "auto", "be brief")
 
 
@@ -68,11 +81,14 @@ def test_the_manifest_records_the_format_and_old_manifests_read_as_plain(tmp_pat
     model = build_tiny_lm(tokenizer, TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
                                                   intermediate_size=64))
     head = TemperatureHead(HeadConfig(hidden_size=32))
-    fmt = PromptFormat(kind="chat", chat_template=CHATML, system_prompt="sys")
+    fmt = PromptFormat(kind="plain", separator="\n")
     path = save_checkpoint(tmp_path / "ckpt", model, tokenizer, head, base_model="t", prompt_format=fmt)
     assert read_manifest(path).prompt_format == fmt
     manifest = json.loads((path / MANIFEST_FILE).read_text())
-    del manifest["prompt_format"]  # as the bundled checkpoint, written before formats were recorded
+    del manifest["prompt_format"]["separator"]  # recorded before separators were: none, as trained
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert read_manifest(path).prompt_format == PLAIN
+    del manifest["prompt_format"]  # as checkpoints written before formats were recorded
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert read_manifest(path).prompt_format == PLAIN
 

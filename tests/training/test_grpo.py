@@ -642,12 +642,13 @@ def test_resumed_run_continues_from_the_saved_step(micro_checkpoint, tmp_path):
         assert new[0][key] == step2[key]
 
 
-def test_grpo_from_a_checkpoint_trained_on_another_task_starts_at_step_zero(micro_checkpoint, tmp_path):
+def test_grpo_told_to_change_the_recorded_task_starts_at_step_zero(micro_checkpoint, tmp_path):
     first = tmp_path / "first"
     train_grpo(micro_grpo(micro_checkpoint, first, steps=1), score=digit_fraction)
     assert load_checkpoint(first).manifest.training["grpo_step"] == 1
     other_task = CountdownConfig(max_target=50)
-    train_grpo(micro_grpo(first, tmp_path / "second", steps=1, task=other_task), score=digit_fraction)
+    train_grpo(micro_grpo(first, tmp_path / "second", steps=1, task=other_task, task_override=True),
+               score=digit_fraction)
     records = read_log(tmp_path / "second" / "grpo_log.jsonl")
     assert [r.get("step") for r in records] == [0, None]
     training = load_checkpoint(tmp_path / "second").manifest.training

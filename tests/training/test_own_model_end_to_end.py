@@ -21,7 +21,7 @@ from scripts.example_artifacts import write_example_artifacts
 from tests.service.support import settings_for, start_server, stop_server
 from training.__main__ import main
 from training.data import encode_prompt
-from training.start import task_from_record
+from training.task_record import recorded_choice
 
 SYSTEM_PROMPT = "Put the final answer in \\boxed{}."
 TASK_FLAGS = ["--task", "jsonl", "--jsonl-heldout-fraction", "0.2", "--jsonl-max-new-tokens", "12", "--threads", "1"]
@@ -88,7 +88,7 @@ def _openai(server) -> openai.OpenAI:
 
 def test_chat_prompts_are_rendered_exactly_as_in_training(server, trained):
     checkpoint = load_checkpoint(trained["grpo"])
-    task = task_from_record(checkpoint.manifest.training, n_heldout=0, split_seed=1234)
+    task = recorded_choice(checkpoint.manifest.training).build()
     problem = task.split()[1][0]
     trained_ids = encode_prompt(checkpoint.tokenizer, task, problem, checkpoint.manifest.prompt_format)
     assert checkpoint.tokenizer.decode(trained_ids).startswith("<|im_start|>system\n" + SYSTEM_PROMPT)

@@ -49,12 +49,12 @@ _ANSWER_RE = re.compile(ANSWER_MARKER + r"([0-9]+)")
 
 @dataclass(frozen=True)
 class CountdownConfig:
-    num_numbers: int = 4
-    min_number: int = 1
-    max_number: int = 9
+    num_numbers: int = 4  # numbers per problem
+    min_number: int = 1  # smallest number given
+    max_number: int = 9  # largest number given
     max_value: int = 999  # bound on every intermediate result
-    min_target: int = 10
-    max_target: int = 99
+    min_target: int = 10  # smallest target
+    max_target: int = 99  # largest target
     # Difficulty knob: at least this many distinct solutions (2 removes the ~27% of problems
     # that have a single solution, which leave no room for useful exploration).
     min_solutions: int = 2

@@ -52,10 +52,10 @@ class JsonlTaskConfig:
 
     train: str = ""  # the problems file (required with --task jsonl)
     heldout: str = ""  # a held-out file; empty = `heldout_fraction` of `train`, drawn with the split seed
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = 0.1  # without a held-out file: this fraction of `train` is held out
     reward: str = "math-verify"  # math-verify | exact | regex
     answer_regex: str = ""  # with reward "regex": group 1 (or the whole match) is the answer
-    max_new_tokens: int = 256
+    max_new_tokens: int = 256  # bound on each rollout and evaluation completion
 
     def __post_init__(self) -> None:
         if self.reward not in REWARDS:
