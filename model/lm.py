@@ -76,19 +76,16 @@ def attention_layout(config: PretrainedConfig, model: PreTrainedModel | None = N
     text = config.get_text_config(decoder=True)
     model_type = getattr(text, "model_type", "") or type(text).__name__
     declared = getattr(text, "layer_types", None)
-    inferred, kwargs = get_layer_types_and_kwargs(text)  # per layer; moe/mlp layers become "dummy"
-    names = list(declared) if declared is not None else inferred
-    for index, name in enumerate(names):
-        if name not in SERVED_LAYER_TYPES:
-            raise UnsupportedModelError(
-                f"{model_type} layer {index} is {name!r}: only {GLOBAL} and {SLIDING} layers can be served "
-                f"(the KV cache holds keys and values, not a recurrent state)"
-            )
-    if getattr(text, "kv_sharing_modes", None) and "reuse" in text.kv_sharing_modes:
+    if declared is not None:  # checked first: reading other types' settings can fail (chunk sizes)
+        _check_layer_types(model_type, list(declared))
+    if "reuse" in (getattr(text, "kv_sharing_modes", None) or ()):
         raise UnsupportedModelError(f"{model_type}: layers that reuse another layer's keys and values cannot be served")
+    names, kwargs = get_layer_types_and_kwargs(text)  # per layer; inferred from the window settings if undeclared
+    _check_layer_types(model_type, names)
     if model is not None and getattr(model, "_is_stateful", False):
-        raise UnsupportedModelError(f"{model_type} keeps a recurrent state: only {GLOBAL} and {SLIDING} layers "
-                                    "can be served")
+        raise UnsupportedModelError(
+            f"{model_type} keeps a recurrent state: the KV cache serves {GLOBAL} and {SLIDING} layers only"
+        )
     windows = []
     for name, extra in zip(names, kwargs, strict=True):
         window = extra.get("sliding_window") if name == SLIDING else None
@@ -96,6 +93,14 @@ def attention_layout(config: PretrainedConfig, model: PreTrainedModel | None = N
             raise UnsupportedModelError(f"{model_type}: a {SLIDING} layer needs sliding_window >= 1, got {window!r}")
         windows.append(window)
     return AttentionLayout(tuple(names), tuple(windows))
+
+
+def _check_layer_types(model_type: str, names: list[str]) -> None:
+    for index, name in enumerate(names):
+        if name not in SERVED_LAYER_TYPES:
+            raise UnsupportedModelError(
+                f"{model_type} layer {index} is {name!r}: the KV cache serves {GLOBAL} and {SLIDING} layers only"
+            )
 
 
 @dataclass

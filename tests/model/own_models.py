@@ -1,0 +1,105 @@
+"""Tiny random models of other architectures than the bundled Llama, one per attention layout, and
+checkpoints of them written as training writes them.
+
+Shared by the tests of `model.attention_layout`, the slot cache, the server and training start:
+  - `sliding_mistral`: every layer a sliding window (Mistral), `WINDOW` tokens unless told;
+  - `mixed_gemma2` / `mixed_gemma3`: sliding layers mixed with global ones (Gemma 2 alternates,
+    runs eager attention with soft-capping; Gemma 3 text runs sdpa with a rope per layer type);
+  - `mamba` and `rwkv`: recurrent-state models a key/value cache cannot serve (Mamba's config names
+    its layers `linear_attention`; RWKV's names none, only the model class says it is stateful).
+Nothing is downloaded: configs are built here, vocabularies are the character tokenizer's.
+
+What it does not do: train them (`save_with_head` writes random weights, as `sft` writes
+trained ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    MambaConfig,
+    MambaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    RwkvConfig,
+    RwkvForCausalLM,
+)
+
+from model import HeadConfig, TemperatureHead, lm_hidden_size, save_checkpoint
+
+WINDOW = 16  # shorter than the prompts and outputs of the tests that use it
+CONTEXT = 256
+
+
+def _attention_shape(tokenizer: PreTrainedTokenizerFast) -> dict:
+    return dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=CONTEXT,
+        # Wider than the default 0.02: well-separated logits, so no greedy near-tie flips with float rounding.
+        initializer_range=0.1,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _seeded(build: Callable[[], PreTrainedModel], seed: int) -> PreTrainedModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def sliding_mistral(tokenizer: PreTrainedTokenizerFast, window: int = WINDOW, seed: int = 0) -> MistralForCausalLM:
+    config = MistralConfig(num_hidden_layers=2, sliding_window=window, **_attention_shape(tokenizer))
+    return _seeded(lambda: MistralForCausalLM(config), seed)
+
+
+def mixed_gemma2(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Gemma2ForCausalLM:
+    """Layers: sliding, global (Gemma 2's alternation)."""
+    config = Gemma2Config(num_hidden_layers=2, sliding_window=WINDOW, **_attention_shape(tokenizer))
+    return _seeded(lambda: Gemma2ForCausalLM(config), seed)
+
+
+def mixed_gemma3(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Gemma3ForCausalLM:
+    """Layers: sliding, sliding, global (Gemma 3's pattern, shortened from 5:1)."""
+    config = Gemma3TextConfig(num_hidden_layers=3, sliding_window=WINDOW, sliding_window_pattern=3,
+                              **_attention_shape(tokenizer))
+    return _seeded(lambda: Gemma3ForCausalLM(config), seed)
+
+
+def mamba(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> MambaForCausalLM:
+    config = MambaConfig(vocab_size=len(tokenizer), hidden_size=32, state_size=4, num_hidden_layers=2,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return _seeded(lambda: MambaForCausalLM(config), seed)
+
+
+def rwkv(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> RwkvForCausalLM:
+    config = RwkvConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, context_length=CONTEXT,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return _seeded(lambda: RwkvForCausalLM(config), seed)
+
+
+def save_model_folder(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """A local Hugging Face model folder, as a user brings to `sft --init`."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_with_head(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Path:
+    """A serveable checkpoint (training's writer, `save_checkpoint`) with a random head whose tau varies
+    with the hidden state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = TemperatureHead(HeadConfig(hidden_size=lm_hidden_size(model)))
+        with torch.no_grad():
+            head.fc2.weight.normal_(0, 0.5)
+    return save_checkpoint(path, model, tokenizer, head, base_model=path.name)
