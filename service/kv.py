@@ -176,9 +176,10 @@ class SlotBatch:
         if slots < 1 or max_len < 2:
             raise ValueError("need slots >= 1 and max_len >= 2")
         self.layout = check_supported(model, max_len)
-        # One mask per distinct window: {layer type: window}, or a single mask when every layer has the same.
-        windows = self.layout.window_of()
-        self._windows: dict[str, int | None] = windows if len(set(windows.values())) > 1 else {"": windows.popitem()[1]}
+        # The decode step's masks: one per layer type when their windows differ (transformers' models
+        # route a dict of masks by config.layer_types), else one for every layer.
+        self._mask_windows = self.layout.window_of()  # {layer type: window or None}
+        self._one_mask = len(set(self._mask_windows.values())) == 1
         self.model = model
         self.slots = slots
         self.max_len = max_len
@@ -312,10 +313,13 @@ class SlotBatch:
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode forward for tokens (b,) at positions (b,): logits (b, V) float32, hidden (b, d)."""
-        masks = {kind: self._mask(positions, window) for kind, window in self._windows.items()}
+        if self._one_mask:
+            mask = self._mask(positions, next(iter(self._mask_windows.values())))
+        else:
+            mask = {kind: self._mask(positions, window) for kind, window in self._mask_windows.items()}
         out = self.model(
             input_ids=tokens.unsqueeze(1),
-            attention_mask=masks.popitem()[1] if len(masks) == 1 else masks,
+            attention_mask=mask,
             position_ids=positions.unsqueeze(1),
             cache=self._cache,
             use_cache=True,
@@ -332,7 +336,7 @@ class SlotBatch:
         visible = columns <= newest  # (b, width)
         if window is not None:
             visible = visible & (columns > newest - window)
-        mask = visible[:, None, None, :]
+        mask = visible[:, None, None, :]  # (b, 1, 1, width)
         if self._additive_mask:
             dtype = self._layers[0].key_store.dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)

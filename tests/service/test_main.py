@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model import build_char_tokenizer
+from model import UnsupportedModelError, build_char_tokenizer
 from service.__main__ import ENGINE_DIED, STARTUP_FAILURE
+from service.engine_process import start_failure_line
 from service.settings import Settings
 from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 from tests.model.own_models import mamba, rwkv, save_with_head
@@ -179,6 +180,13 @@ def test_an_unservable_model_exits_3_with_one_line_naming_why(tmp_path, build, n
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and result.stdout == "", result.stderr
     assert re.search(r"\bERROR\b", lines[0]) and named in lines[0]
+
+
+def test_an_unexpected_engine_start_failure_is_told_in_one_line_with_its_type():
+    compiler_error = RuntimeError("C++ compile error\n\nfatal error: Python.h: No such file\n  compilation terminated.")
+    assert start_failure_line(compiler_error) == "RuntimeError: C++ compile error"
+    assert start_failure_line(MemoryError()) == "MemoryError"
+    assert start_failure_line(UnsupportedModelError("mamba layer 0 is 'linear_attention': ...")).startswith("mamba")
 
 
 def test_sigterm_to_both_processes_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp_path):
