@@ -9,12 +9,16 @@ Shared by the tests of `model.attention_layout`, the slot cache, the server and 
     its layers `linear_attention`; RWKV's names none, only the model class says it is stateful).
 Nothing is downloaded: configs are built here, vocabularies are the character tokenizer's.
 
-What it does not do: train them (`save_with_head` writes random weights, as `sft` writes
-trained ones).
+`train_through_the_cli` runs sft -> grpo -> eval on one of them at micro sizes; `save_with_head` writes
+one with random weights and a random head through training's own checkpoint writer (faster).
+
+What it does not do: train anything to be good at anything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +96,31 @@ def save_model_folder(path: Path, model: PreTrainedModel, tokenizer: PreTrainedT
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def train_through_the_cli(root: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """The README's own-model commands at micro sizes (a few seconds): the model folder and a JSONL of
+    arithmetic problems -> sft -> grpo -> eval. Returns the grpo checkpoint, which the server loads."""
+    from scripts.example_artifacts import arithmetic_problems, write_problems
+    from training.__main__ import main
+
+    folder = save_model_folder(root / "model", model, tokenizer)
+    problems = write_problems(root / "problems.jsonl", arithmetic_problems())
+    task = ["--task", "jsonl", "--jsonl-train", str(problems), "--jsonl-heldout-fraction", "0.2",
+            "--jsonl-max-new-tokens", "12", "--threads", "1"]
+    sft, grpo = root / "sft", root / "grpo"
+    commands = [
+        ["sft", "--init", str(folder), "--out", str(sft), *task, "--steps", "4", "--batch-size", "4", "--lr", "3e-3",
+         "--warmup-steps", "1", "--eval-every", "0"],
+        ["grpo", "--init", str(sft), "--out", str(grpo), *task, "--steps", "2", "--prompts-per-step", "2",
+         "--group-size", "2", "--eval-every", "0", "--save-every", "0"],
+        ["eval", "--checkpoint", str(grpo), "--problems", "2", "--samples", "2", "--controllers", "fixed:1.0,learned",
+         "--plot-samples", "0", "--threads", "1"],
+    ]
+    for argv in commands:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(argv) == 0, argv
+    return grpo
 
 
 def save_with_head(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Path:

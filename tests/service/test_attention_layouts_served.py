@@ -1,11 +1,11 @@
 """Sliding-window and mixed sliding/global models served end to end.
 
-Each layout's tiny random model is written by training's checkpoint writer and served by a live server
-(API process and engine process); prompts plus outputs are longer than the window (16 tokens), or
-the window is longer than the context (stock Mistral's 4096), which is global attention. The server's greedy
-tokens equal transformers' own `generate()` and the project's reference decode, its seeded tokens and
-temperatures equal the reference decode, alone and batched with other requests. /info's limits fit
-the 256-token context.
+Each layout's tiny random model goes through the README's own-model commands (sft -> grpo -> eval, micro
+sizes) and its grpo checkpoint is served by a live server (API process and engine process). Prompts plus
+outputs are longer than the window (16 tokens), or the window is longer than the context (stock
+Mistral's 4096), which is global attention. The server's greedy tokens equal transformers' own
+`generate()` and the project's reference decode, its seeded tokens and temperatures equal the reference
+decode, alone and batched with other requests. /info's limits fit the 256-token context.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from transformers import GenerationConfig
 
 from model import Checkpoint, build_char_tokenizer, load_checkpoint
 from service.scheduler import encode_prompt
-from tests.model.own_models import CONTEXT, WINDOW, mixed_gemma3, save_with_head, sliding_mistral
+from tests.model.own_models import CONTEXT, WINDOW, mixed_gemma3, sliding_mistral, train_through_the_cli
 from tests.service.support import (
     PROMPTS,
     LiveServer,
@@ -44,8 +44,7 @@ assert len(LONG_PROMPT) > WINDOW and LONG_PROMPT in PROMPTS
 @pytest.fixture(scope="module", params=list(SERVED))
 def served(request, tmp_path_factory) -> Iterator[tuple[LiveServer, Checkpoint]]:
     tokenizer = build_char_tokenizer()
-    path = save_with_head(tmp_path_factory.mktemp("layout") / request.param, SERVED[request.param](tokenizer),
-                          tokenizer)
+    path = train_through_the_cli(tmp_path_factory.mktemp(request.param), SERVED[request.param](tokenizer), tokenizer)
     live = start_server(settings_for(path))
     yield live, load_checkpoint(path, "cpu", torch.float32)
     stop_server(live)
