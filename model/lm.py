@@ -59,7 +59,7 @@ class AttentionLayout:
         return all(w is None for w in self.windows)
 
     def describe(self) -> str:
-        """For a log line: 'global', 'sliding window 32', or 'mixed: 3 sliding window 32, 1 global'."""
+        """For a log line: 'global', 'sliding window 32', or 'mixed: 1 global, 3 sliding window 32'."""
         kinds = sorted(set(self.windows), key=lambda w: -1 if w is None else w)
         names = ["global" if w is None else f"sliding window {w}" for w in kinds]
         if len(kinds) == 1:

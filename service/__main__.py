@@ -13,9 +13,9 @@ for a failed start-up, each with one ERROR log line and no traceback: a
 broken checkpoint (the line names the file), a model whose layers the KV
 cache cannot serve (it names the layer type), any other failure of the
 engine process to start (`--log-level debug` shows its traceback), or a port
-in use; 4 when the engine process died while
-serving (its requests in flight have already failed with 503, readiness and
-liveness fail): the supervisor restarts the server.
+in use; 4 when the engine process died while serving (its requests in flight
+have already failed with 503, readiness and liveness fail): the supervisor
+restarts the server.
 
 What it does not do: reload code, or serve more than one checkpoint.
 """

@@ -2,7 +2,8 @@
 checkpoints of them written as training writes them.
 
 Shared by the tests of `model.attention_layout`, the slot cache, the server and training start:
-  - `sliding_mistral`: every layer a sliding window (Mistral), `WINDOW` tokens unless told;
+  - `sliding_mistral`: every layer a sliding window (Mistral), `WINDOW` tokens unless told; `sliding_phi3`
+    the same from Phi-3's config; `global_then_sliding_qwen2`, Qwen2's `use_sliding_window`;
   - `mixed_gemma2` / `mixed_gemma3`: sliding layers mixed with global ones (Gemma 2 alternates,
     runs eager attention with soft-capping; Gemma 3 text runs sdpa with a rope per layer type);
   - `mamba` and `rwkv`: recurrent-state models a key/value cache cannot serve (Mamba's config names
@@ -32,8 +33,12 @@ from transformers import (
     MambaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     RwkvConfig,
     RwkvForCausalLM,
 )
@@ -76,6 +81,19 @@ def mixed_gemma3(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Gemma3For
     config = Gemma3TextConfig(num_hidden_layers=3, sliding_window=WINDOW, sliding_window_pattern=3,
                               **_attention_shape(tokenizer))
     return _seeded(lambda: Gemma3ForCausalLM(config), seed)
+
+
+def sliding_phi3(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Phi3ForCausalLM:
+    """Phi-3 style: no layer types, a `sliding_window` on every layer."""
+    config = Phi3Config(num_hidden_layers=2, sliding_window=WINDOW, **_attention_shape(tokenizer))
+    return _seeded(lambda: Phi3ForCausalLM(config), seed)
+
+
+def global_then_sliding_qwen2(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
+    """Qwen2 with `use_sliding_window`: global below `max_window_layers`, sliding above."""
+    config = Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1,
+                         **_attention_shape(tokenizer))
+    return _seeded(lambda: Qwen2ForCausalLM(config), seed)
 
 
 def mamba(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> MambaForCausalLM:

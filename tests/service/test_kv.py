@@ -8,7 +8,15 @@ import torch
 from model import build_char_tokenizer, decode_step, new_cache, prefill
 from service.kv import SlotBatch, batch_bucket, prefill_alone, prefill_groups, prefill_together
 from service.scheduler import encode_prompt
-from tests.model.own_models import CONTEXT, WINDOW, mixed_gemma2, mixed_gemma3, sliding_mistral
+from tests.model.own_models import (
+    CONTEXT,
+    WINDOW,
+    global_then_sliding_qwen2,
+    mixed_gemma2,
+    mixed_gemma3,
+    sliding_mistral,
+    sliding_phi3,
+)
 from tests.service.support import PROMPTS
 
 
@@ -63,13 +71,21 @@ def _check_joins_and_leaves(model, tokenizer, compile: bool) -> SlotBatch:
     return batch
 
 
-LAYOUTS = {"sliding-window": sliding_mistral, "mixed-eager-gemma2": mixed_gemma2, "mixed-sdpa-gemma3": mixed_gemma3}
+LAYOUTS = {
+    "sliding-window": sliding_mistral,
+    "sliding-window-phi3": sliding_phi3,
+    "global-then-sliding-qwen2": global_then_sliding_qwen2,
+    "mixed-eager-gemma2": mixed_gemma2,
+    "mixed-sdpa-gemma3": mixed_gemma3,
+}
 
 
 @pytest.mark.parametrize(
     ("layout", "compile"),
     [
         pytest.param("sliding-window", False, id="sliding-window"),
+        pytest.param("sliding-window-phi3", False, id="sliding-window-phi3"),
+        pytest.param("global-then-sliding-qwen2", False, id="global-then-sliding-qwen2"),
         pytest.param("mixed-eager-gemma2", False, id="mixed-eager-gemma2"),
         pytest.param("mixed-sdpa-gemma3", False, id="mixed-sdpa-gemma3"),
         # A dict of masks, one per layer type, through torch.compile (about 50 s on a busy 2-core machine).
