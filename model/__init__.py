@@ -23,7 +23,15 @@ from model.controllers import (
 )
 from model.decode import Generation, SamplingParams, StepOutput, StepResult, decode_step, generate, prefill, sample_step
 from model.draft import DRAFT_STATISTICS, Draft, decode_draft, draft_summary_size, summarise_draft
-from model.lm import LMOutput, forward, lm_hidden_size, new_cache
+from model.lm import (
+    AttentionLayout,
+    LMOutput,
+    UnsupportedModelError,
+    attention_layout,
+    forward,
+    lm_hidden_size,
+    new_cache,
+)
 from model.noise import CounterNoise
 from model.prompt_format import (
     PLAIN,
@@ -43,6 +51,7 @@ __all__ = [
     "Draft",
     "FORMAT_VERSION",
     "ActionDistribution",
+    "AttentionLayout",
     "Checkpoint",
     "CounterNoise",
     "CheckpointError",
@@ -63,6 +72,8 @@ __all__ = [
     "TemperatureController",
     "TemperatureHead",
     "TinyLMConfig",
+    "UnsupportedModelError",
+    "attention_layout",
     "build_char_tokenizer",
     "build_tiny_lm",
     "choose_prompt_format",

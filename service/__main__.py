@@ -9,10 +9,13 @@ finish_reason `timeout`), and the process exits with status 0. A second
 signal exits at once.
 
 Exit statuses: 2 for a bad command line or setting (one line on stderr); 3
-for a failed start-up: a broken checkpoint (one ERROR log line naming the
-file, no traceback) or a port in use; 4 when the engine process died while
-serving (its requests in flight have already failed with 503, readiness and
-liveness fail): the supervisor restarts the server.
+for a failed start-up, each with one ERROR log line and no traceback: a
+broken checkpoint (the line names the file), a model whose layers the KV
+cache cannot serve (it names the layer type), any other failure of the
+engine process to start (`--log-level debug` shows its traceback), or a port
+in use; 4 when the engine process died while serving (its requests in flight
+have already failed with 503, readiness and liveness fail): the supervisor
+restarts the server.
 
 What it does not do: reload code, or serve more than one checkpoint.
 """
@@ -105,15 +108,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The engine process imports torch and the engine while this one imports the app and reads
     # the tokenizer: on 2 cores that overlap saves the seconds one of the imports takes.
     engine = prestart(settings.engine_start_method)
-    from model import CheckpointError
+    from model import CheckpointError, UnsupportedModelError
     from service.app import create_app
+    from service.engine_process import EngineStartError
 
     try:
         # Loaded before uvicorn starts, as uvicorn logs a traceback for any
         # error raised in the lifespan. Nothing observable changes: uvicorn
         # binds the socket only after the lifespan's start-up anyway.
         app = create_app(settings, load_now=True, prestarted=engine)
-    except CheckpointError as exc:
+    except (CheckpointError, UnsupportedModelError, EngineStartError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(STARTUP_FAILURE)
     config = uvicorn.Config(

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from model import PLAIN, CheckpointInfo, PromptFormat, read_checkpoint_info
+from model import PLAIN, CheckpointInfo, PromptFormat, attention_layout, read_checkpoint_info
 from service.engine_boot import Prestarted
 from service.engine_process import EngineProcess, EngineSpec
 from service.errors import ServiceError, error_body
@@ -61,7 +61,8 @@ class Loaded:
 def load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | None = None) -> Loaded:
     """Check the checkpoint, start the engine process (or use the one `engine_boot.prestart`
     started) and wait until it has loaded the weights and warmed up (blocking: run it in a
-    thread). Raises `CheckpointError`."""
+    thread). Raises `CheckpointError`, `UnsupportedModelError` (before the engine loads the
+    weights, when the config says so) or `EngineStartError`."""
     try:
         return _load(settings, metrics, prestarted)
     except BaseException:
@@ -81,11 +82,13 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
     # Tokenizer, config and manifest only: the weights are the engine process's.
     checkpoint: CheckpointInfo = read_checkpoint_info(settings.checkpoint, trust_remote_code=settings.trust_remote_code)
     tokenizer, head_config = checkpoint.tokenizer, checkpoint.manifest.head
+    attention_layout(checkpoint.config)  # an unservable layer type: refused here, in one line, before any weight
     context = getattr(checkpoint.config, "max_position_embeddings", None)
+    max_prompt_tokens, max_new_tokens, default_max_new_tokens = token_limits(settings, context)
     limits = Limits(
-        max_prompt_tokens=min(settings.max_prompt_tokens, context or settings.max_prompt_tokens),
-        max_new_tokens=settings.max_new_tokens,
-        default_max_new_tokens=settings.default_max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        max_new_tokens=max_new_tokens,
+        default_max_new_tokens=default_max_new_tokens,
         context_length=context,
         default_timeout_s=settings.default_timeout_s,
         max_timeout_s=settings.max_timeout_s,
@@ -127,13 +130,26 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
     return Loaded(scheduler, server, checkpoint.manifest.prompt_format)
 
 
+def token_limits(settings: Settings, context: int | None) -> tuple[int, int, int]:
+    """(max_prompt_tokens, max_new_tokens, default_max_new_tokens): the settings', cut to what a
+    context of `context` tokens allows. Each is a bound alone: a prompt leaves room for one new
+    token, new tokens for a one-token prompt; a request must also keep prompt + max_new_tokens
+    within the context (the scheduler checks)."""
+    if context is None:
+        return settings.max_prompt_tokens, settings.max_new_tokens, settings.default_max_new_tokens
+    room = max(context - 1, 1)
+    max_new_tokens = min(settings.max_new_tokens, room)
+    return min(settings.max_prompt_tokens, room), max_new_tokens, min(settings.default_max_new_tokens, max_new_tokens)
+
+
 def create_app(
     settings: Settings | None = None, *, load_now: bool = False, prestarted: Prestarted | None = None
 ) -> FastAPI:
     """The app; its lifespan loads the checkpoint, unless `load_now` loads it here (blocking).
 
-    With `load_now`, a broken checkpoint raises `CheckpointError` from this
-    call, where the console command reports it in one line; raised inside the
+    With `load_now`, a failed start (`load`'s errors: a broken checkpoint, an
+    unservable model, an engine that did not start) raises from this call,
+    where the console command reports it in one line; raised inside the
     lifespan, it would reach uvicorn, which logs a traceback.
     """
     settings = settings or Settings()

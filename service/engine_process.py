@@ -266,9 +266,9 @@ def run_engine_process(inputs: Connection, outputs: Connection) -> None:
     except Exception as exc:
         from model import CheckpointError
 
-        if not isinstance(exc, CheckpointError):
-            log.exception("the engine failed to start")
-        outputs.send_bytes(encoder.encode(StartFailed(isinstance(exc, CheckpointError), str(exc))))
+        # The API process logs the one error line; the traceback is for `--log-level debug`.
+        log.debug("the engine failed to start", exc_info=True)
+        outputs.send_bytes(encoder.encode(StartFailed(isinstance(exc, CheckpointError), start_failure_line(exc))))
         outputs.close()
         raise SystemExit(1) from None
     reader = threading.Thread(
@@ -278,6 +278,19 @@ def run_engine_process(inputs: Connection, outputs: Connection) -> None:
     outputs.send_bytes(encoder.encode(ready))
     engine.run()  # until a Control("stop") or the API process's end
     outputs.close()
+
+
+def start_failure_line(exc: BaseException) -> str:
+    """One line saying why the start failed: the message of an error that explains itself (a broken
+    checkpoint, a model the cache cannot serve), else the exception's type and the first line of its
+    message (a compiler's error runs to pages)."""
+    from model import CheckpointError, UnsupportedModelError
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if isinstance(exc, (CheckpointError, UnsupportedModelError)):
+        return first
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
 
 
 def _build_engine(spec: EngineSpec, outputs: Connection):

@@ -32,7 +32,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from model import StepOutput, forward, new_cache, prefill
+from model import AttentionLayout, StepOutput, UnsupportedModelError, attention_layout, forward, new_cache, prefill
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +100,16 @@ def batch_bucket(size: int, slots: int) -> int:
     return min(bucket, slots)
 
 
-def check_supported(model: PreTrainedModel) -> None:
-    """Raise ValueError for models the slot cache cannot decode correctly."""
+def check_supported(model: PreTrainedModel, max_len: int) -> AttentionLayout:
+    """The model's attention layout for slots of `max_len` tokens; raises UnsupportedModelError for a
+    model the slot cache cannot decode correctly."""
     config = model.config.get_text_config()
-    layer_types = getattr(config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types) or getattr(config, "sliding_window", None) and getattr(
-        config, "use_sliding_window", True
-    ):
-        raise ValueError("the slot cache supports global attention only (no sliding-window or linear layers)")
+    layout = attention_layout(model.config, model).within(max_len)
     if config._attn_implementation not in ("sdpa", "eager"):
-        raise ValueError(f"attention implementation {config._attn_implementation!r}: use 'sdpa' or 'eager'")
+        raise UnsupportedModelError(
+            f"attention implementation {config._attn_implementation!r}: the slot cache needs 'sdpa' or 'eager'"
+        )
+    return layout
 
 
 class _SlotLayer(CacheLayerMixin):
@@ -173,9 +173,13 @@ class SlotBatch:
         device: torch.device,
         compile: bool = False,
     ) -> None:
-        check_supported(model)
         if slots < 1 or max_len < 2:
             raise ValueError("need slots >= 1 and max_len >= 2")
+        self.layout = check_supported(model, max_len)
+        # The decode step's masks: one per layer type when their windows differ (transformers' models
+        # route a dict of masks by config.layer_types), else one for every layer.
+        self._mask_windows = self.layout.window_of()  # {layer type: window or None}
+        self._one_mask = len(set(self._mask_windows.values())) == 1
         self.model = model
         self.slots = slots
         self.max_len = max_len
@@ -309,13 +313,10 @@ class SlotBatch:
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode forward for tokens (b,) at positions (b,): logits (b, V) float32, hidden (b, d)."""
-        visible = self._columns[: self.width].unsqueeze(0) <= positions.unsqueeze(1)  # (b, width)
-        mask = visible[:, None, None, :]  # (b, 1, 1, width): row i sees its own positions only
-        if self._additive_mask:
-            dtype = self._layers[0].key_store.dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(
-                ~mask, torch.finfo(dtype).min
-            )
+        if self._one_mask:
+            mask = self._mask(positions, next(iter(self._mask_windows.values())))
+        else:
+            mask = {kind: self._mask(positions, window) for kind, window in self._mask_windows.items()}
         out = self.model(
             input_ids=tokens.unsqueeze(1),
             attention_mask=mask,
@@ -326,6 +327,20 @@ class SlotBatch:
             logits_to_keep=1,
         )
         return out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
+
+    def _mask(self, positions: torch.Tensor, window: int | None) -> torch.Tensor:
+        """(b, 1, 1, width) mask for rows at positions (b,): row i sees its own positions up to positions[i],
+        the last `window` of them only when a window is given; bool for sdpa, additive for eager."""
+        columns = self._columns[: self.width].unsqueeze(0)  # (1, width)
+        newest = positions.unsqueeze(1)  # (b, 1)
+        visible = columns <= newest  # (b, width)
+        if window is not None:
+            visible = visible & (columns > newest - window)
+        mask = visible[:, None, None, :]  # (b, 1, 1, width)
+        if self._additive_mask:
+            dtype = self._layers[0].key_store.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
 
     def _allocate(self, cache: DynamicCache) -> None:
         layers = []
@@ -341,7 +356,8 @@ class SlotBatch:
             layers.append(_SlotLayer(self, keys, values))
         self._layers = layers
         self._cache = Cache(layers=layers)
-        log.info("KV slots: %d x %d tokens, %.1f MiB", self.slots, self.max_len, self.allocated_bytes() / 2**20)
+        log.info("KV slots: %d x %d tokens, %.1f MiB; attention: %s", self.slots, self.max_len,
+                 self.allocated_bytes() / 2**20, self.layout.describe())
 
     def _move(self, source: int, target: int, length: int) -> None:
         src, dst = source * self.capacity, target * self.capacity

@@ -16,8 +16,8 @@ What it does:
   each record with the current request id. uvicorn's loggers (error and
   access) are made to propagate to it, so `uvicorn.Config(log_config=None)`
   must be used for uvicorn not to install its own handlers over these.
-  transformers' logger is routed through it too, and in JSON its progress
-  bars (not log lines) are turned off.
+  transformers' logger is routed through it too, and in JSON or above the
+  info level its progress bars (not log lines) are turned off.
 
 Text:  2025-01-01 12:00:00,123 INFO service.routes [3f2a...]: request gen-... finished: ...
 JSON:  {"time": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "service.routes",
@@ -140,17 +140,18 @@ def configure_handler(log_format: str, log_level: str) -> logging.Handler:
         logger.handlers.clear()
         logger.propagate = True
         logger.disabled = False
-    _take_over_transformers(json_lines=log_format == "json")
+    _take_over_transformers(progress_bars=log_format != "json" and root.level <= logging.INFO)
     return handler
 
 
-def _take_over_transformers(json_lines: bool) -> None:
+def _take_over_transformers(progress_bars: bool) -> None:
     # transformers logs through a handler of its own (not propagating): route
     # its warnings through ours; its progress bars (checkpoint loading) are not
-    # log lines and would break a JSON-lines stream.
+    # log lines: they would break a JSON-lines stream, and above the info level
+    # (warnings and errors only) they are noise.
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
-    if json_lines:
+    if not progress_bars:
         hf_logging.disable_progress_bar()

@@ -21,6 +21,7 @@ import copy
 import torch
 from transformers import PreTrainedModel
 
+from model import attention_layout
 from training.config import LoraConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -40,7 +41,9 @@ def prepare_lm(model: PreTrainedModel, lora: LoraConfig, gradient_checkpointing:
 
     With LoRA the returned model is the same transformers model with the
     adapters injected into its layers (peft does that in place), so every
-    forward (model.lm.forward, generate) runs through the adapters."""
+    forward (model.lm.forward, generate) runs through the adapters. A model the server could
+    not serve is refused first (UnsupportedModelError, naming the layer type)."""
+    attention_layout(model.config, model)
     if gradient_checkpointing:
         # transformers >= 5.x names it activation checkpointing (the old name warns).
         if hasattr(model, "activation_checkpointing_enable"):

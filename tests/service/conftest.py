@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import (
-    Checkpoint,
-    HeadConfig,
-    TemperatureHead,
-    build_char_tokenizer,
-    build_tiny_lm,
-    load_checkpoint,
-    save_checkpoint,
-)
+from model import Checkpoint, build_char_tokenizer, build_tiny_lm, load_checkpoint
+from tests.model.own_models import save_with_head
 from tests.service.support import TEST_LM, LiveServer, settings_for, start_server, stop_server
 
 
@@ -25,12 +18,7 @@ def checkpoint_dir(tmp_path_factory) -> Path:
     """A random tiny checkpoint whose head varies tau with the hidden state (read-only for tests)."""
     tokenizer = build_char_tokenizer()
     model = build_tiny_lm(tokenizer, TEST_LM, seed=0)
-    torch.manual_seed(0)
-    head = TemperatureHead(HeadConfig(hidden_size=TEST_LM.hidden_size))
-    with torch.no_grad():
-        head.fc2.weight.normal_(0, 0.5)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-test"
-    return save_checkpoint(path, model, tokenizer, head, base_model="tiny-test")
+    return save_with_head(tmp_path_factory.mktemp("ckpt") / "tiny-test", model, tokenizer)
 
 
 @pytest.fixture(scope="session")

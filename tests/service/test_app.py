@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from service.app import token_limits
 from tests.service.support import (
     LiveServer,
     decode_paused,
@@ -152,3 +153,13 @@ def test_a_killed_engine_process_fails_requests_in_flight_at_once_and_health_and
     assert ready.status_code == 503 and live.status_code == 503 and live.text == "engine process died"
     assert late.status_code == 503 and late.headers["retry-after"]
     assert engine.load() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [(None, (128, 400, 16)), (512, (128, 400, 16)), (256, (128, 255, 16)), (100, (99, 99, 16)), (10, (9, 9, 9))],
+    ids=["no-context", "context-above-the-settings", "context-256", "context-100", "context-10"],
+)
+def test_token_limits_are_the_settings_cut_to_what_the_context_allows(checkpoint_dir, context, expected):
+    # The settings: 128 prompt tokens, 400 new tokens, 16 by default.
+    assert token_limits(settings_for(checkpoint_dir), context) == expected

@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import decode_step, new_cache, prefill
+from model import build_char_tokenizer, decode_step, new_cache, prefill
 from service.kv import SlotBatch, batch_bucket, prefill_alone, prefill_groups, prefill_together
 from service.scheduler import encode_prompt
+from tests.model.own_models import (
+    CONTEXT,
+    WINDOW,
+    global_then_sliding_qwen2,
+    mixed_gemma2,
+    mixed_gemma3,
+    sliding_mistral,
+    sliding_phi3,
+)
 from tests.service.support import PROMPTS
 
 
@@ -22,9 +31,14 @@ def _solo_logits(model, ids: list[int], fed: list[int]) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-@torch.no_grad()
 def test_rows_joining_and_leaving_the_slots_get_the_logits_of_solo_decoding(checkpoint, compile):
-    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    _check_joins_and_leaves(checkpoint.model, checkpoint.tokenizer, compile)
+
+
+@torch.no_grad()
+def _check_joins_and_leaves(model, tokenizer, compile: bool) -> SlotBatch:
+    """Five rows join at different steps and leave after different numbers of tokens; each row's logits
+    at every step equal those of decoding it alone. Returns the batch."""
     prompts = [encode_prompt(tokenizer, p) for p in PROMPTS[:5]]
     fed = [[(7 * r + t) % 90 + 4 for t in range(12)] for r in range(len(prompts))]  # arbitrary tokens
     joins = [0, 0, 2, 3, 5]  # the step at which each row joins
@@ -54,6 +68,43 @@ def test_rows_joining_and_leaving_the_slots_get_the_logits_of_solo_decoding(chec
         assert len(seen[r]) == len(solo) == leaves[r] + 1
         for got, expected in zip(seen[r], solo, strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    return batch
+
+
+LAYOUTS = {
+    "sliding-window": sliding_mistral,
+    "sliding-window-phi3": sliding_phi3,
+    "global-then-sliding-qwen2": global_then_sliding_qwen2,
+    "mixed-eager-gemma2": mixed_gemma2,
+    "mixed-sdpa-gemma3": mixed_gemma3,
+}
+
+
+@pytest.mark.parametrize(
+    ("layout", "compile"),
+    [
+        pytest.param("sliding-window", False, id="sliding-window"),
+        pytest.param("sliding-window-phi3", False, id="sliding-window-phi3"),
+        pytest.param("global-then-sliding-qwen2", False, id="global-then-sliding-qwen2"),
+        pytest.param("mixed-eager-gemma2", False, id="mixed-eager-gemma2"),
+        pytest.param("mixed-sdpa-gemma3", False, id="mixed-sdpa-gemma3"),
+        # A dict of masks, one per layer type, through torch.compile (about 50 s on a busy 2-core machine).
+        pytest.param("mixed-sdpa-gemma3", True, id="mixed-sdpa-gemma3-compiled", marks=pytest.mark.slow),
+    ],
+)
+def test_sliding_window_layers_mask_each_row_from_its_own_position_as_solo_decoding_does(layout, compile):
+    # Rows of 2 to 20 prompt tokens fed up to 12 more, against a window of WINDOW tokens: three outgrow it.
+    tokenizer = build_char_tokenizer()
+    batch = _check_joins_and_leaves(LAYOUTS[layout](tokenizer), tokenizer, compile)
+    assert not batch.layout.is_global and WINDOW in batch.layout.windows
+
+
+def test_a_window_as_long_as_the_slot_is_decoded_as_global_attention():
+    tokenizer = build_char_tokenizer()
+    stock = SlotBatch(sliding_mistral(tokenizer, window=4096), slots=2, max_len=CONTEXT, device=torch.device("cpu"))
+    assert stock.layout.is_global and stock.layout.describe() == "global"
+    mixed = SlotBatch(mixed_gemma2(tokenizer), slots=2, max_len=WINDOW, device=torch.device("cpu"))
+    assert mixed.layout.is_global and mixed._one_mask  # one mask for every layer
 
 
 @torch.no_grad()

@@ -19,9 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from model import UnsupportedModelError, build_char_tokenizer
 from service.__main__ import ENGINE_DIED, STARTUP_FAILURE
+from service.engine_process import start_failure_line
 from service.settings import Settings
 from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
+from tests.model.own_models import mamba, rwkv, save_with_head
 from tests.service.support import HTTP_TIMEOUT, free_port, read_sse, reaped, sse_json
 
 LONG = 450
@@ -155,6 +158,35 @@ def test_broken_checkpoint_exits_3_with_one_error_line_naming_the_file(
     errors = [line for line in result.stdout.splitlines() if re.search(r"\bERROR\b", line)]
     assert len(errors) == 1, result.stdout
     assert named_file in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("build", "named"),
+    [(mamba, "mamba layer 0 is 'linear_attention'"), (rwkv, "rwkv keeps a recurrent state")],
+    # Mamba's config names its layers: the API process refuses it before the engine loads a weight.
+    # RWKV's names none: the engine process refuses the loaded model, and the API process says why.
+    ids=["refused-from-the-config", "refused-by-the-engine-process"],
+)
+def test_an_unservable_model_exits_3_with_one_line_naming_why(tmp_path, build, named):
+    tokenizer = build_char_tokenizer()
+    checkpoint = save_with_head(tmp_path / "unservable", build(tokenizer), tokenizer)
+    env = _child_env(
+        INTROLLM_CHECKPOINT=str(checkpoint), INTROLLM_PORT=str(free_port()), INTROLLM_DEVICE="cpu",
+        INTROLLM_TORCH_THREADS="1", INTROLLM_WARM_UP="false", INTROLLM_LOG_LEVEL="warning",
+    )
+    result = subprocess.run([sys.executable, "-m", "service"], env=env, cwd=tmp_path, text=True,
+                            capture_output=True, timeout=120)
+    assert result.returncode == STARTUP_FAILURE, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and result.stdout == "", result.stderr
+    assert re.search(r"\bERROR\b", lines[0]) and named in lines[0]
+
+
+def test_an_unexpected_engine_start_failure_is_told_in_one_line_with_its_type():
+    compiler_error = RuntimeError("C++ compile error\n\nfatal error: Python.h: No such file\n  compilation terminated.")
+    assert start_failure_line(compiler_error) == "RuntimeError: C++ compile error"
+    assert start_failure_line(MemoryError()) == "MemoryError"
+    assert start_failure_line(UnsupportedModelError("mamba layer 0 is 'linear_attention': ...")).startswith("mamba")
 
 
 def test_sigterm_to_both_processes_lets_in_flight_requests_finish_then_exits_0(checkpoint_dir, tmp_path):

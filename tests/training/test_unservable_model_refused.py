@@ -1,0 +1,44 @@
+"""A model the server could not serve (here Mamba: linear-attention layers) is refused when `sft` or `grpo`
+starts, in one line naming the layer type, before anything is trained or written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model import UnsupportedModelError, build_char_tokenizer
+from tests.model.own_models import mamba, save_model_folder, save_with_head
+from training.__main__ import main
+
+REFUSAL = "mamba layer 0 is 'linear_attention': the KV cache serves full_attention and sliding_attention layers only"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sft_and_grpo_refuse_a_linear_attention_model_before_training(tmp_path):
+    tokenizer = build_char_tokenizer()
+    folder = save_model_folder(tmp_path / "mamba-model", mamba(tokenizer), tokenizer)
+    with pytest.raises(UnsupportedModelError) as refused:
+        main(["sft", "--init", str(folder), "--out", str(tmp_path / "sft"), "--threads", "1"])
+    assert str(refused.value) == REFUSAL
+    checkpoint = save_with_head(tmp_path / "mamba-checkpoint", mamba(tokenizer), tokenizer)
+    with pytest.raises(UnsupportedModelError) as refused:
+        main(["grpo", "--init", str(checkpoint), "--out", str(tmp_path / "grpo"), "--threads", "1"])
+    assert str(refused.value) == REFUSAL
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "grpo").exists()
+
+
+def test_the_training_command_exits_non_zero_with_the_refusal_as_its_last_line(tmp_path):
+    tokenizer = build_char_tokenizer()
+    folder = save_model_folder(tmp_path / "mamba-model", mamba(tokenizer), tokenizer)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "sft", "--init", str(folder), "--out", str(tmp_path / "sft"),
+         "--threads", "1"],
+        env=env, cwd=tmp_path, text=True, capture_output=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert REFUSAL in result.stderr.strip().splitlines()[-1], result.stderr
