@@ -20,7 +20,7 @@ import os
 import sys
 from typing import NoReturn
 
-from model import CheckpointError, PromptFormatError
+from model import CheckpointError, PromptFormatError, UnsupportedModelError
 from training.config import (
     CardConfig,
     CompareConfig,
@@ -37,7 +37,8 @@ COMMANDS = {"sft": SFTConfig, "grpo": GRPOConfig, "eval": EvalConfig, "compare":
 USAGE_ERROR = 2
 INPUT_ERROR = 3
 EPILOG = ("Exit status: 0 done, 2 a usage error (bad flag or value, a task flag contradicting the checkpoint's "
-          "task), 3 an input that cannot be used (task file, checkpoint or model folder).")
+          "task), 3 an input that cannot be used (task file, checkpoint or model folder, a model whose attention "
+          "layers the server cannot serve).")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,7 +56,9 @@ def one_line(exc: BaseException) -> str:
 
 def exit_status(exc: BaseException) -> int | None:
     """The documented status of a known user error, or None for a bug (which keeps its traceback)."""
-    if isinstance(exc, JsonlTaskError | CheckpointError | FileNotFoundError | NotADirectoryError):
+    # An unservable model is the model folder's fault, as it is for the server (which exits 3 too).
+    if isinstance(exc, JsonlTaskError | CheckpointError | UnsupportedModelError | FileNotFoundError
+                  | NotADirectoryError):
         return INPUT_ERROR
     if isinstance(exc, TaskRecordError | PromptFormatError | ValueError):
         # Every check of a flag's value raises ValueError (configs, schedules, advantages, dtypes).
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = args._subcommand
+    # transformers' weight-loading bars would be the only other lines on stderr: a known error is one line.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         run(command, config_from_namespace(COMMANDS[command], args))
     except Exception as exc:
