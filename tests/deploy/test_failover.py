@@ -77,6 +77,13 @@ class Cluster:
     def ready(self, index: int) -> bool:
         return status_ok(f"http://{self.address(index)}/health/ready")
 
+    def refusing(self, index: int) -> bool:
+        """Readiness fails (draining), or nothing listens any more."""
+        try:
+            return not self.ready(index)
+        except httpx.TransportError:
+            return True
+
     def restart(self, index: int) -> None:
         """What a supervisor does after the replica exits: the same command on the same address."""
         assert self.replicas[index].popen.poll() is not None
@@ -265,11 +272,12 @@ def test_a_replica_whose_engine_dies_fails_only_its_open_streams_with_an_error_e
     assert {o.rid for o in failed} <= {o.rid for o in on_broken if o.stream}, load.report(cluster)
     assert all(o.result == "error event" and "unavailable" in o.detail for o in failed), load.report(cluster)
     # Its non-streamed requests, running or queued, got the service's 503 before any token went out:
-    # replayed on the other replica, completed.
-    replayed = [o for o in on_broken if not o.stream]
-    assert replayed, "no non-streamed request was on the replica: the test saw no failover"
+    # replayed on the other replica, completed (or had their answer just before the kill).
+    plain = [o for o in on_broken if not o.stream]
+    assert all(o.result == "ok" and tried.get(o.rid) in ([broken], [broken, other]) for o in plain), (
+        load.report(cluster))
+    assert any(tried.get(o.rid) == [broken, other] for o in plain), "no request was replayed: no failover seen"
     assert any(o.stream for o in on_broken), "no stream was open on the replica"
-    assert all(o.result == "ok" and tried.get(o.rid) == [broken, other] for o in replayed), load.report(cluster)
     after = [o for o in load.outcomes if o.sent > exited]
     assert all(o.result == "ok" and tried.get(o.rid, ["?"])[-1] == other for o in after), load.report(cluster)
 
@@ -326,11 +334,13 @@ def test_a_replica_killed_under_load_fails_only_its_open_streams_and_every_later
     assert {o.rid for o in failed} <= {o.rid for o in on_victim if o.stream}, load.report(cluster)
     assert all(o.result == "cut" and "incomplete chunked read" in o.detail for o in failed), load.report(cluster)
     assert len(failed) <= len(on_victim)
-    # Its non-streamed requests, running or queued, were replayed on the survivor and completed.
-    replayed = [o for o in on_victim if not o.stream]
-    assert replayed, "no non-streamed request was on the killed replica: the test saw no failover"
+    # Its non-streamed requests, running or queued, were replayed on the survivor and completed (or
+    # had their answer just before the kill).
+    plain = [o for o in on_victim if not o.stream]
+    assert all(o.result == "ok" and tried.get(o.rid) in ([victim], [victim, survivor]) for o in plain), (
+        load.report(cluster))
+    assert any(tried.get(o.rid) == [victim, survivor] for o in plain), "no request was replayed: no failover seen"
     assert any(o.stream for o in on_victim), "no stream was open on the killed replica"
-    assert all(o.result == "ok" and tried.get(o.rid) == [victim, survivor] for o in replayed), load.report(cluster)
     # Everything sent after the kill succeeded, on the survivor.
     after = [o for o in load.outcomes if o.sent > killed]
     assert all(o.result == "ok" and tried.get(o.rid, ["?"])[-1] == survivor for o in after), load.report(cluster)
@@ -358,6 +368,10 @@ def test_with_every_replica_stopped_the_gateway_answers_503_with_retry_after_wit
     assert live, "no replica left to stop"
     for replica in live:
         replica.popen.send_signal(signal.SIGTERM)
+    # A request that reached a replica before it handled the signal would still be served.
+    for index, replica in enumerate(cluster.replicas):
+        if replica in live:
+            wait_until(lambda index=index: cluster.refusing(index), "readiness to fail", cluster.logs, timeout=10)
     # Draining (readiness fails, the listener stays open): the replica's own 503, or the gateway's
     # once it has marked every replica failed.
     draining = assert_gateway_answers_503_at_once(cluster.url, within_s=2.0)
