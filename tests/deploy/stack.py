@@ -4,6 +4,7 @@ The tests use the real files with the fewest possible rewrites:
 nginx: only the upstream `server` addresses (and, for the running gateway, its
 listen port) change; Prometheus: the DNS service discovery becomes static
 loopback targets (and, for the running server, a shorter scrape interval).
+Replicas are `python -m service` on the bundled checkpoint, as the image runs it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -47,6 +53,76 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        return f"--- {self.name} ---\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+
+def start(name: str, command: list[str], tmp: Path, env: dict | None = None) -> Process:
+    log = tmp / f"{name}.log"
+    with log.open("a") as out:  # appended: a restarted replica keeps its earlier lines
+        popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+                                 stdin=subprocess.DEVNULL)
+    return Process(name, popen, log)
+
+
+def start_replica(name: str, port: int, tmp: Path, **settings: str) -> Process:
+    """`python -m service` on the bundled checkpoint; `settings` are extra INTROLLM_* variables."""
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "INTROLLM_TORCH_THREADS": "1",
+        "INTROLLM_CHECKPOINT": str(CHECKPOINT), "INTROLLM_HOST": "127.0.0.1", "INTROLLM_PORT": str(port),
+        "INTROLLM_DEVICE": "cpu", "INTROLLM_DRAIN_GRACE_S": "2", "INTROLLM_LOG_LEVEL": "warning",
+        "INTROLLM_COMPILE": "false",  # the default compiles for minutes on this machine
+        **{f"INTROLLM_{key.upper()}": value for key, value in settings.items()},
+    }
+    return start(name, [sys.executable, "-m", "service"], tmp, env)
+
+
+def start_gateway(tmp: Path, upstream_ports: list[int]) -> tuple[Process, str]:
+    """nginx from the project's config with its upstreams on loopback; returns it and its base URL."""
+    port = free_port()
+    prefix = tmp / "nginx"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_conf_for(upstream_ports, listen_port=port))
+    return start("nginx", nginx_command(tool("nginx"), prefix, conf), tmp), f"http://127.0.0.1:{port}"
+
+
+def wait_until(check, what: str, logs, timeout: float = 90.0, interval: float = 0.2):
+    """Polls `check` until it returns something true; fails with `logs()` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(interval)
+    pytest.fail(f"timed out waiting for {what}\n{logs()}")
+
+
+def status_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
 
 
 # ---------------------------------------------------------------- nginx

@@ -8,16 +8,11 @@ loopback targets and its scrape/evaluation interval shortened to 1 s so the test
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,16 +23,19 @@ import service
 from tests.deploy.stack import (
     ALERTS,
     CHECKPOINT,
-    REPO,
+    Process,
     alert_queries,
     concrete,
     dashboard,
     dashboard_queries,
     free_port,
-    nginx_command,
-    nginx_conf_for,
     prometheus_conf_for,
+    start,
+    start_gateway,
+    start_replica,
+    status_ok,
     tool,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -49,25 +47,6 @@ METRIC_NAME = re.compile(r"\bintrollm_[a-z0-9_]+")
 # Panels whose queries must return data after the traffic (the others need failures, waits, ...).
 MUST_HAVE_DATA = ("tau per request", "Time to first token", "Inter-token latency", "End-to-end request latency",
                   "Generated tokens per second", "Latency p99", "Running and waiting", "Servers")
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def tail(self, lines: int = 30) -> str:
-        return f"--- {self.name} ---\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=10)
 
 
 @dataclass
@@ -95,55 +74,18 @@ class Stack:
         return float(result[0]["value"][1]) if result else None
 
 
-def start(name: str, command: list[str], tmp: Path, env: dict | None = None) -> Process:
-    log = tmp / f"{name}.log"
-    with log.open("w") as out:
-        popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp,
-                                 stdin=subprocess.DEVNULL)
-    return Process(name, popen, log)
-
-
-def wait_until(check, what: str, stack_logs, timeout: float = 90.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(interval)
-    pytest.fail(f"timed out waiting for {what}\n{stack_logs()}")
-
-
-def status_ok(url: str) -> bool:
-    return httpx.get(url, timeout=2).status_code == 200
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    nginx, prometheus = tool("nginx"), tool("prometheus")
+    prometheus = tool("prometheus")
     tmp = tmp_path_factory.mktemp("stack")
     processes: list[Process] = []
     try:
         ports = [free_port(), free_port()]
-        replicas = []
-        for index, port in enumerate(ports):
-            env = {
-                **os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "INTROLLM_TORCH_THREADS": "1",
-                "INTROLLM_CHECKPOINT": str(CHECKPOINT), "INTROLLM_HOST": "127.0.0.1", "INTROLLM_PORT": str(port),
-                "INTROLLM_DEVICE": "cpu", "INTROLLM_DRAIN_GRACE_S": "2", "INTROLLM_LOG_LEVEL": "warning",
-                "INTROLLM_COMPILE": "false",  # the default compiles for minutes on this machine
-            }
-            replicas.append(start(f"replica{index}", [sys.executable, "-m", "service"], tmp, env))
+        replicas = [start_replica(f"replica{index}", port, tmp) for index, port in enumerate(ports)]
         processes += replicas
 
-        gateway_port = free_port()
-        nginx_prefix = tmp / "nginx"
-        nginx_prefix.mkdir()
-        conf = nginx_prefix / "nginx.conf"
-        conf.write_text(nginx_conf_for(ports, listen_port=gateway_port))
-        processes.append(start("nginx", nginx_command(nginx, nginx_prefix, conf), tmp))
+        gateway, gateway_url = start_gateway(tmp, ports)
+        processes.append(gateway)
 
         prometheus_port = free_port()
         rules = tmp / "alerts.yml"
@@ -156,8 +98,7 @@ def stack(tmp_path_factory):
             f"--web.listen-address=127.0.0.1:{prometheus_port}",
         ], tmp))
 
-        stack = Stack(replicas, ports, f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{prometheus_port}",
-                      processes)
+        stack = Stack(replicas, ports, gateway_url, f"http://127.0.0.1:{prometheus_port}", processes)
         for port in ports:
             wait_until(lambda port=port: status_ok(f"http://127.0.0.1:{port}/health/ready"), "replica ready",
                        stack.logs)

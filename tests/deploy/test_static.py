@@ -40,7 +40,10 @@ def test_gateway_config_is_streaming_safe_and_guarded():
     text = nginx_conf_for([18001])
     for directive in (
         "proxy_buffering off;", "proxy_read_timeout 660s;", "client_max_body_size 256k;", "least_conn;",
-        "limit_req zone=introllm_per_client", "max_fails=2 fail_timeout=10s", "proxy_http_version 1.1;",
+        "limit_req zone=introllm_per_client", "max_fails=1 fail_timeout=5s", "proxy_http_version 1.1;",
+        # Failover (tests/deploy/test_failover.py shows what each does for a client).
+        "proxy_connect_timeout 500ms;", "proxy_next_upstream error timeout http_503 non_idempotent;",
+        "proxy_next_upstream_tries 2;", "error_page 502 504 =503 @no_replica;",
         "proxy_set_header X-Request-Id $introllm_request_id;", "proxy_set_header Authorization $http_authorization;",
         '""      $request_id;', '"~^[!-~]{1,128}$"     $http_x_request_id;', "proxy_hide_header X-Request-Id;",
     ):
