@@ -91,6 +91,7 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
         max_timeout_s=settings.max_timeout_s,
         retry_after_s=settings.retry_after_s,
         tau_range=(head_config.tau_min, head_config.tau_max),
+        max_n=min(settings.max_n, settings.max_running_requests),  # a request's rows run together
     )
     spec = EngineSpec(
         checkpoint=str(settings.checkpoint),
