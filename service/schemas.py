@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from service.events import ChoiceEnd, FinishEvent, TokenEvent
 from service.sampling import TemperatureMode
@@ -50,11 +50,13 @@ MAX_TEMPERATURE = 100.0
 MAX_N = 1024  # the schema's bound on n; the server's own (settings.max_n) is in /info
 
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+NonEmpty = Annotated[str, Field(min_length=1)]
 Tau = Annotated[float, Field(gt=0, le=MAX_TEMPERATURE, allow_inf_nan=False)]
 
 
 class Strict(BaseModel):
-    """Base of request bodies: unknown fields are refused (a typo must not be ignored)."""
+    """Base of request bodies: unknown fields are refused (a typo must not be ignored); their flags are
+    `StrictBool`, so 0, 1 or "true" is refused as the document says, not read as a boolean."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -90,19 +92,19 @@ class GenerateRequest(Strict):
     temperature: Tau | None = Field(None, description="the tau of fixed mode")
     tau_min: Tau | None = Field(None, description="narrow the trained tau range from below (learned, entropy)")
     tau_max: Tau | None = Field(None, description="narrow the trained tau range from above (learned, entropy)")
-    deterministic_temperature: bool = Field(
+    deterministic_temperature: StrictBool = Field(
         False, description="learned mode: noise-free temperature choice (gate if p > 0.5, Beta mean)"
     )
-    greedy: bool = Field(False, description="argmax tokens (tau is still chosen and reported)")
+    greedy: StrictBool = Field(False, description="argmax tokens (tau is still chosen and reported)")
     top_k: int = Field(0, ge=0, le=1_000_000, description="0 disables")
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="1 disables")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="fixes tokens and temperatures; random if absent")
     stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
-    stream: bool = False
-    return_temperatures: bool = Field(False, description="per-token temperature and temperature_updated")
-    return_logprobs: bool = Field(False, description="per-token log-probability under the applied tau")
+    stream: StrictBool = False
+    return_temperatures: StrictBool = Field(False, description="per-token temperature and temperature_updated")
+    return_logprobs: StrictBool = Field(False, description="per-token log-probability under the applied tau")
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="deadline; server default if absent")
-    ignore_eos: bool = Field(False, description="keep generating after EOS (benchmarks)")
+    ignore_eos: StrictBool = Field(False, description="keep generating after EOS (benchmarks)")
     n: int = Field(1, ge=1, le=MAX_N, description="samples of the prompt, returned as `choices` when > 1; "
                    "limit: /info limits.max_n")
 
@@ -319,7 +321,7 @@ def stream_done(handle: RequestHandle, model: str, finish: FinishEvent, request:
 
 
 class StreamOptions(Strict):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class OpenAISampling(Strict):
@@ -329,7 +331,7 @@ class OpenAISampling(Strict):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_N, description="samples of the prompt, as choices 0..n-1; limit: /info limits.max_n")
     user: str | None = Field(None, max_length=256)
@@ -337,10 +339,10 @@ class OpenAISampling(Strict):
     temperature_mode: TemperatureMode | None = None
     tau_min: Tau | None = None
     tau_max: Tau | None = None
-    deterministic_temperature: bool = False
+    deterministic_temperature: StrictBool = False
     top_k: int = Field(0, ge=0, le=1_000_000)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    ignore_eos: bool = False
+    ignore_eos: StrictBool = False
 
     @property
     def greedy(self) -> bool:
@@ -385,7 +387,7 @@ class OpenAISampling(Strict):
 
 class CompletionRequest(OpenAISampling):
     model: str
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)]
     max_tokens: int = Field(16, ge=1)  # OpenAI's default
     logprobs: int | None = Field(None, ge=0, le=5, description="chosen tokens' log-probs only (no alternatives)")
     echo: Literal[False] = False
