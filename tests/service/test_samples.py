@@ -50,16 +50,22 @@ def test_row_seeds_keep_choice_0_on_the_request_seed_and_differ_per_row():
     assert row_seed(2**63 - 1, 5) < 2**63
 
 
+EAGER_AND_COMPILED = pytest.mark.parametrize(
+    "compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"]
+)
+
+
+@EAGER_AND_COMPILED
 @pytest.mark.parametrize("mode", ["learned", "fixed"])
 def test_each_of_n_seeded_samples_equals_the_reference_of_its_row_seed_alone_and_among_other_requests(
-    checkpoint, mode
+    checkpoint, mode, compile
 ):
     fixed = mode == "fixed"
     target = GenerationInput(prompt=PROMPT, max_new_tokens=20, seed=1234, ignore_eos=True, n=4, mode=mode,
                              temperature=1.3 if fixed else None)
     others = [GenerationInput(prompt=p, max_new_tokens=5 + 3 * i, seed=i, ignore_eos=True)
               for i, p in enumerate(staggered_prompts(5))]
-    with running_engine(checkpoint, max_running=8, prefill_token_budget=16) as scheduler:
+    with running_engine(checkpoint, max_running=8, prefill_token_budget=16, compile=compile) as scheduler:
         (alone,) = asyncio.run(run_all(scheduler, [target]))
         crowd = asyncio.run(run_all(scheduler, [*others[:2], target, *others[2:]]))[2]
     assert len(alone.finish.choices) == 4
@@ -169,13 +175,16 @@ def followers_reference(checkpoint, prompt: str, max_new_tokens: int, seed: int,
     return generate(checkpoint.model, controller, ids, params, CounterNoise.for_rows([row_seed(seed, choice)], 0))
 
 
-def test_with_a_draft_reading_head_choice_0_is_the_greedy_draft_and_the_others_follow_its_summary(draft_checkpoint):
+@EAGER_AND_COMPILED
+def test_with_a_draft_reading_head_choice_0_is_the_greedy_draft_and_the_others_follow_its_summary(
+    draft_checkpoint, compile
+):
     prompts = [PROMPT, PROMPTS[2]]
     requests = [GenerationInput(prompt=p, max_new_tokens=12, seed=40 + k, ignore_eos=True, n=4)
                 for k, p in enumerate(prompts)]
     other = GenerationInput(prompt=PROMPTS[1], max_new_tokens=7, seed=9, ignore_eos=True, mode="fixed",
                             temperature=1.1)
-    with running_engine(draft_checkpoint, max_running=8) as scheduler:
+    with running_engine(draft_checkpoint, max_running=8, compile=compile) as scheduler:
         results = asyncio.run(run_all(scheduler, [requests[0], other, requests[1]]))
         assert scheduler.engine.wait_idle(30)
     tau_min = draft_checkpoint.head.config.tau_min
