@@ -21,6 +21,8 @@ against what `/v1/generate` returns for the same request:
 - the page requests nothing from another origin (Chrome's network log and the
   Resource Timing API list every URL), its console stays free of errors
   (scripts, CSP violations), and its Content-Security-Policy is enforced;
+- with Samples (n) above 1, one request's n choices are shown side by side,
+  each pane showing what its choice in the API's answer holds;
 - `/docs` (Swagger UI from the package, service/docs_page.py) renders every
   operation with no other origin reachable at all (the browser resolves no
   host but the server's), requesting nothing elsewhere, console clean.
@@ -381,4 +383,20 @@ def test_the_api_docs_render_swagger_ui_from_this_server_with_no_other_origin_re
     assert_same_origin_only(browser, bundled, recorded="/openapi.json")
     scripts = browser.execute_script("return [...document.scripts].map(s => s.src)")
     assert scripts == [f"{bundled.url}/docs/swagger-ui-bundle.js", f"{bundled.url}/docs/init.js"]
+    assert console_errors(browser) == []
+
+
+def test_n_samples_are_shown_side_by_side_each_as_its_choice_in_the_api(browser, bundled):
+    # A hot fixed tau, so that three samples of the trained model differ.
+    open_page(browser, bundled, {"prompt": PROMPT, "mode": "fixed", "temperature": 2.0, "seed": SEED,
+                                 "max_new_tokens": MAX_NEW_TOKENS, "n": 3})
+    panes = wait_finished(browser, 3)
+    expected = api_generate(bundled, temperature_mode="fixed", temperature=2.0, n=3)
+    for pane, choice in zip(panes, expected["choices"], strict=True):
+        assert_shows(pane, {"tokens": choice["tokens"], "usage": {"completion_tokens": len(choice["tokens"])},
+                            "temperature": choice["temperature"], "finish_reason": choice["finish_reason"]})
+    assert len({tuple(t["glyph"] for t in pane["tokens"]) for pane in panes}) > 1  # three samples, not one thrice
+    lefts = browser.execute_script("return [...document.querySelectorAll('#runs .run')].map(r => r.offsetLeft)")
+    assert len(set(lefts)) > 1  # side by side, not stacked
+    assert_same_origin_only(browser, bundled)
     assert console_errors(browser) == []
