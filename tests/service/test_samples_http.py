@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from service.sampling import row_seed
-from tests.service.support import LiveServer, read_sse, reference, reference_tokens, sse_json
+from tests.service.support import LiveServer, decode_paused, read_sse, reference, reference_tokens, sse_json
 
 PROMPT = "3 5 7 2>24\n"
 MODEL = "tiny-test"
@@ -106,3 +106,28 @@ def test_metrics_count_choices_and_the_log_line_summarises_each(server, caplog):
     assert successes() - before == 3
     line = next(r.getMessage() for r in caplog.records if body["id"] in r.getMessage())
     assert "choices [0: " in line and "; 2: " in line and "tau mean" in line
+
+
+def cancelled(server: LiveServer) -> float:
+    return server.metrics()['introllm_request_failure_total{model="tiny-test",reason="cancelled"}']
+
+
+def test_a_client_dropping_an_n_stream_ends_all_its_rows_together(server):
+    server.wait_idle()
+    before = cancelled(server)
+    body = {"prompt": PROMPT, "n": 4, "max_new_tokens": 300, "ignore_eos": True, "stream": True}
+    with decode_paused(server.scheduler.engine), server.client() as client:
+        with client.stream("POST", "/v1/generate", json=body) as response:
+            lines = response.iter_lines()  # kept: a dropped iterator would close the stream here
+            assert next(line for line in lines if line.startswith("data:"))
+            assert server.scheduler.engine.load() == (4, 0)  # four rows running, from one request
+        server.wait_idle()  # still paused: only the cancellation can have ended the rows
+    assert server.scheduler.engine.load() == (0, 0)
+    assert cancelled(server) == before + 4  # counted per choice
+
+
+def test_a_deadline_ends_every_choice_of_a_request(server):
+    body = generate(server, {"prompt": PROMPT, "n": 3, "max_new_tokens": 400, "ignore_eos": True,
+                             "timeout_s": 0.05})
+    assert [c["finish_reason"] for c in body["choices"]] == ["timeout"] * 3
+    assert body["finish_reason"] == "timeout" and body["usage"]["completion_tokens"] < 3 * 400
