@@ -21,12 +21,25 @@ between two decode steps:
      requests just admitted, so that they do not wait for the step).
 Every event is handed to the request's `Sink`, which must not block.
 
-Bounds: at most `max_running` rows decode together; `submit` refuses a
-request (`EngineFull`) when running + waiting would exceed max_running +
+Samples: a request of n samples (`EngineRequest.n`) is n rows. Its prompt is
+prefilled once and the prefill's keys and values are copied into each row's
+slot; row i draws with `sampling.row_seed(seed, i)`, so each row equals the
+reference decode of that seed. Its events name the row (`choice`); each row
+ends with its own `Ended`, the last one marked `final`. Cancelling, a
+deadline and the drain apply to all its rows. A learned request to a
+draft-reading head (model/draft.py) is drafted first: row 0 decodes the
+greedy draft while rows 1..n-1 hold their slots and the prefill; when the
+draft ends, its summary (`summarise_draft` of the draft's own steps) is fed
+to their head at every step (`sample_rows(draft=...)`) and they join.
+
+Bounds: at most `max_running` rows decode together (a request's rows are
+admitted together, n <= max_running); `submit` refuses a
+request (`EngineFull`) when running + waiting rows would exceed max_running +
 max_waiting, so nothing queues without limit. A failure while prefilling one
 request fails that request; a failure in a batched step fails the rows of
 that batch; the engine then carries on with an empty batch. A request never
-stays half-done: each gets exactly one terminal event (`Ended` or `Failed`).
+stays half-done: each gets exactly one terminal event (its `final` `Ended`, or
+one `Failed` for all its rows).
 
 What it does not do: HTTP, asyncio, tokenization, text, stop strings,
 validation or Prometheus. Events carry token ids; the reader detokenizes,

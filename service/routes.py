@@ -22,7 +22,8 @@ Auth: when any key is configured (`api_key`, `api_keys`, `api_key_file`),
 
 Logging: each generation request logs one line when it ends, in the
 request's context (so with its request id, see logs.py): status, finish
-reason, tokens, mean tau and duration, or why it ended early. That line also
+reason, tokens, mean tau and duration (with n > 1, each choice's finish
+reason, tokens and tau mean, min, max and updates), or why it ended early. That line also
 names the response body's `id` (`gen-...`/`cmpl-...`), which stays ours and
 unique per request rather than being the `X-Request-Id` (vLLM reuses the
 header there): a client or gateway may reuse or choose request ids, the body
