@@ -9,7 +9,17 @@ import openai
 import pytest
 
 from service.sampling import row_seed
-from tests.service.support import LiveServer, decode_paused, read_sse, reference, reference_tokens, sse_json
+from tests.service.support import (
+    LiveServer,
+    decode_paused,
+    read_sse,
+    reference,
+    reference_tokens,
+    settings_for,
+    sse_json,
+    start_server,
+    stop_server,
+)
 
 PROMPT = "3 5 7 2>24\n"
 MODEL = "tiny-test"
@@ -131,3 +141,24 @@ def test_a_deadline_ends_every_choice_of_a_request(server):
                              "timeout_s": 0.05})
     assert [c["finish_reason"] for c in body["choices"]] == ["timeout"] * 3
     assert body["finish_reason"] == "timeout" and body["usage"]["completion_tokens"] < 3 * 400
+
+
+def test_the_engine_process_counts_an_n_request_as_n_rows_and_answers_429_when_they_do_not_fit(checkpoint_dir):
+    small = start_server(settings_for(checkpoint_dir, max_running_requests=4, max_waiting_requests=2))
+    try:
+        long = {"prompt": PROMPT, "max_new_tokens": 300, "ignore_eos": True, "stream": True}
+        engine = small.scheduler.engine
+        with decode_paused(engine), small.client() as client:
+            with client.stream("POST", "/v1/generate", json={**long, "n": 4}) as running:
+                lines = running.iter_lines()  # kept: a dropped iterator would close the stream
+                assert next(line for line in lines if line.startswith("data:"))
+                refused = client.post("/v1/generate", json={"prompt": PROMPT, "n": 3})  # 4 + 3 rows > 4 + 2
+                assert refused.status_code == 429 and refused.headers["retry-after"]
+                with client.stream("POST", "/v1/generate", json={**long, "n": 2}) as waiting:
+                    assert waiting.status_code == 200
+                    assert engine.wait_until(lambda r, w: (r, w) == (4, 2), 30)  # rows, not requests
+                    assert client.post("/v1/generate", json={"prompt": PROMPT}).status_code == 429
+            small.wait_idle()
+        assert engine.load() == (0, 0)
+    finally:
+        stop_server(small)
