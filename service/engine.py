@@ -480,7 +480,7 @@ class Engine:
             return True
         if not self._paused:
             return bool(self._rows)
-        return any(s.cancel_reason is not None for s in self._rows)  # paused: only removals to do
+        return any(_removable(s) for s in self._rows)  # paused: only removals to do
 
     def _deadline(self, request: EngineRequest) -> float:
         return min(request.deadline, self._deadline_cap)
@@ -758,7 +758,7 @@ class Engine:
 
     def _drop_cancelled_rows(self) -> None:
         with self._cond:
-            cancelled = [(i, s.cancel_reason) for i, s in enumerate(self._rows) if s.cancel_reason is not None]
+            cancelled = [(i, s.cancel_reason) for i, s in enumerate(self._rows) if _removable(s)]
         if not cancelled:
             return
         for i, reason in cancelled:
@@ -807,6 +807,16 @@ class Engine:
         """Report (running, waiting); caller holds the lock. Admitted requests count as running."""
         if self.observer is not None:
             self.observer.set_load(*self._load_locked())
+
+
+def _removable(sequence: _Sequence) -> bool:
+    """Whether a running row leaves at the next removal. A draft whose followers wait for it decodes on
+    after its reader has cut it at a stop string (the reader drops those tokens): the followers' head
+    reads the summary of the whole greedy draft, as in training, not of the part before the stop."""
+    reason = sequence.cancel_reason
+    if reason == "stop" and sequence.drafts and sequence.group.drafting:
+        return False
+    return reason is not None
 
 
 def _group_cancel_reason(group: _Request) -> CancelReason | None:

@@ -203,6 +203,25 @@ def test_with_a_draft_reading_head_choice_0_is_the_greedy_draft_and_the_others_f
     assert [t.token_id for t in results[1].tokens] == reference_tokens(fixed)
 
 
+def test_a_stop_string_cutting_the_draft_leaves_the_followers_reading_the_whole_draft(draft_checkpoint):
+    budget = 160  # long enough that the reader's stop reaches the engine while the draft still decodes
+    greedy = reference(draft_checkpoint, PROMPT, max_new_tokens=budget, greedy=True, stop_at_eos=False,
+                       controller=FixedTemperature(1.0))
+    draft_text = draft_checkpoint.tokenizer.decode(reference_tokens(greedy), skip_special_tokens=True)
+    stop = draft_text[3]
+    request = GenerationInput(prompt=PROMPT, max_new_tokens=budget, seed=40, ignore_eos=True, n=3, stop=(stop,))
+    with running_engine(draft_checkpoint, max_running=8) as scheduler:
+        (result,) = asyncio.run(run_all(scheduler, [request]))
+        assert scheduler.engine.wait_idle(30)
+    draft = result.finish.choices[0]
+    assert draft.reason == "stop" and draft.text == draft_text[: draft_text.index(stop)]
+    for i in range(1, 3):
+        expected = followers_reference(draft_checkpoint, PROMPT, budget, 40, i)
+        got = choice_ids(result, i)
+        assert got == reference_tokens(expected)[: len(got)]
+        torch.testing.assert_close(choice_taus(result, i), expected.taus[0, : len(got)])
+
+
 def test_a_draft_reading_head_summary_changes_what_the_followers_draw(draft_checkpoint):
     """The followers' temperatures depend on the draft's summary (a zero summary gives other taus)."""
     ids = torch.tensor([encode_prompt(draft_checkpoint.tokenizer, PROMPT)])
