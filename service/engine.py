@@ -515,7 +515,7 @@ class Engine:
                 for sequence in group.rows:
                     if follows and sequence.choice > 0:
                         continue
-                    sequence.drafts = follows
+                    sequence.drafts, sequence.draft_steps = follows, []  # (a retry alone starts afresh)
                     sequence.row = self._row_sampler(group.request, follows=False)
                     starting.append(sequence)
                     sources.append(i)
