@@ -38,7 +38,8 @@ PING = b"p"
 
 
 def step_message(rows: int, index: int) -> Step:
-    events = [SampledOut(row, index, 1000 + row, 0.8125, row % 7 == 0, -1.25, time.monotonic()) for row in range(rows)]
+    events = [SampledOut(row, index, 1000 + row, 0.8125, row % 7 == 0, -1.25, time.monotonic(), 0)
+              for row in range(rows)]
     return Step(events, [rows], rows, 0)
 
 

@@ -32,6 +32,14 @@ What it does:
      tokens forced with min_new_tokens; with `task`, ending at EOS) one prompt
      at a time, with TTFT and ITL from a
      streamer's token callbacks;
+  4b. with `--samples N` (e.g. 8), the n-samples workload: each prompt once as
+     one request of n=N (one prefill, N rows) and once as N separate requests,
+     with the same rows in flight (`--samples-concurrency` clients of n=N
+     against that many times N clients of one sample), the same output tokens
+     (ignore_eos in `fixed`); reported: output tokens/s, TTFT and E2E of both,
+     and the prompt tokens each prefilled (the server's
+     introllm_prompt_tokens_total, which counts a request's prompt once
+     whatever its n): the prefill saving. `--samples-only` skips the sweep;
   5. prints a table (request/s, output tokens/s, TTFT/ITL/E2E mean, p50, p99,
      failures) and two ratios (output tok/s at 16 clients over generate();
      p50 TTFT at 16 clients over 1 client), and writes it all as JSON with the
@@ -45,11 +53,12 @@ What it does:
     python bench/serve.py --compile false         # the same, server decode step not compiled
     python bench/serve.py --quick --tiny-random   # seconds: a smoke test (1 and 4 clients)
     python bench/serve.py --checkpoint DIR --concurrency 1 16 --requests 128 --json out.json
+    python bench/serve.py --samples 8 --samples-only --no-baseline   # n=8 against 8 separate requests
 
 JSON keys: checkpoint, settings (the flags), machine, server (overrides,
 info, ready_s, peak_rss_mib, ...), model (parameters, kv_bytes_per_token, ...), levels (one
 row per concurrency level), baseline (the generate() row, or null), baseline_halves (its
-runs before and after the server), summary
+runs before and after the server), samples (the n-samples comparison, or null), summary
 (the two ratios, null when a level is missing), records (per request).
 
 What it does not do: tune anything, compare GPUs, or measure GPU memory (the
@@ -363,6 +372,35 @@ async def run_level(url: str, prompts: list[str], concurrency: int, body: dict) 
     return Level(f"server c={concurrency}", concurrency, len(prompts), wall, records)
 
 
+def prompt_tokens_prefilled(url: str) -> float:
+    """The server's introllm_prompt_tokens_total, over every label set (a request's prompt counts once)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("introllm_prompt_tokens_total{"))
+
+
+def run_samples(url: str, prompts: list[str], n: int, concurrency: int, body: dict) -> dict:
+    """Each prompt as one request of n samples, then as n separate requests: the same rows in flight
+    (`concurrency` clients of n against concurrency * n clients of one) and the same output tokens."""
+    before = prompt_tokens_prefilled(url)
+    shared = asyncio.run(run_level(url, prompts, concurrency, {**body, "n": n}))
+    shared.name = f"n={n} x c={concurrency}"
+    middle = prompt_tokens_prefilled(url)
+    separate = asyncio.run(run_level(url, [p for p in prompts for _ in range(n)], concurrency * n, body))
+    separate.name = f"{n} separate x c={concurrency}"
+    after = prompt_tokens_prefilled(url)
+    rows = {"shared": shared.summary(), "separate": separate.summary()}
+    rows["shared"]["prompt_tokens_prefilled"] = middle - before
+    rows["separate"]["prompt_tokens_prefilled"] = after - middle
+    return {
+        "n": n, "concurrency": concurrency, "prompts": len(prompts), **rows,
+        "prefill_saving": _ratio(after - middle, middle - before),  # separate / shared prompt tokens
+        "tokens_per_s_shared_over_separate": _ratio(rows["shared"]["output_tokens_per_s"],
+                                                    rows["separate"]["output_tokens_per_s"]),
+        "ttft_p50_shared_over_separate": _ratio(rows["shared"]["ttft_p50_ms"], rows["separate"]["ttft_p50_ms"]),
+    }
+
+
 # ---------------------------------------------------------------- the baseline
 
 
@@ -499,12 +537,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny run: concurrency 1 and 4, 4 requests (8 at 4 clients), 8 tokens")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="also run the n-samples workload with this n (e.g. 8): one request of n=N per "
+                        "prompt against N separate requests")
+    parser.add_argument("--samples-concurrency", type=int, default=2,
+                        help="clients of the n-samples workload (rows in flight: this times --samples)")
+    parser.add_argument("--samples-only", action="store_true", help="skip the concurrency sweep")
     parser.add_argument("--json", type=Path, default=REPO_ROOT / "runs" / "bench" / "serve.json")
     args = parser.parse_args()
     if args.quick:
         args.concurrency, args.requests, args.new_tokens = QUICK_CONCURRENCY, 4, 8
         args.baseline_requests = args.baseline_requests or 2
-    if min(args.concurrency) < 1 or args.requests < 1 or args.new_tokens < 1:
+    if args.samples_only:
+        args.concurrency = []
+    if min(args.concurrency, default=1) < 1 or args.requests < 1 or args.new_tokens < 1:
         sys.exit("--concurrency, --requests and --new-tokens must be at least 1")
     baseline_threads = args.baseline_threads or args.threads
     if baseline_threads is not None:
@@ -531,7 +577,9 @@ def main() -> None:
             body["temperature"] = 1.0
         else:
             body["temperature_mode"] = args.temperature_mode
-        count = max(max(requests_for(c, args.requests) for c in args.concurrency), args.baseline_requests or 0)
+        samples_prompts = max(2 * args.samples_concurrency, args.requests // max(args.samples, 1))
+        count = max(max((requests_for(c, args.requests) for c in args.concurrency), default=0),
+                    args.baseline_requests or 0, samples_prompts)
         prompts = fixed_prompts(count, args.seed) if fixed_length else heldout_prompts(count, args.seed)
 
         baseline_prompts = prompts[: args.baseline_requests or args.requests]
@@ -549,7 +597,7 @@ def main() -> None:
         if not args.url:
             server = ServerProcess(checkpoint, overrides)
         levels: list[Level] = []
-        ready_s = peak_rss_mib = info = None
+        ready_s = peak_rss_mib = info = samples = None
         try:
             url = args.url or server.url
             if server is not None:
@@ -558,6 +606,8 @@ def main() -> None:
             for concurrency in args.concurrency:
                 level_prompts = prompts[: requests_for(concurrency, args.requests)]
                 levels.append(asyncio.run(run_level(url, level_prompts, concurrency, body)))
+            if args.samples > 1:
+                samples = run_samples(url, prompts[:samples_prompts], args.samples, args.samples_concurrency, body)
             if server is not None:
                 peak_rss_mib = server.peak_rss_mib()
         finally:
@@ -580,13 +630,24 @@ def main() -> None:
         f"torch={torch.__version__}"
     )
     halves = [level.summary() for level in baseline_halves]
-    _print_table(rows + ([baseline_row] if baseline_row else []) + halves, header)
+    table = rows + ([baseline_row] if baseline_row else []) + halves
+    if table:
+        _print_table(table, header)
+    else:
+        print(header)
     if facts is not None:
         print(f"model: {facts['parameters']} parameters, KV cache {facts['kv_bytes_per_token']} bytes "
               f"per sequence per token ({facts['dtype']})")
     print(f"server: peak RSS {peak_rss_mib} MiB, ready after {None if ready_s is None else round(ready_s, 1)} s")
     print(f"output tok/s at 16 clients / generate(): {ratios['c16_over_generate']}   "
           f"p50 TTFT at 16 clients / 1 client: {ratios['ttft_p50_c16_over_c1']}")
+    if samples is not None:
+        _print_table([samples["shared"], samples["separate"]], f"n-samples workload: n={samples['n']}, "
+                     f"{samples['prompts']} prompts, {samples['concurrency'] * samples['n']} rows in flight")
+        print(f"prompt tokens prefilled: shared {samples['shared']['prompt_tokens_prefilled']:.0f}, separate "
+              f"{samples['separate']['prompt_tokens_prefilled']:.0f} (saving x{samples['prefill_saving']}); "
+              f"output tok/s shared / separate: {samples['tokens_per_s_shared_over_separate']}; "
+              f"p50 TTFT shared / separate: {samples['ttft_p50_shared_over_separate']}")
 
     all_levels = levels + ([baseline] if baseline is not None else [])
     result = {
@@ -606,6 +667,7 @@ def main() -> None:
         "levels": rows,
         "baseline": baseline_row,
         "baseline_halves": halves,  # the baseline's run before the server and its run after
+        "samples": samples,
         "summary": ratios,
         "records": {
             level.name: [{k: v for k, v in asdict(r).items() if k != "itl_s"} for r in level.records]
@@ -615,7 +677,8 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
-    if any(row["failures"] for row in rows + ([baseline_row] if baseline_row else [])):
+    sample_rows = [samples["shared"], samples["separate"]] if samples is not None else []
+    if any(row["failures"] for row in rows + sample_rows + ([baseline_row] if baseline_row else [])):
         sys.exit(1)
 
 

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
 from model import PLAIN, CheckpointInfo, PromptFormat, attention_layout, read_checkpoint_info
+from service.docs_page import docs
 from service.engine_boot import Prestarted
 from service.engine_process import EngineProcess, EngineSpec
 from service.errors import ServiceError, error_body
@@ -94,6 +95,7 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
         max_timeout_s=settings.max_timeout_s,
         retry_after_s=settings.retry_after_s,
         tau_range=(head_config.tau_min, head_config.tau_max),
+        max_n=min(settings.max_n, settings.max_running_requests),  # a request's rows run together
     )
     spec = EngineSpec(
         checkpoint=str(settings.checkpoint),
@@ -179,6 +181,8 @@ def create_app(
         version=service.__version__,
         summary="Generation with a learned per-token sampling temperature.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by service/docs_page.py, not from a CDN
+        redoc_url=None,  # FastAPI's ReDoc page loads its script from a CDN too
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -189,6 +193,7 @@ def create_app(
     app.include_router(api)
     app.include_router(ops)
     app.include_router(playground)  # the page at / (service/static/), outside the OpenAPI document
+    app.include_router(docs)  # /docs: Swagger UI from the package, likewise outside the document
     _install_error_handlers(app, metrics)
     install_openapi(app, settings.served_model_name)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)

@@ -21,12 +21,25 @@ between two decode steps:
      requests just admitted, so that they do not wait for the step).
 Every event is handed to the request's `Sink`, which must not block.
 
-Bounds: at most `max_running` rows decode together; `submit` refuses a
-request (`EngineFull`) when running + waiting would exceed max_running +
+Samples: a request of n samples (`EngineRequest.n`) is n rows. Its prompt is
+prefilled once and the prefill's keys and values are copied into each row's
+slot; row i draws with `sampling.row_seed(seed, i)`, so each row equals the
+reference decode of that seed. Its events name the row (`choice`); each row
+ends with its own `Ended`, the last one marked `final`. Cancelling, a
+deadline and the drain apply to all its rows. A learned request to a
+draft-reading head (model/draft.py) is drafted first: row 0 decodes the
+greedy draft while rows 1..n-1 hold their slots and the prefill; when the
+draft ends, its summary (`summarise_draft` of the draft's own steps) is fed
+to their head at every step (`sample_rows(draft=...)`) and they join.
+
+Bounds: at most `max_running` rows decode together (a request's rows are
+admitted together, n <= max_running); `submit` refuses a
+request (`EngineFull`) when running + waiting rows would exceed max_running +
 max_waiting, so nothing queues without limit. A failure while prefilling one
 request fails that request; a failure in a batched step fails the rows of
 that batch; the engine then carries on with an empty batch. A request never
-stays half-done: each gets exactly one terminal event (`Ended` or `Failed`).
+stays half-done: each gets exactly one terminal event (its `final` `Ended`, or
+one `Failed` for all its rows).
 
 What it does not do: HTTP, asyncio, tokenization, text, stop strings,
 validation or Prometheus. Events carry token ids; the reader detokenizes,
@@ -44,16 +57,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
+from model.draft import step_confidence, summarise_draft
 from service.events import FinishReason
 from service.kv import SlotBatch, prefill_groups, prefill_together
-from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows, serves_greedy_draft
+from service.sampling import ControllerSpec, FastPaths, RowSampler, row_seed, sample_rows, serves_greedy_draft
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +84,7 @@ class Started:
 
 @dataclass(frozen=True)
 class Sampled:
-    """One generated token and how it was drawn."""
+    """One generated token of choice `choice` (a row of the request) and how it was drawn."""
 
     index: int
     token_id: int
@@ -78,14 +92,18 @@ class Sampled:
     updated: bool
     logprob: float
     at: float
+    choice: int = 0
 
 
 @dataclass(frozen=True)
 class Ended:
-    """The request left the engine normally (or was cancelled, stopped or timed out while waiting)."""
+    """Choice `choice` of the request left the engine normally (or was cancelled, stopped or timed out
+    while waiting). `final`: the last of the request's n choices to end, the request's terminal event."""
 
     reason: FinishReason
     at: float
+    choice: int = 0
+    final: bool = True
 
 
 @dataclass(frozen=True)
@@ -135,6 +153,7 @@ class EngineRequest:
     seed: int
     deadline: float
     sink: Sink
+    n: int = 1  # samples of the prompt: n rows, one prefill (see `_Request`)
 
 
 class EngineFull(Exception):
@@ -151,27 +170,58 @@ CancelReason = Literal["cancelled", "stop"]
 class Ticket:
     """The caller's handle on a submitted request, from either engine: it can only end it early."""
 
-    def __init__(self, cancel: Callable[[CancelReason], None]) -> None:
+    def __init__(self, cancel: Callable[[CancelReason, int | None], None]) -> None:
         self._cancel = cancel
 
-    def cancel(self, reason: CancelReason = "cancelled") -> None:
+    def cancel(self, reason: CancelReason = "cancelled", choice: int | None = None) -> None:
         """Ask for removal at the next step boundary; a no-op once the request has finished.
 
+        choice None: every row of the request; else only that choice's row.
         reason "stop": the reader found a stop string and has already ended the
-        request on its side; the engine only frees the row."""
-        self._cancel(reason)
+        choice on its side; the engine only frees the row."""
+        self._cancel(reason, choice)
 
 
-@dataclass
-class _Sequence:
-    """Engine-side state of one request, touched only by the engine thread
-    (except `cancel_reason`, set under the engine's lock)."""
+@dataclass(eq=False)
+class _Request:
+    """Engine-side state of one request and its n rows (`_Sequence`s), touched only by the engine
+    thread (except cancel reasons, set under the engine's lock).
+
+    A request of a draft-reading head in learned mode with n > 1 is drafted
+    first: row 0 (the greedy draft) decodes alone while rows 1..n-1 hold their
+    slots (`reserved`) and the prompt's prefill (`prefilled`); when the draft
+    ends, its summary is computed and they join the batch from that prefill."""
 
     request: EngineRequest
+    rows: list[_Sequence]
+    drafting: bool = False  # rows 1..n-1 wait for row 0's draft
+    prefilled: tuple[StepOutput, DynamicCache, int] | None = None  # (step (1, .), cache, row in cache)
+    ended: int = 0
+    failed: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """Engine-side state of one row (choice) of a request."""
+
+    group: _Request
+    choice: int
+    seed: int
     row: RowSampler | None = None  # built in the engine thread at admission
     generated: int = 0
     cancel_reason: CancelReason | None = None
     done: bool = False
+    drafts: bool = False  # row 0 of a drafting request: its steps are summarised
+    draft_steps: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (confidence, hidden)
+    draft: torch.Tensor | None = None  # (1, F) the summary a follower's head reads
+
+    @property
+    def request(self) -> EngineRequest:
+        return self.group.request
 
     @property
     def sampler(self) -> RowSampler:
@@ -218,8 +268,8 @@ class Engine:
 
         self._cond = threading.Condition()
         # Guarded by _cond:
-        self._waiting: deque[_Sequence] = deque()
-        self._in_system = 0  # submitted and not yet finished (waiting + running)
+        self._waiting: deque[_Request] = deque()
+        self._in_system = 0  # rows submitted and not yet finished (waiting + running)
         self._stopping = False
         self._paused = False
         self._deadline_cap = math.inf
@@ -234,6 +284,10 @@ class Engine:
         self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
         self._seeds = torch.zeros((0,), dtype=torch.long, device=self.device)
         self._counters = torch.zeros((0,), dtype=torch.long, device=self.device)
+        # (B, F) the draft summary each row's head reads (zeros where it reads none); None for a head without
+        # a draft input. Requests whose rows 1..n-1 wait for their draft (row 0) to end:
+        self._drafts = torch.zeros((0, head.config.draft_size), device=self.device) if head.reads_draft else None
+        self._drafting: list[_Request] = []
         self._controllers: dict[ControllerSpec, TemperatureController] = {}  # one per spec, shared
         self._fast = FastPaths.compiled() if compile else FastPaths()
         self._thread: threading.Thread | None = None
@@ -281,18 +335,23 @@ class Engine:
 
     def submit(self, request: EngineRequest) -> Ticket:
         """Queue a request (it waits for the loop if that has not started yet); raises EngineFull or
-        EngineUnavailable instead of waiting."""
-        sequence = _Sequence(request=request)
+        EngineUnavailable instead of waiting. A request of n samples counts n rows against the bounds;
+        row i draws with `row_seed(request.seed, i)`."""
+        if not 1 <= request.n <= self.max_running:
+            raise ValueError(f"n={request.n} samples cannot run together in {self.max_running} rows")
+        group = _Request(request=request, rows=[])
+        group.rows = [_Sequence(group, i, row_seed(request.seed, i)) for i in range(request.n)]
         with self._cond:
             if self._stopping:
                 raise EngineUnavailable("the engine is not running")
-            if self._in_system >= self.max_running + self.max_waiting:
-                raise EngineFull(f"{self._in_system} requests in flight (bound {self.max_running + self.max_waiting})")
-            self._waiting.append(sequence)
-            self._in_system += 1
+            bound = self.max_running + self.max_waiting
+            if self._in_system + request.n > bound:
+                raise EngineFull(f"{self._in_system} rows in flight, {request.n} more asked (bound {bound})")
+            self._waiting.append(group)
+            self._in_system += request.n
             self._publish_load()
             self._cond.notify_all()
-        return Ticket(functools.partial(self._cancel, sequence))
+        return Ticket(functools.partial(self._cancel, group))
 
     def cap_deadlines(self, deadline: float) -> None:
         """Make every request, present and future, end by `deadline` (monotonic): the drain."""
@@ -329,13 +388,15 @@ class Engine:
             return self._load_locked()
 
     def _load_locked(self) -> tuple[int, int]:
-        waiting = len(self._waiting)
+        """Rows: a request of n samples counts n (its rows waiting for its draft count as running)."""
+        waiting = sum(group.n for group in self._waiting)
         return self._in_system - waiting, waiting
 
-    def _cancel(self, sequence: _Sequence, reason: CancelReason) -> None:
+    def _cancel(self, group: _Request, reason: CancelReason, choice: int | None) -> None:
         with self._cond:
-            if sequence.cancel_reason is None:
-                sequence.cancel_reason = reason
+            for sequence in group.rows if choice is None else group.rows[choice : choice + 1]:
+                if sequence.cancel_reason is None:
+                    sequence.cancel_reason = reason
             self._cond.notify_all()
 
     # ------------------------------------------------------------ the loop (engine thread)
@@ -351,11 +412,12 @@ class Engine:
                     if work is None:
                         break
                     admitted, dropped = work
-                    for sequence, reason in dropped:
-                        self._finish(sequence, reason)
+                    for group, reason in dropped:
+                        for sequence in group.rows:
+                            self._finish(sequence, reason)
                     self._drop_cancelled_rows()
-                    for group in prefill_groups([len(s.request.prompt_ids) for s in admitted]):
-                        self._start([admitted[i] for i in group])
+                    for indices in prefill_groups([len(g.request.prompt_ids) for g in admitted]):
+                        self._start([admitted[i] for i in indices])
                     if admitted:
                         # First tokens leave now, not after the decode step below: that step
                         # (one more token for every row) would add its length to their TTFT.
@@ -374,104 +436,228 @@ class Engine:
         if self.after_iteration is not None:
             self.after_iteration()
 
-    def _next_work(self) -> tuple[list[_Sequence], list[tuple[_Sequence, FinishReason]]] | None:
-        """Wait for something to do; pop admissible and dead waiting requests. None: stop."""
+    def _next_work(self) -> tuple[list[_Request], list[tuple[_Request, FinishReason]]] | None:
+        """Wait for something to do; pop admissible and dead waiting requests. None: stop.
+
+        A request is admitted when all its n rows fit beside the running and reserved ones."""
         with self._cond:
             while not self._stopping and not self._has_work_locked():
                 self._cond.wait()
             if self._stopping:
                 return None
             now = time.monotonic()
-            dropped: list[tuple[_Sequence, FinishReason]] = []
-            for sequence in list(self._waiting):
-                if sequence.cancel_reason is not None:
-                    dropped.append((sequence, sequence.cancel_reason))
-                elif now >= self._deadline(sequence):
-                    dropped.append((sequence, "timeout"))
-            for sequence, _ in dropped:
-                self._waiting.remove(sequence)
-            admitted: list[_Sequence] = []
+            dropped: list[tuple[_Request, FinishReason]] = []
+            for group in list(self._waiting):
+                reason = _group_cancel_reason(group)
+                if reason is not None:
+                    dropped.append((group, reason))
+                elif now >= self._deadline(group.request):
+                    dropped.append((group, "timeout"))
+            for group, _ in dropped:
+                self._waiting.remove(group)
+            admitted: list[_Request] = []
+            rows = len(self._rows) + self._reserved()
             budget = self.prefill_token_budget
-            while self._waiting and len(self._rows) + len(admitted) < self.max_running:
+            while self._waiting and rows + self._waiting[0].n <= self.max_running:
                 cost = len(self._waiting[0].request.prompt_ids)
                 if admitted and cost > budget:
                     break  # the rest join after the next decode step
-                admitted.append(self._waiting.popleft())
+                group = self._waiting.popleft()
+                admitted.append(group)
+                rows += group.n
                 budget -= cost
             if admitted:
                 self._publish_load()
                 self._cond.notify_all()  # waiting -> running is a change wait_until may look for
             return admitted, dropped
 
+    def _reserved(self) -> int:
+        """Slots held by rows waiting for their request's draft."""
+        return sum(group.n - 1 for group in self._drafting)
+
     def _has_work_locked(self) -> bool:
         if self._waiting:
             return True
         if not self._paused:
             return bool(self._rows)
-        return any(s.cancel_reason is not None for s in self._rows)  # paused: only removals to do
+        return any(_removable(s) for s in self._rows)  # paused: only removals to do
 
-    def _deadline(self, sequence: _Sequence) -> float:
-        return min(sequence.request.deadline, self._deadline_cap)
+    def _deadline(self, request: EngineRequest) -> float:
+        return min(request.deadline, self._deadline_cap)
 
-    def _start(self, sequences: list[_Sequence]) -> None:
-        """Prefill prompts together (right-padded when their lengths differ), sample their first
-        tokens, and join the batch unless already finished. A failure fails these requests only."""
+    def _start(self, groups: list[_Request]) -> None:
+        """Prefill prompts together (right-padded when their lengths differ; once per request whatever
+        its n), sample the first tokens, and join the batch unless already finished. A failure fails
+        these requests only."""
         now = time.monotonic()
-        for sequence in sequences:
-            self._push(sequence, [Started(now)])
+        for group in groups:
+            self._push(group, [Started(now)])
         fits = []
-        for sequence in sequences:  # the scheduler's limits make this hold; a direct caller may not
-            request = sequence.request
+        for group in groups:  # the scheduler's limits make this hold; a direct caller may not
+            request = group.request
             if len(request.prompt_ids) + request.params.max_new_tokens > self._batch.max_len:
-                self._error(sequence, "internal", f"prompt + max_new_tokens exceeds {self._batch.max_len} tokens")
+                self._error(group, "internal", f"prompt + max_new_tokens exceeds {self._batch.max_len} tokens")
             else:
-                fits.append(sequence)
+                fits.append(group)
         if fits:
             self._prefill_and_join(fits)
 
-    def _prefill_and_join(self, sequences: list[_Sequence]) -> None:
-        """Prefill, sample the first tokens, join. If a shared prefill fails, each request is
-        tried alone, so that only the one that fails alone fails."""
+    def _prefill_and_join(self, groups: list[_Request]) -> None:
+        """Prefill each request's prompt once, sample the first tokens of its rows (its keys and values
+        copied into each row's slot), join. A drafting request starts its draft row only. If a shared
+        prefill fails, each request is tried alone, so that only the one that fails alone fails."""
         try:
-            for sequence in sequences:
-                sequence.row = self._row_sampler(sequence.request)
-            step, cache = prefill_together(self.model, [s.request.prompt_ids for s in sequences])
-            tau0 = torch.cat([s.sampler.controller.initial_tau(1, self.device).float() for s in sequences])  # (k, 1)
-            noise = CounterNoise.for_rows([s.request.seed for s in sequences], 0, self.device)
-            result = sample_rows([s.sampler for s in sequences], step, tau0, noise, fast=self._fast)
-            values = _host_values(result)
+            step, cache = prefill_together(self.model, [g.request.prompt_ids for g in groups])
+            starting: list[_Sequence] = []
+            sources: list[int] = []  # the prefill row of each starting row
+            for i, group in enumerate(groups):
+                follows = group.n > 1 and serves_greedy_draft(group.request.controller, self.head)
+                for sequence in group.rows:
+                    if follows and sequence.choice > 0:
+                        continue
+                    sequence.drafts, sequence.draft_steps = follows, []  # (a retry alone starts afresh)
+                    sequence.row = self._row_sampler(group.request, follows=False)
+                    starting.append(sequence)
+                    sources.append(i)
+                if follows:
+                    index = torch.tensor([i], device=self.device)
+                    group.prefilled = (StepOutput(step.logits[index], step.hidden[index]), cache, i)
+                    group.drafting = True
+            first = self._sample_first(starting, step, sources)
         except Exception as exc:
-            if len(sequences) > 1:
-                log.warning("a prefill of %d requests failed (%s): prefilling each alone", len(sequences), exc)
-                for sequence in sequences:
-                    self._prefill_and_join([sequence])
+            for group in groups:
+                group.drafting, group.prefilled = False, None
+            if len(groups) > 1:
+                log.warning("a prefill of %d requests failed (%s): prefilling each alone", len(groups), exc)
+                for group in groups:
+                    self._prefill_and_join([group])
                 return
             log.exception("prefill failed")
-            self._error(sequences[0], "internal", f"prefill failed: {exc}")
+            self._error(groups[0], "internal", f"prefill failed: {exc}")
             return
+        self._drafting.extend(group for group in groups if group.drafting)
+        self._add_rows(starting, cache, sources, first)
+        self._start_followers()
+
+    def _sample_first(
+        self, rows: list[_Sequence], step: StepOutput, sources: list[int]
+    ) -> tuple[StepResult, CounterNoise, torch.Tensor | None]:
+        """Sample the first token of each row from `step` row sources[i] (a prefill's last position)."""
+        index = torch.tensor(sources, dtype=torch.long, device=self.device)
+        if sources != list(range(step.logits.shape[0])):
+            step = StepOutput(logits=step.logits[index], hidden=step.hidden[index])
+        tau0 = torch.cat([s.sampler.controller.initial_tau(1, self.device).float() for s in rows])  # (k, 1)
+        noise = CounterNoise.for_rows([s.seed for s in rows], 0, self.device)
+        drafts = self._draft_rows(rows)
+        result = sample_rows([s.sampler for s in rows], step, tau0, noise, fast=self._fast, draft=drafts)
+        self._record_draft_steps(rows, step)
+        return result, noise, drafts
+
+    def _add_rows(
+        self, rows: list[_Sequence], cache: DynamicCache, sources: list[int],
+        first: tuple[StepResult, CounterNoise, torch.Tensor | None],
+    ) -> None:
+        """Emit each row's first token and add the rows that go on to the batch, their prompt's keys and
+        values copied from row sources[i] of `cache` (one prefill, copied into each of a request's rows)."""
+        result, noise, drafts = first
+        values = _host_values(result)
         joined = []
-        for i, sequence in enumerate(sequences):
+        for i, sequence in enumerate(rows):
             if self._emit(sequence, *values[i]):
                 continue
-            self._batch.add(cache, len(sequence.request.prompt_ids), row=i)
+            self._batch.add(cache, len(sequence.request.prompt_ids), row=sources[i])
             self._rows.append(sequence)
             joined.append(i)
         if not joined:
             return
-        index = torch.tensor(joined, dtype=torch.long, device=self.device)
-        self._tau = torch.cat([self._tau, result.action.tau.float()[index]])
-        self._next_tokens = torch.cat([self._next_tokens, result.tokens[index]])
-        self._seeds = torch.cat([self._seeds, noise.seeds[index]])
-        self._counters = torch.cat([self._counters, noise.steps[index] + 1])
+        keep = torch.tensor(joined, dtype=torch.long, device=self.device)
+        self._tau = torch.cat([self._tau, result.action.tau.float()[keep]])
+        self._next_tokens = torch.cat([self._next_tokens, result.tokens[keep]])
+        self._seeds = torch.cat([self._seeds, noise.seeds[keep]])
+        self._counters = torch.cat([self._counters, noise.steps[keep] + 1])
+        if self._drafts is not None:
+            assert drafts is not None
+            self._drafts = torch.cat([self._drafts, drafts[keep]])
 
-    def _row_sampler(self, request: EngineRequest) -> RowSampler:
+    def _draft_rows(self, rows: list[_Sequence]) -> torch.Tensor | None:
+        """(k, F) the draft summaries rows' heads read (zeros for rows that read none); None if the head reads none."""
+        if not self.head.reads_draft:
+            return None
+        size = self.head.config.draft_size
+        return torch.cat([
+            s.draft if s.draft is not None else torch.zeros((1, size), device=self.device) for s in rows
+        ])
+
+    def _record_draft_steps(self, rows: list[_Sequence], step: StepOutput) -> None:
+        """Keep what the draft summary reads of the step that chose each draft row's token (model/draft.py)."""
+        members = [i for i, s in enumerate(rows) if s.drafts]
+        if not members:
+            return
+        index = torch.tensor(members, dtype=torch.long, device=self.device)
+        confidence = step_confidence(step.logits[index])  # (m, 3)
+        hidden = step.hidden[index].float()  # (m, d)
+        for j, i in enumerate(members):
+            rows[i].draft_steps.append((confidence[j], hidden[j]))
+
+    def _start_followers(self) -> None:
+        """Rows 1..n-1 of requests whose draft has ended join, their head reading its summary."""
+        while True:
+            ready = [g for g in self._drafting if g.rows[0].done or g.failed]
+            if not ready:
+                return
+            for group in ready:
+                self._drafting.remove(group)
+                self._follow(group)
+
+    def _follow(self, group: _Request) -> None:
+        assert group.prefilled is not None
+        step, cache, source = group.prefilled
+        group.prefilled, group.drafting = None, False
+        if group.failed:
+            return
+        draft = group.rows[0]
+        steps = draft.draft_steps
+        draft.draft_steps = []
+        summary = summarise_draft(
+            torch.stack([c for c, _ in steps]).unsqueeze(0),
+            torch.stack([h for _, h in steps]).unsqueeze(0),
+            torch.ones((1, len(steps)), dtype=torch.bool, device=self.device),
+        )  # (1, F)
+        starting = []
+        now = time.monotonic()
+        with self._cond:
+            reasons = [s.cancel_reason for s in group.rows[1:]]
+        for sequence, reason in zip(group.rows[1:], reasons, strict=True):
+            if reason is not None:
+                self._finish(sequence, reason)
+            elif now >= self._deadline(group.request):
+                self._finish(sequence, "timeout")
+            else:
+                sequence.draft = summary
+                sequence.row = self._row_sampler(group.request, follows=True)
+                starting.append(sequence)
+        if not starting:
+            return
+        k = len(starting)
+        try:
+            step = StepOutput(logits=step.logits.repeat(k, 1), hidden=step.hidden.repeat(k, 1))
+            first = self._sample_first(starting, step, list(range(k)))
+        except Exception as exc:
+            log.exception("starting the rows after a draft failed")
+            self._error(group, "internal", f"starting the samples after the draft failed: {exc}")
+            return
+        self._add_rows(starting, cache, [source] * k, first)
+
+    def _row_sampler(self, request: EngineRequest, follows: bool) -> RowSampler:
+        """follows: a row after the request's greedy draft, sampled by the head reading the draft's summary."""
         params = request.params
+        spec = replace(request.controller, follows_draft=True) if follows else request.controller
         return RowSampler(
-            spec=request.controller,
-            controller=self._controller(request.controller),
+            spec=spec,
+            controller=self._controller(spec),
             top_k=params.top_k,
             top_p=params.top_p,
-            greedy=params.greedy or serves_greedy_draft(request.controller, self.head),
+            greedy=params.greedy or serves_greedy_draft(spec, self.head),
         )
 
     def _controller(self, spec: ControllerSpec) -> TemperatureController:
@@ -489,24 +675,27 @@ class Engine:
             step = self._batch.decode(self._next_tokens)
             noise = CounterNoise(self._seeds, self._counters)
             result = sample_rows(
-                [s.sampler for s in self._rows], step, self._tau, noise, fast=self._fast
+                [s.sampler for s in self._rows], step, self._tau, noise, fast=self._fast, draft=self._drafts
             )
             values = _host_values(result)
+            self._record_draft_steps(self._rows, step)
         except Exception as exc:
             log.exception("decode step failed")
             rows, self._rows = self._rows, []
             self._reset_batch()
-            for sequence in rows:
-                self._error(sequence, "internal", f"decode step failed: {exc}")
+            for group in _groups_of(rows):
+                self._error(group, "internal", f"decode step failed: {exc}")
+            self._start_followers()
             return
         self._tau = result.action.tau.float()
         self._next_tokens = result.tokens
         self._counters = self._counters + 1
         keep = [i for i, sequence in enumerate(self._rows) if not self._emit(sequence, *values[i])]
         self._keep_rows(keep)
+        self._start_followers()
 
     def _emit(self, sequence: _Sequence, token: int, tau: float, updated: bool, logprob: float) -> bool:
-        """Send one token's event (and the end, if this token ends the request); True if done."""
+        """Send one token's event (and the row's end, if this token ends it); True if done."""
         now = time.monotonic()
         request = sequence.request
         index = sequence.generated
@@ -516,51 +705,68 @@ class Engine:
             reason = "eos"
         elif sequence.generated >= request.params.max_new_tokens:
             reason = "length"
-        elif now >= self._deadline(sequence):
+        elif now >= self._deadline(request):
             reason = "timeout"
-        event = Sampled(index, token, tau, updated, logprob, now)
+        event = Sampled(index, token, tau, updated, logprob, now, sequence.choice)
         if reason is None:
-            self._push(sequence, [event])
+            self._push(sequence.group, [event])
             return False
         self._finish(sequence, reason, [event])
         return True
 
     def _finish(self, sequence: _Sequence, reason: FinishReason, events: list[EngineEvent] | None = None) -> None:
-        """Terminal event for a request that ran or was dropped while waiting."""
-        self._retire(sequence)
-        self._push(sequence, [*(events or []), Ended(reason, time.monotonic())])
+        """Terminal event of a row that ran or was dropped while waiting (the request's when it is the last)."""
+        if sequence.done:
+            return
+        self._retire([sequence])
+        group = sequence.group
+        group.ended += 1
+        ended = Ended(reason, time.monotonic(), sequence.choice, final=group.ended == group.n)
+        self._push(group, [*(events or []), ended])
 
-    def _error(self, sequence: _Sequence, kind: Literal["internal", "unavailable"], message: str) -> None:
-        self._retire(sequence)
-        self._push(sequence, [Failed(kind, message)])
-
-    def _retire(self, sequence: _Sequence) -> None:
+    def _error(self, group: _Request, kind: Literal["internal", "unavailable"], message: str) -> None:
+        """Fail a whole request: its rows still running leave at the next removal, its followers never start."""
+        if group.failed:
+            return
+        group.failed = True
         with self._cond:
-            if sequence.done:
+            for sequence in group.rows:
+                sequence.cancel_reason = sequence.cancel_reason or "cancelled"
+        self._retire(group.rows)
+        self._push(group, [Failed(kind, message)])
+
+    def _retire(self, sequences: list[_Sequence]) -> None:
+        with self._cond:
+            fresh = [s for s in sequences if not s.done]
+            if not fresh:
                 return
-            sequence.done = True
-            self._in_system -= 1
+            for sequence in fresh:
+                sequence.done = True
+            self._in_system -= len(fresh)
             self._publish_load()
             self._cond.notify_all()
 
-    def _push(self, sequence: _Sequence, events: list[EngineEvent]) -> None:
+    def _push(self, group: _Request, events: list[EngineEvent]) -> None:
         try:
-            sequence.request.sink.push(events)
+            group.request.sink.push(events)
         except Exception:
             # The receiver is gone: nobody will read this request's output, so stop decoding it.
             log.warning("dropping a request whose receiver is gone", exc_info=True)
             with self._cond:
-                sequence.cancel_reason = sequence.cancel_reason or "cancelled"
+                for sequence in group.rows:
+                    sequence.cancel_reason = sequence.cancel_reason or "cancelled"
 
     def _drop_cancelled_rows(self) -> None:
         with self._cond:
-            cancelled = [(i, s.cancel_reason) for i, s in enumerate(self._rows) if s.cancel_reason is not None]
+            cancelled = [(i, s.cancel_reason) for i, s in enumerate(self._rows) if _removable(s)]
         if not cancelled:
             return
         for i, reason in cancelled:
+            assert reason is not None
             self._finish(self._rows[i], reason)
         gone = {i for i, _ in cancelled}
         self._keep_rows([i for i in range(len(self._rows)) if i not in gone])
+        self._start_followers()
 
     def _keep_rows(self, keep: list[int]) -> None:
         if len(keep) == len(self._rows):
@@ -575,6 +781,8 @@ class Engine:
         self._next_tokens = self._next_tokens[index]
         self._seeds = self._seeds[index]
         self._counters = self._counters[index]
+        if self._drafts is not None:
+            self._drafts = self._drafts[index]
 
     def _reset_batch(self) -> None:
         self._batch.clear()
@@ -582,20 +790,43 @@ class Engine:
         self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
         self._seeds = torch.zeros((0,), dtype=torch.long, device=self.device)
         self._counters = torch.zeros((0,), dtype=torch.long, device=self.device)
+        if self._drafts is not None:
+            self._drafts = torch.zeros((0, self.head.config.draft_size), device=self.device)
 
     def _fail_everything(self, kind: Literal["internal", "unavailable"], message: str) -> None:
         with self._cond:
             self._stopping = True
             waiting, self._waiting = list(self._waiting), deque()
         rows, self._rows = self._rows, []
+        drafting, self._drafting = self._drafting, []
         self._reset_batch()
-        for sequence in [*waiting, *rows]:
-            self._error(sequence, kind, message)
+        for group in [*waiting, *_groups_of(rows), *drafting]:
+            self._error(group, kind, message)
 
     def _publish_load(self) -> None:
         """Report (running, waiting); caller holds the lock. Admitted requests count as running."""
         if self.observer is not None:
             self.observer.set_load(*self._load_locked())
+
+
+def _removable(sequence: _Sequence) -> bool:
+    """Whether a running row leaves at the next removal. A draft whose followers wait for it decodes on
+    after its reader has cut it at a stop string (the reader drops those tokens): the followers' head
+    reads the summary of the whole greedy draft, as in training, not of the part before the stop."""
+    reason = sequence.cancel_reason
+    if reason == "stop" and sequence.drafts and sequence.group.drafting:
+        return False
+    return reason is not None
+
+
+def _group_cancel_reason(group: _Request) -> CancelReason | None:
+    """A waiting request's cancel reason (every row of a request still waiting is cancelled together)."""
+    return next((s.cancel_reason for s in group.rows if s.cancel_reason is not None), None)
+
+
+def _groups_of(rows: list[_Sequence]) -> list[_Request]:
+    """The distinct requests of rows, in order."""
+    return list({id(s.group): s.group for s in rows}.values())
 
 
 def _host_values(result: StepResult) -> list[tuple[int, float, bool, float]]:

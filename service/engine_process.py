@@ -95,11 +95,13 @@ class Add(msgspec.Struct, tag=True, array_like=True):
     ignore_eos: bool
     seed: int
     deadline: float  # time.monotonic(): CLOCK_MONOTONIC, one clock for every process of the machine
+    n: int = 1
 
 
 class Cancel(msgspec.Struct, tag=True, array_like=True):
     id: int
     reason: str  # "cancelled" or "stop"
+    choice: int | None = None  # None: every row of the request
 
 
 class Control(msgspec.Struct, tag=True, array_like=True):
@@ -120,12 +122,15 @@ class SampledOut(msgspec.Struct, tag=True, array_like=True):
     updated: bool
     logprob: float
     at: float
+    choice: int
 
 
 class EndedOut(msgspec.Struct, tag=True, array_like=True):
     id: int
     reason: str
     at: float
+    choice: int
+    final: bool  # the request's last row to end
 
 
 class FailedOut(msgspec.Struct, tag=True, array_like=True):
@@ -161,22 +166,23 @@ FromEngine = Step | Ready | StartFailed
 
 def _to_wire(request_id: int, event: EngineEvent) -> StartedOut | SampledOut | EndedOut | FailedOut:
     if isinstance(event, Sampled):
-        return SampledOut(request_id, event.index, event.token_id, event.tau, event.updated, event.logprob, event.at)
+        return SampledOut(request_id, event.index, event.token_id, event.tau, event.updated, event.logprob, event.at,
+                          event.choice)
     if isinstance(event, Started):
         return StartedOut(request_id, event.at)
     if isinstance(event, Ended):
-        return EndedOut(request_id, event.reason, event.at)
+        return EndedOut(request_id, event.reason, event.at, event.choice, event.final)
     return FailedOut(request_id, event.kind, event.message)
 
 
 def _from_wire(event: StartedOut | SampledOut | EndedOut | FailedOut) -> EngineEvent:
     if isinstance(event, SampledOut):
-        return Sampled(event.index, event.token_id, event.tau, event.updated, event.logprob, event.at)
+        return Sampled(event.index, event.token_id, event.tau, event.updated, event.logprob, event.at, event.choice)
     if isinstance(event, StartedOut):
         return Started(event.at)
     if isinstance(event, EndedOut):
         reason: FinishReason = event.reason  # type: ignore[assignment]  # written by _to_wire from one
-        return Ended(reason, event.at)
+        return Ended(reason, event.at, event.choice, event.final)
     return Failed(event.kind, event.message)  # type: ignore[arg-type]
 
 
@@ -222,7 +228,7 @@ class _Outbox:
     def add(self, request_id: int, events: list[EngineEvent]) -> None:
         with self._lock:
             self._events.extend(_to_wire(request_id, event) for event in events)
-            if isinstance(events[-1], Ended | Failed):
+            if _terminal(events[-1]):
                 self.tickets.pop(request_id, None)
 
     def observe_batch(self, size: int) -> None:  # engine.Observer
@@ -365,7 +371,7 @@ def _read_inputs(engine, outbox: _Outbox, inputs: Connection) -> None:
             elif isinstance(message, Cancel):
                 ticket = outbox.tickets.get(message.id)
                 if ticket is not None:
-                    ticket.cancel(message.reason)  # type: ignore[arg-type]  # written by _cancel from one
+                    ticket.cancel(message.reason, message.choice)  # type: ignore[arg-type]  # written by _cancel
             elif message.action == "cap_deadlines":
                 engine.cap_deadlines(message.value)
             elif message.action == "pause":
@@ -390,10 +396,11 @@ def _add(engine, outbox: _Outbox, message: Add) -> None:
         seed=message.seed,
         deadline=message.deadline,
         sink=_OutboxSink(outbox, message.id),
+        n=message.n,
     )
     try:
         outbox.tickets[message.id] = engine.submit(request)
-    except (EngineFull, EngineUnavailable) as exc:  # the client's admission makes this rare: say so, never drop
+    except (EngineFull, EngineUnavailable, ValueError) as exc:  # admission makes this rare: say so, never drop
         outbox.add(message.id, [Failed("unavailable", f"the engine refused the request: {exc}")])
         outbox.flush()
 
@@ -435,6 +442,8 @@ class EngineProcess:
         self._cond = threading.Condition()
         # Guarded by _cond:
         self._sinks: dict[int, object] = {}  # requests in flight -> their sinks
+        self._rows_left: dict[int, int] = {}  # requests in flight -> their rows not yet ended
+        self._rows = 0  # rows in flight: the sum of _rows_left
         self._next_id = 0
         self._running = 0  # as the engine last reported
         self._stopping = False
@@ -490,17 +499,20 @@ class EngineProcess:
         with self._cond:
             if self._stopping or self._dead:
                 raise EngineUnavailable("the engine is not running")
-            if len(self._sinks) >= self.max_running + self.max_waiting:
-                raise EngineFull(f"{len(self._sinks)} requests in flight (bound {self.max_running + self.max_waiting})")
+            bound = self.max_running + self.max_waiting
+            if self._rows + request.n > bound:
+                raise EngineFull(f"{self._rows} rows in flight, {request.n} more asked (bound {bound})")
             request_id = self._next_id
             self._next_id += 1
             self._sinks[request_id] = request.sink
+            self._rows_left[request_id] = request.n
+            self._rows += request.n
             self._publish_load_locked()
             self._cond.notify_all()
         self._send(Add(
             request_id, request.prompt_ids, spec.mode, spec.temperature, spec.tau_range, spec.deterministic,
             params.max_new_tokens, params.top_k, params.top_p, params.greedy, params.ignore_eos,
-            request.seed, request.deadline,
+            request.seed, request.deadline, request.n,
         ))
         return Ticket(functools.partial(self._cancel, request_id))
 
@@ -510,8 +522,8 @@ class EngineProcess:
             return self._load_locked()
 
     def _load_locked(self) -> tuple[int, int]:
-        running = min(self._running, len(self._sinks))
-        return running, len(self._sinks) - running
+        running = min(self._running, self._rows)
+        return running, self._rows - running
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         return self.wait_until(lambda running, waiting: running + waiting == 0, timeout)
@@ -563,12 +575,12 @@ class EngineProcess:
 
     # ------------------------------------------------------------ internals
 
-    def _cancel(self, request_id: int, reason: str) -> None:
+    def _cancel(self, request_id: int, reason: str, choice: int | None = None) -> None:
         with self._cond:
             if request_id not in self._sinks or self._dead:
                 return
         try:
-            self._send(Cancel(request_id, reason))
+            self._send(Cancel(request_id, reason, choice))
         except EngineUnavailable:
             pass  # the engine is gone: the request fails with it
 
@@ -612,14 +624,22 @@ class EngineProcess:
     def _deliver(self, step: Step) -> None:
         by_request: dict[int, list[EngineEvent]] = {}
         ended: list[int] = []
+        rows_ended: list[int] = []
         for event in step.events:
             by_request.setdefault(event.id, []).append(_from_wire(event))
-            if isinstance(event, EndedOut | FailedOut):
+            if isinstance(event, EndedOut):
+                rows_ended.append(event.id)
+            if isinstance(event, FailedOut) or isinstance(event, EndedOut) and event.final:
                 ended.append(event.id)
         with self._cond:
             sinks = [(request_id, self._sinks.get(request_id), events) for request_id, events in by_request.items()]
+            for request_id in rows_ended:
+                if self._rows_left.get(request_id, 0) > 0:
+                    self._rows_left[request_id] -= 1
+                    self._rows -= 1
             for request_id in ended:
                 self._sinks.pop(request_id, None)
+                self._rows -= self._rows_left.pop(request_id, 0)
             self._running = step.running
             self._publish_load_locked()
             self._cond.notify_all()
@@ -633,6 +653,7 @@ class EngineProcess:
     def _fail_all(self, message: str) -> None:
         with self._cond:
             sinks, self._sinks = list(self._sinks.values()), {}
+            self._rows_left, self._rows = {}, 0
             self._running = 0
             self._publish_load_locked()
             self._cond.notify_all()
@@ -642,6 +663,11 @@ class EngineProcess:
     def _publish_load_locked(self) -> None:
         if self.observer is not None:
             self.observer.set_load(*self._load_locked())
+
+
+def _terminal(event: EngineEvent) -> bool:
+    """Whether `event` ends its request (a failure, or the end of its last row)."""
+    return isinstance(event, Failed) or isinstance(event, Ended) and event.final
 
 
 def _push_quietly(sink, events: list[EngineEvent]) -> bool:

@@ -1,8 +1,11 @@
 """What a request's reader receives: token events, then one finish or error event.
 
 What it does: defines the events the scheduler hands to the routes, text and
-summaries included (the engine's own, text-free events are in engine.py;
-scheduler.RequestState turns one into the other). Plain data, no torch, so
+summaries included. A request of n samples has n choices: its token events
+name their choice, each choice ends with a `ChoiceEnd`, and the request with
+one `FinishEvent` carrying every choice's end (n = 1: one choice, 0). The
+engine's own, text-free events are in engine.py; scheduler.RequestState
+turns one into the other. Plain data, no torch, so
 the API side can import it without the model.
 
 What it does not do: produce events (scheduler.py) or render them (schemas.py).
@@ -27,11 +30,30 @@ class TokenEvent:
     tau: float
     updated: bool
     logprob: float
+    choice: int = 0
+
+
+@dataclass(frozen=True)
+class ChoiceEnd:
+    """The end of one choice (sample) of a request: its reason, text and temperature summary."""
+
+    choice: int
+    reason: FinishReason
+    text: str
+    completion_tokens: int
+    tau_mean: float | None
+    tau_min: float | None
+    tau_max: float | None
+    tau_updates: int
+    seed: int  # the seed its row drew with (service.sampling.row_seed)
 
 
 @dataclass(frozen=True)
 class FinishEvent:
-    """The last event of a request that ran (or timed out / was cancelled while waiting)."""
+    """The last event of a request that ran (or timed out / was cancelled while waiting).
+
+    `reason` and `text` are choice 0's; `completion_tokens` and the tau fields
+    cover every choice's tokens; `choices` has each choice's own end, in order."""
 
     reason: FinishReason
     text: str
@@ -45,6 +67,7 @@ class FinishEvent:
     ttft_s: float | None
     total_s: float
     seed: int
+    choices: tuple[ChoiceEnd, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,4 +78,4 @@ class ErrorEvent:
     message: str
 
 
-Event = TokenEvent | FinishEvent | ErrorEvent
+Event = TokenEvent | ChoiceEnd | FinishEvent | ErrorEvent

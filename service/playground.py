@@ -32,8 +32,10 @@ the page asks for an API key only when `/info` says the server needs one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -46,6 +48,7 @@ CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".png": "image/png",
 }
 CACHE_CONTROL = "no-cache"
 CONTENT_SECURITY_POLICY = "; ".join([
@@ -73,16 +76,21 @@ class Asset:
     etag: str  # quoted, as sent
 
 
-def load_assets() -> dict[str, Asset]:
-    """Every file of service/static/, by name, read once (they are a few kB)."""
+def load_assets(folder: Traversable | None = None, names: Iterable[str] | None = None) -> dict[str, Asset]:
+    """Every file of `folder` (default service/static/) with a known extension, or only `names`, by name,
+    read once."""
+    folder = folder or resources.files(STATIC_PACKAGE).joinpath(STATIC_DIR)
+    wanted = None if names is None else set(names)
     assets: dict[str, Asset] = {}
-    for entry in resources.files(STATIC_PACKAGE).joinpath(STATIC_DIR).iterdir():
+    for entry in folder.iterdir():
         suffix = "." + entry.name.rpartition(".")[2]
-        if not entry.is_file() or suffix not in CONTENT_TYPES:
+        if not entry.is_file() or suffix not in CONTENT_TYPES or wanted is not None and entry.name not in wanted:
             continue
         body = entry.read_bytes()
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         assets[entry.name] = Asset(body, CONTENT_TYPES[suffix], etag)
+    if wanted is not None and wanted - assets.keys():
+        raise FileNotFoundError(f"missing from {folder}: {sorted(wanted - assets.keys())}")
     return assets
 
 
@@ -112,10 +120,16 @@ async def asset(name: str, request: Request) -> Response:
 
 
 def _serve(name: str, request: Request) -> Response:
-    found = ASSETS.get(name)
+    return serve_asset(ASSETS, name, request, SECURITY_HEADERS, "playground")
+
+
+def serve_asset(assets: dict[str, Asset], name: str, request: Request, security: dict[str, str],
+                what: str) -> Response:
+    """One of `assets` with the headers of the module docstring (`security`: the page's CSP and the rest)."""
+    found = assets.get(name)
     if found is None:
-        raise StarletteHTTPException(404, f"no such playground file: {name[:64]}")
-    headers = {"ETag": found.etag, "Cache-Control": CACHE_CONTROL, **SECURITY_HEADERS}
+        raise StarletteHTTPException(404, f"no such {what} file: {name[:64]}")
+    headers = {"ETag": found.etag, "Cache-Control": CACHE_CONTROL, **security}
     tags = _etags(request.headers.get("if-none-match", ""))
     if found.etag in tags or "*" in tags:
         return Response(status_code=304, headers=headers)

@@ -22,7 +22,8 @@ Auth: when any key is configured (`api_key`, `api_keys`, `api_key_file`),
 
 Logging: each generation request logs one line when it ends, in the
 request's context (so with its request id, see logs.py): status, finish
-reason, tokens, mean tau and duration, or why it ended early. That line also
+reason, tokens, mean tau and duration (with n > 1, each choice's finish
+reason, tokens and tau mean, min, max and updates), or why it ended early. That line also
 names the response body's `id` (`gen-...`/`cmpl-...`), which stays ours and
 unique per request rather than being the `X-Request-Id` (vLLM reuses the
 header there): a client or gateway may reuse or choose request ids, the body
@@ -49,7 +50,7 @@ from pydantic import BaseModel
 
 from model import PLAIN, PromptFormat, PromptFormatError, render_prompt
 from service.errors import ServiceError, error_body, unauthorized, unavailable, validation_error
-from service.events import FinishEvent, TokenEvent
+from service.events import ChoiceEnd, FinishEvent, TokenEvent
 from service.keys import KeyRing
 from service.metrics import ServerInfo
 from service.openapi import PLAIN_TEXT, errors, event_stream
@@ -171,9 +172,9 @@ async def _generate_events(handle: RequestHandle, model: str, body: GenerateRequ
     async for event in handle.events():
         if isinstance(event, TokenEvent):
             info = token_info(event, body.return_temperatures, body.return_logprobs)
-            yield StreamToken(index=event.index, token=info)
-        else:
-            yield stream_done(handle, model, event)
+            yield StreamToken(index=event.index, token=info, choice=event.choice if handle.n > 1 else None)
+        elif isinstance(event, FinishEvent):
+            yield stream_done(handle, model, event, body)
 
 
 @api.post(
@@ -188,7 +189,7 @@ async def _generate_events(handle: RequestHandle, model: str, body: GenerateRequ
     },
 )
 async def completions(body: CompletionRequest, request: Request, scheduler: SchedulerDep) -> Any:
-    """OpenAI-compatible completions (one prompt, n=1); per-token `temperatures` as an extra field."""
+    """OpenAI-compatible completions (one prompt, `n` samples); per-token `temperatures` as an extra field."""
     model = _served_model(body.model, request)
     started = time.perf_counter()
     handle = scheduler.submit(body.to_input())
@@ -205,20 +206,20 @@ async def _completion_chunks(
     handle: RequestHandle, model: str, body: CompletionRequest
 ) -> AsyncIterator[BaseModel]:
     chunk_id = completion_id(handle)
-    offset = 0
+    offsets = [0] * handle.n  # where each choice's next text starts
 
     def chunk(choices: list, **extra: Any) -> CompletionResponse:
         return CompletionResponse(id=chunk_id, created=handle.created, model=model, choices=choices, **extra)
 
     async for event in handle.events():
         if isinstance(event, TokenEvent):
-            yield chunk([completion_choice([event], event.text, None, body.logprobs is not None, offset)])
-            offset += len(event.text)
-            continue
-        assert isinstance(event, FinishEvent)
-        last = completion_choice([], "", openai_finish_reason(event.reason), False)
-        yield chunk([last], temperature=temperature_summary(event, handle.mode))
-        if body.stream_options is not None and body.stream_options.include_usage:
+            yield chunk([completion_choice([event], event.text, None, body.logprobs is not None,
+                                           offsets[event.choice], index=event.choice)])
+            offsets[event.choice] += len(event.text)
+        elif isinstance(event, ChoiceEnd):
+            last = completion_choice([], "", openai_finish_reason(event.reason), False, index=event.choice)
+            yield chunk([last], temperature=temperature_summary(event, handle.mode))
+        elif body.stream_options is not None and body.stream_options.include_usage:
             yield chunk([], usage=usage(event))
 
 
@@ -234,7 +235,7 @@ async def _completion_chunks(
     },
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, scheduler: SchedulerDep) -> Any:
-    """OpenAI-compatible chat (n=1), rendered with the checkpoint's recorded prompt format; per-token
+    """OpenAI-compatible chat (`n` samples), rendered with the checkpoint's recorded prompt format; per-token
     `temperatures` as an extra field."""
     model = _served_model(body.model, request)
     prompt_format: PromptFormat = getattr(request.app.state, "prompt_format", PLAIN)
@@ -260,19 +261,19 @@ async def _chat_chunks(
     def chunk(choices: list, **extra: Any) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=chat_id, created=handle.created, model=model, choices=choices, **extra)
 
-    # OpenAI's first chunk carries the role alone.
-    yield chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""), finish_reason=None, temperatures=[],
-                                 temperature_updated=[])])
+    # OpenAI's first chunk of each choice carries the role alone.
+    for index in range(handle.n):
+        yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""), finish_reason=None,
+                                     temperatures=[], temperature_updated=[])])
     async for event in handle.events():
         if isinstance(event, TokenEvent):
-            yield chunk([ChatChunkChoice(delta=ChatDelta(content=event.text), finish_reason=None,
+            yield chunk([ChatChunkChoice(index=event.choice, delta=ChatDelta(content=event.text), finish_reason=None,
                                          temperatures=[event.tau], temperature_updated=[event.updated])])
-            continue
-        assert isinstance(event, FinishEvent)
-        last = ChatChunkChoice(delta=ChatDelta(), finish_reason=openai_finish_reason(event.reason), temperatures=[],
-                               temperature_updated=[])
-        yield chunk([last], temperature=temperature_summary(event, handle.mode))
-        if body.stream_options is not None and body.stream_options.include_usage:
+        elif isinstance(event, ChoiceEnd):
+            last = ChatChunkChoice(index=event.choice, delta=ChatDelta(), finish_reason=openai_finish_reason(
+                event.reason), temperatures=[], temperature_updated=[])
+            yield chunk([last], temperature=temperature_summary(event, handle.mode))
+        elif body.stream_options is not None and body.stream_options.include_usage:
             yield chunk([], usage=usage(event))
 
 
@@ -341,6 +342,7 @@ async def info(request: Request, scheduler: SchedulerDep) -> Info:
             max_body_bytes=settings.max_body_bytes,
             default_timeout_s=limits.default_timeout_s,
             max_timeout_s=limits.max_timeout_s,
+            max_n=limits.max_n,
         ),
         load=InfoLoad(running=running, waiting=waiting, draining=scheduler.draining),
         auth=request.app.state.keys.enabled,
@@ -406,10 +408,22 @@ class _Ending:
         elif finish is None:
             log.info("%s %s ended: client disconnected (status %d), %.3f s", kind, self.body_id, status, took)
         else:
-            tau = "n/a" if finish.tau_mean is None else f"{finish.tau_mean:.4f}"
             log.info("%s %s finished: status %d, finish_reason %s, prompt_tokens %d, completion_tokens %d, "
-                     "mean tau %s, %.3f s", kind, self.body_id, status, finish.reason, finish.prompt_tokens,
-                     finish.completion_tokens, tau, took)
+                     "mean tau %s, %.3f s%s", kind, self.body_id, status, finish.reason, finish.prompt_tokens,
+                     finish.completion_tokens, _tau(finish.tau_mean), took, _choices_logged(finish))
+
+
+def _tau(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _choices_logged(finish: FinishEvent) -> str:
+    """With n > 1, each choice's finish reason, tokens and tau summary, for the request's log line."""
+    if len(finish.choices) <= 1:
+        return ""
+    parts = [f"{end.choice}: {end.reason}, {end.completion_tokens} tokens, tau mean {_tau(end.tau_mean)} "
+             f"min {_tau(end.tau_min)} max {_tau(end.tau_max)}, {end.tau_updates} updates" for end in finish.choices]
+    return ", choices [" + "; ".join(parts) + "]"
 
 
 async def _logged_result(handle: RequestHandle, request: Request, ended: _Ending) -> Completed | None:

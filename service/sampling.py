@@ -15,11 +15,19 @@ the same `CounterNoise`. Every step is a fixed sequence of batched tensor ops:
 no per-row loop, no host sync unless rows disagree on top-k, top-p or greedy.
 
 A checkpoint whose head reads a greedy draft of the prompt (model/draft.py)
-answers a learned-mode request of one sample with that greedy draft: its
-tokens are the argmax, reported at tau_min (the coldest the head can choose)
-with no update, as evaluation counts a draft-reading head's first sample.
-Sampling n > 1 rows after the draft, with the head reading it, is the
-engine's n-samples work, not done here.
+answers a learned-mode request with that greedy draft as its first sample:
+its tokens are the argmax, reported at tau_min (the coldest the head can
+choose) with no update, as evaluation counts a draft-reading head's first
+sample. Rows 1..n-1 of such a request (`ControllerSpec.follows_draft`) are
+sampled by the head reading the draft's summary, passed per row to
+`sample_rows` (`draft`, (B, F)); the engine drafts and summarises.
+
+Seeds of n samples: row i of a request with seed s draws with
+`row_seed(s, i)`: s itself for row 0 (so n = 1 is unchanged), and
+(s + i * 0x9E3779B97F4A7C15) mod 2^63 for i > 0 (a Weyl step of the golden
+ratio: distinct for every i < 2^63, and touching both 32-bit halves that
+`CounterNoise` hashes). A seeded request of n samples therefore returns
+exactly the n requests of one sample seeded row_seed(s, 0..n-1).
 
 What it does not do: run the model, stop sequences, or validate requests
 (specs arrive checked by the scheduler).
@@ -49,6 +57,13 @@ from model import (
 )
 
 TemperatureMode = Literal["learned", "fixed", "entropy"]
+SEED_MODULUS = 2**63
+_ROW_SEED_STEP = 0x9E3779B97F4A7C15 % SEED_MODULUS
+
+
+def row_seed(seed: int, choice: int) -> int:
+    """The seed of row `choice` of a request seeded `seed` (see the module docstring)."""
+    return (seed + choice * _ROW_SEED_STEP) % SEED_MODULUS
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,7 @@ class ControllerSpec:
     temperature: float | None = None
     tau_range: tuple[float, float] | None = None
     deterministic: bool = False
+    follows_draft: bool = False  # a learned row after its request's greedy draft: the head reads its summary
 
     def build(self, head: TemperatureHead) -> TemperatureController:
         if serves_greedy_draft(self, head):
@@ -79,9 +95,9 @@ class ControllerSpec:
 
 
 def serves_greedy_draft(spec: ControllerSpec, head: TemperatureHead) -> bool:
-    """Whether rows of `spec` are the greedy draft (a learned request to a draft-reading head; see the module
-    docstring): their sampler must be greedy."""
-    return spec.mode == "learned" and head.reads_draft
+    """Whether rows of `spec` are the greedy draft (a learned request to a draft-reading head, but not the rows that
+    follow its draft; see the module docstring): their sampler must be greedy."""
+    return spec.mode == "learned" and head.reads_draft and not spec.follows_draft
 
 
 @dataclass
@@ -102,8 +118,11 @@ def sample_rows(
     noise: CounterNoise,
     *,
     fast: FastPaths | None = None,
+    draft: torch.Tensor | None = None,
 ) -> StepResult:
     """One sampling step for logits (B, V), hidden (B, d) and tau_prev (B, 1), row i by rows[i] and noise row i.
+    draft (B, F): the draft summary each row's head reads (a draft-reading head only; rows that read none
+    may hold anything there).
 
     Batches whose rows all use the learned head (same `deterministic`) or all
     a fixed temperature, without filters, take `fast` (the engine passes
@@ -123,7 +142,7 @@ def sample_rows(
             low, high = torch.tensor(bounds, dtype=torch.float32, device=device).unsqueeze(-1).unbind(1)  # (B, 1) each
             out = fast.learned(
                 head, first.deterministic, step.logits, _dense(step.hidden), tau_prev, low, high,
-                noise.seeds, noise.steps,
+                noise.seeds, noise.steps, draft,
             )
         else:
             tau = torch.tensor([[r.spec.temperature] for r in rows], dtype=torch.float32, device=device)  # (B, 1)
@@ -133,7 +152,7 @@ def sample_rows(
     top_k = _per_row([row.top_k for row in rows], torch.long, step.logits.device)
     top_p = _per_row([row.top_p for row in rows], torch.float32, step.logits.device)
     greedy = _per_row([row.greedy for row in rows], torch.bool, step.logits.device)
-    action = _choose_per_group(rows, step, tau_prev, noise)
+    action = _choose_per_group(rows, step, tau_prev, noise, draft)
     tokens = sample(step.logits, action.tau, noise, top_k=top_k, top_p=top_p, greedy=greedy)
     logprobs = token_log_probs(step.logits, tokens, action.tau.squeeze(-1))
     return StepResult(tokens=tokens, action=action, token_logprobs=logprobs)
@@ -149,11 +168,16 @@ def learned_rows(
     high: torch.Tensor,
     seeds: torch.Tensor,
     steps: torch.Tensor,
+    draft: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """`LearnedTemperature.choose` then an unfiltered draw, as one pure tensor function:
-    (tokens, tau, gate, z, temperature log-prob, token log-prob). low/high (B, 1) narrow tau per row."""
+    (tokens, tau, gate, z, temperature log-prob, token log-prob). low/high (B, 1) narrow tau per row;
+    draft (B, F) the draft summaries a draft-reading head reads."""
     noise = CounterNoise(seeds, steps)
-    action = head.choose_deterministic(hidden, tau_prev) if deterministic else head.sample(hidden, tau_prev, noise)
+    if deterministic:
+        action = head.choose_deterministic(hidden, tau_prev, draft)
+    else:
+        action = head.sample(hidden, tau_prev, noise, draft)
     tau = torch.minimum(torch.maximum(action.tau, low), high)
     tokens = sample(logits, tau, noise)
     return tokens, tau, action.gate, action.z, action.log_prob, token_log_probs(logits, tokens, tau.squeeze(-1))
@@ -191,22 +215,31 @@ def _dense(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _choose_per_group(
-    rows: Sequence[RowSampler], step: StepOutput, tau_prev: torch.Tensor, noise: CounterNoise
+    rows: Sequence[RowSampler], step: StepOutput, tau_prev: torch.Tensor, noise: CounterNoise,
+    draft: torch.Tensor | None,
 ) -> TemperatureAction:
     groups: dict[ControllerSpec, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.spec, []).append(i)
     if len(groups) == 1:  # the common case: no gather, no scatter
-        return rows[0].controller.choose(step.hidden, step.logits, tau_prev, noise)
+        return _reading(rows[0].controller, draft).choose(step.hidden, step.logits, tau_prev, noise)
     fields = {name: torch.empty_like(tau_prev, dtype=torch.float32) for name in ("tau", "gate", "z", "log_prob")}
     for members in groups.values():
         index = torch.tensor(members, dtype=torch.long, device=tau_prev.device)
-        action = rows[members[0]].controller.choose(
+        controller = _reading(rows[members[0]].controller, None if draft is None else draft[index])
+        action = controller.choose(
             step.hidden[index], step.logits[index], tau_prev[index], noise.rows(index)
         )
         for name, full in fields.items():
             full[index] = getattr(action, name).float()  # (n, 1) into (B, 1)
     return TemperatureAction(**fields)
+
+
+def _reading(controller: TemperatureController, draft: torch.Tensor | None) -> TemperatureController:
+    """The controller with the rows' draft summaries bound, when it is a head that reads them."""
+    if draft is not None and isinstance(controller, LearnedTemperature) and controller.head.reads_draft:
+        return controller.with_draft(draft)
+    return controller
 
 
 def _per_row(values: list, dtype: torch.dtype, device: torch.device):

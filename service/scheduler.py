@@ -37,7 +37,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from transformers import PreTrainedTokenizerBase
@@ -55,9 +55,9 @@ from service.engine import (
     Ticket,
 )
 from service.errors import ServiceError, internal_error, overloaded, unavailable, validation_error
-from service.events import ErrorEvent, Event, FinishEvent, FinishReason, TokenEvent
+from service.events import ChoiceEnd, ErrorEvent, Event, FinishEvent, FinishReason, TokenEvent
 from service.metrics import RequestMetrics, ServiceMetrics
-from service.sampling import ControllerSpec, TemperatureMode
+from service.sampling import ControllerSpec, TemperatureMode, row_seed
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**63 - 1
@@ -192,21 +192,36 @@ class MailboxSink:
         self._mailbox.post(self._deliver, events)
 
 
+class _ChoiceState:
+    """One choice (sample) of a request on the event loop: its text, temperatures and timing."""
+
+    def __init__(self, choice: int, seed: int, text: TextStream) -> None:
+        self.choice = choice
+        self.seed = seed
+        self.text = text
+        self.taus: list[float] = []
+        self.updates = 0
+        self.last_token_at: float | None = None
+        self.end: ChoiceEnd | None = None
+
+
 class RequestState:
-    """One request on the event loop: engine events in, text, stop strings, summary and metrics out.
+    """One request on the event loop: engine events in, text, stop strings, summaries and metrics out.
 
     Runs on the loop (`deliver`), so detokenization never runs in the engine.
-    Its queue is bounded by the request's own token budget (it can never fill
-    up). When a stop string completes, the request ends here at once and the
-    engine is told to free the row (`Ticket.cancel("stop")`); tokens the engine
-    sampled meanwhile are dropped.
+    A request of n samples has n choices, each with its own text stream and
+    summary. Its queue is bounded by the request's own token budget (it can
+    never fill up). When a stop string completes, that choice ends here at
+    once and the engine is told to free its row (`Ticket.cancel("stop",
+    choice)`); tokens the engine sampled meanwhile are dropped. The request
+    ends when every choice has.
     """
 
     def __init__(
         self,
         prompt_ids: list[int],
         seed: int,
-        text: TextStream,
+        texts: Sequence[TextStream],
         max_new_tokens: int,
         metrics: RequestMetrics | None,
         failure_counter: Callable[[str], None] | None,
@@ -215,22 +230,25 @@ class RequestState:
         self.seed = seed
         self.submitted_at = time.monotonic()
         self.ticket: Ticket | None = None
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_new_tokens + 2)
-        self._text = text
+        self.choices = [_ChoiceState(i, row_seed(seed, i), text) for i, text in enumerate(texts)]
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=len(self.choices) * (max_new_tokens + 1) + 2)
         self._metrics = metrics
         self._count_failure = failure_counter
-        self._taus: list[float] = []
-        self._updates = 0
         self._started_at: float | None = None
         self._first_token_at: float | None = None
-        self._last_token_at: float | None = None
         self.done = False
+
+    @property
+    def n(self) -> int:
+        return len(self.choices)
 
     def deliver(self, events: list[EngineEvent]) -> None:  # event loop
         for i, event in enumerate(events):
             if self.done:
                 return
             if isinstance(event, Sampled):
+                if self.choices[event.choice].end is not None:
+                    continue  # the choice ended here (a stop string): tokens sampled meanwhile are dropped
                 following = events[i + 1] if i + 1 < len(events) else None
                 ends = isinstance(following, Ended) and following.reason != "stop"
                 try:
@@ -244,54 +262,71 @@ class RequestState:
                 if self._metrics is not None:
                     self._metrics.started(event.at - self.submitted_at, self.prompt_tokens)
             elif isinstance(event, Ended):
-                self._finish(event.reason)
+                self._end_choice(event.choice, event.reason)
             else:
                 self._fail(event.kind, event.message)
 
     def _token(self, event: Sampled, flush: bool) -> None:
         now = time.monotonic()
-        text, stop_hit = self._text.push(event.token_id)
+        choice = self.choices[event.choice]
+        text, stop_hit = choice.text.push(event.token_id)
         if flush and not stop_hit:
-            text += self._text.flush()  # held-back text belongs to the output unless a stop string cut it
-        previous, self._last_token_at = self._last_token_at, now
-        if self._first_token_at is None:
+            text += choice.text.flush()  # held-back text belongs to the output unless a stop string cut it
+        previous, choice.last_token_at = choice.last_token_at, now
+        first = self._first_token_at is None
+        if first:
             self._first_token_at = now
-        self._taus.append(event.tau)
-        self._updates += int(event.updated)
+        choice.taus.append(event.tau)
+        choice.updates += int(event.updated)
         if self._metrics is not None:
             self._metrics.token(
                 event.tau, event.updated,
-                ttft_s=now - self.submitted_at if previous is None else None,
+                ttft_s=now - self.submitted_at if first else None,
                 itl_s=None if previous is None else now - previous,
             )
-        self.queue.put_nowait(TokenEvent(event.index, event.token_id, text, event.tau, event.updated, event.logprob))
+        self.queue.put_nowait(TokenEvent(event.index, event.token_id, text, event.tau, event.updated, event.logprob,
+                                         event.choice))
         if stop_hit:
-            self._finish("stop")
-            self.cancel_in_engine("stop")
+            self._end_choice(event.choice, "stop")
+            self.cancel_in_engine("stop", event.choice)
 
-    def _finish(self, reason: FinishReason) -> None:
+    def _end_choice(self, index: int, reason: FinishReason) -> None:
+        choice = self.choices[index]
+        if choice.end is not None:
+            return
         now = time.monotonic()
-        taus = self._taus
-        mean_tau = sum(taus) / len(taus) if taus else None
+        taus = choice.taus
+        mean_tau, low, high = _tau_summary(taus)
+        choice.end = ChoiceEnd(index, reason, choice.text.text, len(taus), mean_tau, low, high, choice.updates,
+                               choice.seed)
+        # Metrics first: whoever reads the response can rely on them being counted (one count per choice).
+        if reason == "cancelled":
+            self._failed("cancelled")
+        elif self._metrics is not None:
+            self._metrics.finished(reason, now - self.submitted_at, len(taus), mean_tau)
+        self.queue.put_nowait(choice.end)
+        if all(c.end is not None for c in self.choices):
+            self._finish(now)
+
+    def _finish(self, now: float) -> None:
+        ends = tuple(c.end for c in self.choices if c.end is not None)
+        taus = [tau for c in self.choices for tau in c.taus]
+        mean_tau, low, high = _tau_summary(taus)
         finish = FinishEvent(
-            reason=reason,
-            text=self._text.text,
+            reason=ends[0].reason,
+            text=ends[0].text,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=len(taus),
             tau_mean=mean_tau,
-            tau_min=min(taus) if taus else None,
-            tau_max=max(taus) if taus else None,
-            tau_updates=self._updates,
+            tau_min=low,
+            tau_max=high,
+            tau_updates=sum(c.updates for c in self.choices),
             queue_s=(self._started_at or now) - self.submitted_at,
             ttft_s=None if self._first_token_at is None else self._first_token_at - self.submitted_at,
             total_s=now - self.submitted_at,
             seed=self.seed,
+            choices=ends,
         )
-        # Metrics first: whoever reads the response can rely on them being counted.
-        if reason == "cancelled":
-            self._failed("cancelled")
-        elif self._metrics is not None:
-            self._metrics.finished(reason, finish.total_s, len(taus), mean_tau)
         self.done = True
         self.queue.put_nowait(finish)
 
@@ -304,16 +339,26 @@ class RequestState:
         if self._count_failure is not None:
             self._count_failure(reason)
 
-    def cancel_in_engine(self, reason: CancelReason) -> None:
-        """Free the request's row in the engine (its reader has ended it, or left)."""
+    def cancel_in_engine(self, reason: CancelReason, choice: int | None = None) -> None:
+        """Free the request's rows in the engine (its reader has ended it, or left), or one choice's row."""
         if self.ticket is not None:
-            self.ticket.cancel(reason)
+            self.ticket.cancel(reason, choice)
+
+
+def _tau_summary(taus: list[float]) -> tuple[float | None, float | None, float | None]:
+    """(mean, min, max) of taus; None each when there are none."""
+    if not taus:
+        return None, None, None
+    return sum(taus) / len(taus), min(taus), max(taus)
 
 
 @dataclass(frozen=True)
 class Completed:
+    """A finished request: `tokens` of choice 0 (the only one when n = 1), `by_choice` every choice's."""
+
     tokens: list[TokenEvent]
     finish: FinishEvent
+    by_choice: list[list[TokenEvent]] = field(default_factory=list)
 
 
 class RequestHandle:
@@ -331,12 +376,14 @@ class RequestHandle:
         self.finish: FinishEvent | None = None  # once seen by events(): for the route's log line
         self.prompt_tokens = state.prompt_tokens
         self.seed = state.seed
+        self.n = state.n
         self.mode = mode
         self._state = state
         self._retry_after_s = retry_after_s
 
-    async def events(self) -> AsyncIterator[TokenEvent | FinishEvent]:
-        """Token events, then the finish event; raises ServiceError if the engine failed the request."""
+    async def events(self) -> AsyncIterator[TokenEvent | ChoiceEnd | FinishEvent]:
+        """Token events and each choice's end, then the finish event; raises ServiceError if the engine failed
+        the request."""
         while True:
             event = await self._state.queue.get()
             if isinstance(event, ErrorEvent):
@@ -350,11 +397,12 @@ class RequestHandle:
                 return
 
     async def result(self) -> Completed:
-        tokens: list[TokenEvent] = []
+        by_choice: list[list[TokenEvent]] = [[] for _ in range(self.n)]
         async for event in self.events():
             if isinstance(event, FinishEvent):
-                return Completed(tokens, event)
-            tokens.append(event)
+                return Completed(by_choice[0], event, by_choice)
+            if isinstance(event, TokenEvent):
+                by_choice[event.choice].append(event)
         raise internal_error("the request ended without a finish event")
 
     def cancel(self) -> None:
@@ -387,6 +435,7 @@ class GenerationInput:
     # Already-rendered prompt token ids (the chat route renders messages with the checkpoint's
     # prompt format); when given, `prompt` is only a label and is not encoded again.
     prompt_ids: tuple[int, ...] | None = None
+    n: int = 1  # samples of the prompt (choices): n rows in the engine, one prefill
 
 
 @dataclass(frozen=True)
@@ -399,6 +448,7 @@ class Limits:
     max_timeout_s: float
     retry_after_s: int
     tau_range: tuple[float, float]
+    max_n: int = 1  # samples per request (at most the running rows)
 
 
 class EngineLike(Protocol):
@@ -467,7 +517,8 @@ class Scheduler:
         state = RequestState(
             prompt_ids,
             seed,
-            TextStream(self.tokenizer, request.stop, context=prompt_ids[-DETOKENIZE_CONTEXT:]),
+            [TextStream(self.tokenizer, request.stop, context=prompt_ids[-DETOKENIZE_CONTEXT:])
+             for _ in range(request.n)],
             max_new_tokens,
             self.metrics.for_request(spec.mode) if record_metrics else None,
             self.metrics.failed if record_metrics else None,
@@ -479,6 +530,7 @@ class Scheduler:
             seed=seed,
             deadline=state.submitted_at + timeout_s,
             sink=MailboxSink(self._mailbox(asyncio.get_running_loop()), state.deliver),
+            n=request.n,
         )
         try:
             state.ticket = self.engine.submit(engine_request)
@@ -518,6 +570,8 @@ class Scheduler:
     def _check(self, request: GenerationInput, prompt_ids: list[int]) -> int:
         """Validate against the server's limits; returns the effective max_new_tokens."""
         limits = self.limits
+        if not 1 <= request.n <= limits.max_n:
+            raise validation_error(f"n={request.n} samples: the limit is max_n={limits.max_n}", "n")
         if len(prompt_ids) > limits.max_prompt_tokens:
             raise validation_error(
                 f"prompt is {len(prompt_ids)} tokens; the limit is max_prompt_tokens={limits.max_prompt_tokens}",

@@ -17,7 +17,18 @@ IntroLLM fields may be sent as extras (the OpenAI client's `extra_body`).
 Its finish_reason maps eos and stop to "stop"; "timeout" is passed through.
 /v1/chat/completions: the same fields and extras, `messages` instead of
 `prompt` (rendered by the route with the checkpoint's recorded prompt format),
-`max_tokens` or `max_completion_tokens` (absent: the server's default), n=1.
+`max_tokens` or `max_completion_tokens` (absent: the server's default).
+
+Samples: every route takes `n` (1 to /info's limits.max_n). /v1/generate
+then adds `choices` (each sample's text, finish reason, seed, temperature
+summary and tokens when asked) and keeps its n = 1 shape otherwise: the
+top-level text, finish_reason and tokens are choice 0's, `usage` counts the
+prompt once and every choice's tokens, and the top-level temperature summary
+covers every choice's tokens. Streamed token events carry `choice` when
+n > 1. The OpenAI routes answer n choices with their `index`, as OpenAI does
+(streamed chunks carry one choice each; each choice's last chunk has its
+finish_reason and that choice's temperature summary). Choice i is seeded
+`row_seed(seed, i)` (service/sampling.py): choice 0 with the request's seed.
 
 What it does not do: check limits that depend on the server (prompt tokens,
 max_new_tokens limit, tau range of the checkpoint); see scheduler.py.
@@ -27,22 +38,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from service.events import FinishEvent, TokenEvent
+from service.events import ChoiceEnd, FinishEvent, TokenEvent
 from service.sampling import TemperatureMode
 from service.scheduler import MAX_SEED, Completed, GenerationInput, RequestHandle
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 64
 MAX_TEMPERATURE = 100.0
+MAX_N = 1024  # the schema's bound on n; the server's own (settings.max_n) is in /info
 
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+NonEmpty = Annotated[str, Field(min_length=1)]
 Tau = Annotated[float, Field(gt=0, le=MAX_TEMPERATURE, allow_inf_nan=False)]
 
 
 class Strict(BaseModel):
-    """Base of request bodies: unknown fields are refused (a typo must not be ignored)."""
+    """Base of request bodies: unknown fields are refused (a typo must not be ignored); their flags are
+    `StrictBool`, so 0, 1 or "true" is refused as the document says, not read as a boolean."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -78,19 +92,21 @@ class GenerateRequest(Strict):
     temperature: Tau | None = Field(None, description="the tau of fixed mode")
     tau_min: Tau | None = Field(None, description="narrow the trained tau range from below (learned, entropy)")
     tau_max: Tau | None = Field(None, description="narrow the trained tau range from above (learned, entropy)")
-    deterministic_temperature: bool = Field(
+    deterministic_temperature: StrictBool = Field(
         False, description="learned mode: noise-free temperature choice (gate if p > 0.5, Beta mean)"
     )
-    greedy: bool = Field(False, description="argmax tokens (tau is still chosen and reported)")
+    greedy: StrictBool = Field(False, description="argmax tokens (tau is still chosen and reported)")
     top_k: int = Field(0, ge=0, le=1_000_000, description="0 disables")
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="1 disables")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="fixes tokens and temperatures; random if absent")
     stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
-    stream: bool = False
-    return_temperatures: bool = Field(False, description="per-token temperature and temperature_updated")
-    return_logprobs: bool = Field(False, description="per-token log-probability under the applied tau")
+    stream: StrictBool = False
+    return_temperatures: StrictBool = Field(False, description="per-token temperature and temperature_updated")
+    return_logprobs: StrictBool = Field(False, description="per-token log-probability under the applied tau")
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="deadline; server default if absent")
-    ignore_eos: bool = Field(False, description="keep generating after EOS (benchmarks)")
+    ignore_eos: StrictBool = Field(False, description="keep generating after EOS (benchmarks)")
+    n: int = Field(1, ge=1, le=MAX_N, description="samples of the prompt, returned as `choices` when > 1; "
+                   "limit: /info limits.max_n")
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateRequest:
@@ -129,6 +145,7 @@ class GenerateRequest(Strict):
             stop=tuple(self.stop),
             timeout_s=self.timeout_s,
             ignore_eos=self.ignore_eos,
+            n=self.n,
         )
 
 
@@ -173,10 +190,28 @@ class _Outcome(Sent):
     timing: Timing
 
 
+class GenerateChoice(Sent):
+    """One sample of a request with n > 1."""
+
+    index: int
+    text: str
+    finish_reason: Literal["length", "eos", "stop", "timeout"]
+    seed: int = Field(description="the seed this sample drew with (row_seed(seed, index))")
+    temperature: TemperatureSummary
+    tokens: list[TokenInfo] | None = Field(
+        None, exclude_if=ABSENT_WHEN_NONE, description="with return_temperatures or return_logprobs"
+    )
+
+
+CHOICES_DESCRIPTION = ("with n > 1: every sample, index 0 first (the top-level text, finish_reason and tokens are "
+                       "choice 0's; usage and the top-level temperature cover every choice)")
+
+
 class GenerateResponse(_Outcome):
     tokens: list[TokenInfo] | None = Field(
         None, exclude_if=ABSENT_WHEN_NONE, description="with return_temperatures or return_logprobs"
     )
+    choices: list[GenerateChoice] | None = Field(None, exclude_if=ABSENT_WHEN_NONE, description=CHOICES_DESCRIPTION)
 
 
 class StreamToken(Sent):
@@ -185,12 +220,14 @@ class StreamToken(Sent):
     type: Literal["token"] = "token"
     index: int
     token: TokenInfo
+    choice: int | None = Field(None, exclude_if=ABSENT_WHEN_NONE, description="with n > 1: the sample it is of")
 
 
 class StreamDone(_Outcome):
     """The last SSE event before `data: [DONE]`."""
 
     type: Literal["done"] = "done"
+    choices: list[GenerateChoice] | None = Field(None, exclude_if=ABSENT_WHEN_NONE, description=CHOICES_DESCRIPTION)
 
 
 def token_info(event: TokenEvent, temperatures: bool, logprobs: bool) -> TokenInfo:
@@ -211,7 +248,7 @@ def usage(finish: FinishEvent) -> Usage:
     )
 
 
-def temperature_summary(finish: FinishEvent, mode: TemperatureMode) -> TemperatureSummary:
+def temperature_summary(finish: FinishEvent | ChoiceEnd, mode: TemperatureMode) -> TemperatureSummary:
     return TemperatureSummary(
         mode=mode, mean=finish.tau_mean, min=finish.tau_min, max=finish.tau_max, updates=finish.tau_updates
     )
@@ -221,13 +258,37 @@ def timing(finish: FinishEvent) -> Timing:
     return Timing(queue_s=finish.queue_s, ttft_s=finish.ttft_s, total_s=finish.total_s)
 
 
+def _token_infos(tokens: list[TokenEvent], request: GenerateRequest) -> list[TokenInfo] | None:
+    if not (request.return_temperatures or request.return_logprobs):
+        return None
+    return [token_info(t, request.return_temperatures, request.return_logprobs) for t in tokens]
+
+
+def generate_choices(
+    handle: RequestHandle, finish: FinishEvent, request: GenerateRequest, by_choice: list[list[TokenEvent]] | None
+) -> list[GenerateChoice] | None:
+    """Every choice of a request with n > 1 (None for n = 1: the response keeps its one-sample shape);
+    tokens only when `by_choice` is given and the request asked for them."""
+    if handle.n == 1:
+        return None
+    return [
+        GenerateChoice(
+            index=end.choice,
+            text=end.text,
+            finish_reason=end.reason,  # type: ignore[arg-type]  # never "cancelled": nobody is listening then
+            seed=end.seed,
+            temperature=temperature_summary(end, handle.mode),
+            tokens=None if by_choice is None else _token_infos(by_choice[end.choice], request),
+        )
+        for end in finish.choices
+    ]
+
+
 def generate_response(
     handle: RequestHandle, model: str, result: Completed, request: GenerateRequest
 ) -> GenerateResponse:
     finish = result.finish
-    tokens = None
-    if request.return_temperatures or request.return_logprobs:
-        tokens = [token_info(t, request.return_temperatures, request.return_logprobs) for t in result.tokens]
+    tokens = _token_infos(result.tokens, request)
     return GenerateResponse(
         id=handle.request_id,
         model=model,
@@ -238,10 +299,11 @@ def generate_response(
         temperature=temperature_summary(finish, handle.mode),
         timing=timing(finish),
         tokens=tokens,
+        choices=generate_choices(handle, finish, request, result.by_choice),
     )
 
 
-def stream_done(handle: RequestHandle, model: str, finish: FinishEvent) -> StreamDone:
+def stream_done(handle: RequestHandle, model: str, finish: FinishEvent, request: GenerateRequest) -> StreamDone:
     return StreamDone(
         id=handle.request_id,
         model=model,
@@ -251,6 +313,7 @@ def stream_done(handle: RequestHandle, model: str, finish: FinishEvent) -> Strea
         usage=usage(finish),
         temperature=temperature_summary(finish, handle.mode),
         timing=timing(finish),
+        choices=generate_choices(handle, finish, request, None),
     )
 
 
@@ -258,7 +321,7 @@ def stream_done(handle: RequestHandle, model: str, finish: FinishEvent) -> Strea
 
 
 class StreamOptions(Strict):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class OpenAISampling(Strict):
@@ -268,18 +331,18 @@ class OpenAISampling(Strict):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] = 1
+    n: int = Field(1, ge=1, le=MAX_N, description="samples of the prompt, as choices 0..n-1; limit: /info limits.max_n")
     user: str | None = Field(None, max_length=256)
     # IntroLLM extras (send with the client's extra_body)
     temperature_mode: TemperatureMode | None = None
     tau_min: Tau | None = None
     tau_max: Tau | None = None
-    deterministic_temperature: bool = False
+    deterministic_temperature: StrictBool = False
     top_k: int = Field(0, ge=0, le=1_000_000)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    ignore_eos: bool = False
+    ignore_eos: StrictBool = False
 
     @property
     def greedy(self) -> bool:
@@ -318,12 +381,13 @@ class OpenAISampling(Strict):
             stop=stop,
             timeout_s=self.timeout_s,
             ignore_eos=self.ignore_eos,
+            n=self.n,
         )
 
 
 class CompletionRequest(OpenAISampling):
     model: str
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=1)]
     max_tokens: int = Field(16, ge=1)  # OpenAI's default
     logprobs: int | None = Field(None, ge=0, le=5, description="chosen tokens' log-probs only (no alternatives)")
     echo: Literal[False] = False
@@ -465,9 +529,11 @@ def chat_response(handle: RequestHandle, model: str, result: Completed) -> ChatC
         id=chat_completion_id(handle),
         created=handle.created,
         model=model,
-        choices=[ChatChoice(message=ChatReply(content=finish.text), finish_reason=openai_finish_reason(finish.reason),
-                            temperatures=[t.tau for t in result.tokens],
-                            temperature_updated=[t.updated for t in result.tokens])],
+        choices=[ChatChoice(index=end.choice, message=ChatReply(content=end.text),
+                            finish_reason=openai_finish_reason(end.reason),
+                            temperatures=[t.tau for t in result.by_choice[end.choice]],
+                            temperature_updated=[t.updated for t in result.by_choice[end.choice]])
+                 for end in finish.choices],
         usage=usage(finish),
         temperature=temperature_summary(finish, handle.mode),
     )
@@ -505,9 +571,10 @@ def openai_finish_reason(reason: str) -> str:
 
 
 def completion_choice(tokens: list[TokenEvent], text: str, finish_reason: str | None, logprobs: bool,
-                      offset: int = 0) -> CompletionChoice:
-    """A choice covering `tokens`; `offset` is where their text starts in the whole completion."""
+                      offset: int = 0, index: int = 0) -> CompletionChoice:
+    """Choice `index` covering `tokens`; `offset` is where their text starts in the whole completion."""
     return CompletionChoice(
+        index=index,
         text=text,
         finish_reason=finish_reason,
         logprobs=_completion_logprobs(tokens, offset) if logprobs else None,
@@ -532,7 +599,8 @@ def completion_response(handle: RequestHandle, model: str, result: Completed, lo
         id=completion_id(handle),
         created=handle.created,
         model=model,
-        choices=[completion_choice(result.tokens, finish.text, openai_finish_reason(finish.reason), logprobs)],
+        choices=[completion_choice(result.by_choice[end.choice], end.text, openai_finish_reason(end.reason), logprobs,
+                                   index=end.choice) for end in finish.choices],
         usage=usage(finish),
         temperature=temperature_summary(finish, handle.mode),
     )
@@ -581,6 +649,7 @@ class InfoLimits(Sent):
     max_body_bytes: int
     default_timeout_s: float
     max_timeout_s: float
+    max_n: int = Field(description="samples a request may ask for (n); each counts as a running request")
 
 
 class InfoLoad(Sent):

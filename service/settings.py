@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # Scheduling bounds
     max_running_requests: int = Field(32, ge=1, description="sequences decoded together at most")
     max_waiting_requests: int = Field(64, ge=0, description="admitted requests waiting for a slot; beyond: 429")
+    max_n: int = Field(
+        16, ge=1, le=1024,
+        description="samples a request may ask for (`n`); each is a row counted against max_running_requests, "
+        "so the effective limit (in /info) is the smaller of the two",
+    )
     max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt, in tokens, BOS included")
     max_new_tokens: int = Field(512, ge=1, description="largest max_new_tokens a request may ask for")
     default_max_new_tokens: int = Field(64, ge=1, description="max_new_tokens of a request that sets none")

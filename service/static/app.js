@@ -41,6 +41,7 @@
     tau_max: el("tau-max"),
     seed: el("seed"),
     max_new_tokens: el("max-new-tokens"),
+    n: el("n"),
     compare: el("compare"),
   };
 
@@ -235,6 +236,7 @@
     el("server").textContent =
       `${body.model} (${body.base_model}) on ${body.device}, ${body.dtype}; trained tau range ${lo} to ${hi}; ` +
       `up to ${body.limits.max_new_tokens} new tokens; version ${body.version}.`;
+    controls.n.max = String(body.limits.max_n);
     controls.tau_min.placeholder = String(lo);
     controls.tau_max.placeholder = String(hi);
     if (body.auth) askForKey();
@@ -249,9 +251,10 @@
     return input.value === "" ? undefined : Number(input.value);
   }
 
-  // The body of POST /v1/generate for one pane; undefined fields are left out by JSON.stringify.
-  function requestBody(mode) {
+  // The body of POST /v1/generate for one request (n panes); undefined fields are left out by JSON.stringify.
+  function requestBody(mode, n) {
     const body = {
+      n: n > 1 ? n : undefined,
       prompt: controls.prompt.value,
       temperature_mode: mode,
       seed: numberOrUndefined(controls.seed),
@@ -293,24 +296,38 @@
     }
   }
 
-  // Streams one generation into `run` (a pane). Resolves when it ends, however it ends.
-  async function stream(run, signal) {
+  // What one pane of an n-sample request shows as finished: its choice, with the request's timing.
+  function choiceDone(done, choice, run) {
+    return {
+      finish_reason: choice.finish_reason,
+      temperature: choice.temperature,
+      usage: { completion_tokens: run.tokens.length },
+      timing: done.timing,
+      seed: choice.seed,
+    };
+  }
+
+  // Streams one generation into `runs`: one pane, or one per sample of an n-sample request (the token
+  // events name their choice). Resolves when it ends, however it ends.
+  async function stream(runs, signal) {
+    const failAll = (message) => runs.forEach((r) => r.fail(message));
     const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
     if (apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
     let response;
     try {
       response = await fetch(API_GENERATE, {
-        method: "POST", headers, body: JSON.stringify(run.request), signal,
+        method: "POST", headers, body: JSON.stringify(runs[0].request), signal,
       });
     } catch (err) {
-      run.fail(err.name === "AbortError" ? "stopped" : `Could not reach the server: ${err.message}`);
+      failAll(err.name === "AbortError" ? "stopped" : `Could not reach the server: ${err.message}`);
       return;
     }
     if (!response.ok) {
       const body = await response.json().catch(() => null);
       if (response.status === 401) askForKey();
       if (response.status === 422) markInvalid(body && body.error && body.error.param);
-      run.fail(describeHttpError(response.status, body, response.headers));
+      runs[0].fail(describeHttpError(response.status, body, response.headers));
+      runs.slice(1).forEach((r) => r.fail("stopped"));
       return;
     }
     let finished = false;
@@ -318,21 +335,27 @@
       await readEvents(response, (name, data) => {
         if (name === "error") {
           const body = JSON.parse(data);
-          run.fail(`The generation failed after ${run.tokens.length} tokens: ${body.error.message}`);
+          const count = runs.reduce((sum, r) => sum + r.tokens.length, 0);
+          failAll(`The generation failed after ${count} tokens: ${body.error.message}`);
           finished = true;
         } else if (data === "[DONE]") {
           finished = true;
         } else {
           const event = JSON.parse(data);
-          if (event.type === "token") run.addToken(event.index, event.token);
-          else if (event.type === "done") run.finish(event);
+          if (event.type === "token") runs[event.choice || 0].addToken(event.index, event.token);
+          else if (event.type === "done" && event.choices) {
+            for (const choice of event.choices) {
+              const pane = runs[choice.index];
+              pane.finish(choiceDone(event, choice, pane));
+            }
+          } else if (event.type === "done") runs[0].finish(event);
         }
       });
     } catch (err) {
-      run.fail(err.name === "AbortError" ? "stopped" : `The stream broke: ${err.message}`);
+      failAll(err.name === "AbortError" ? "stopped" : `The stream broke: ${err.message}`);
       return;
     }
-    if (!finished) run.fail("The stream ended early (the server or the gateway closed it).");
+    if (!finished) failAll("The stream ended early (the server or the gateway closed it).");
   }
 
   // ------------------------------------------------------------------ a pane: tokens, chart, summary
@@ -383,6 +406,7 @@
       const echo = document.createElement("p");
       echo.className = "prompt-echo";
       echo.textContent = `prompt: ${JSON.stringify(request.prompt)}, seed ${request.seed}`;
+      this.echo = echo;
 
       // One tab stop for all tokens; arrow keys move between them (roving tabindex).
       this.text = document.createElement("div");
@@ -441,6 +465,8 @@
 
     finish(done) {
       this.done = done;
+      // A sample of an n-sample request draws with its own seed (the server's row_seed of the request's).
+      if (done.seed !== undefined) this.echo.textContent = `prompt: ${JSON.stringify(this.request.prompt)}, seed ${done.seed}`;
       this.root.dataset.state = "done";
       this.stateText.textContent = `done: ${done.finish_reason}`;
       this.drawChart();
@@ -634,17 +660,21 @@
     state.aborter = aborter;
     const compare = controls.compare.checked;
     const modes = compare ? ["learned", "fixed"] : [controls.mode.value];
-    state.runs = modes.map((mode) => {
-      const request = requestBody(mode);
+    const n = compare ? 1 : Math.max(1, Number(controls.n.value) || 1);
+    // One request per mode; an n-sample request fills n panes side by side, one per choice.
+    const groups = modes.map((mode) => {
+      const request = requestBody(mode, n);
       const label = mode === "fixed" ? `fixed tau ${request.temperature}` : `${mode} tau`;
-      return new Run(label, request);
+      if (n === 1) return [new Run(label, request)];
+      return Array.from({ length: n }, (_, i) => new Run(`${label}, sample ${i}`, request));
     });
+    state.runs = groups.flat();
     el("runs").replaceChildren(...state.runs.map((r) => r.root));
     el("parting").hidden = true;
     el("inspector").textContent = "";
     el("stop").disabled = false;
     document.body.dataset.running = "true";
-    await Promise.all(state.runs.map((r) => stream(r, aborter.signal)));
+    await Promise.all(groups.map((runs) => stream(runs, aborter.signal)));
     if (state.aborter !== aborter) return; // a newer run took over
     state.aborter = null;
     el("stop").disabled = true;
@@ -723,6 +753,7 @@
     const compare = controls.compare.checked;
     const mode = controls.mode.value;
     controls.mode.disabled = compare;
+    controls.n.disabled = compare; // a comparison is one sample per mode
     controls.temperature.disabled = !compare && mode !== "fixed";
     controls.tau_min.disabled = !compare && mode === "fixed";
     controls.tau_max.disabled = !compare && mode === "fixed";

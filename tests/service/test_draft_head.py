@@ -1,7 +1,9 @@
 """Serving a checkpoint whose temperature head reads a greedy draft of the prompt.
 
 Such a head is trained to choose the temperatures of the samples that follow
-the draft; with one sample per request the service returns the draft itself
+the draft; with n samples, choice 0 is the draft and the others follow its
+summary (tests/service/test_samples.py checks them against the reference);
+with one sample per request the service returns the draft itself
 (the argmax at every step, reported at tau_min with no update), as evaluation
 counts a draft-reading head's first sample. Fixed and entropy modes sample as
 for any checkpoint.
@@ -86,3 +88,17 @@ def test_fixed_mode_samples_as_for_any_checkpoint(draft_server, draft_checkpoint
                          controller=FixedTemperature(1.3))
     assert reply["text"] == checkpoint.tokenizer.decode(reference_tokens(expected))
     assert reply["temperature"]["mean"] == pytest.approx(1.3)
+
+
+def test_with_n_samples_choice_0_is_the_greedy_draft_and_the_others_sample(draft_server, draft_checkpoint_dir):
+    checkpoint = load_checkpoint(draft_checkpoint_dir, "cpu", torch.float32)
+    reply = post(draft_server, {"prompt": PROMPT, "max_new_tokens": 12, "ignore_eos": True, "seed": 3, "n": 4,
+                                "return_temperatures": True}).json()
+    greedy = reference(checkpoint, PROMPT, max_new_tokens=12, seed=0, greedy=True, stop_at_eos=False,
+                       controller=FixedTemperature(1.0))
+    draft, *samples = reply["choices"]
+    assert [t["id"] for t in draft["tokens"]] == reference_tokens(greedy)
+    tau_min = checkpoint.head.config.tau_min
+    assert all(t["temperature"] == pytest.approx(tau_min) for t in draft["tokens"])
+    assert all(t["temperature"] > tau_min for sample in samples for t in sample["tokens"])  # the head chose
+    assert reply["usage"]["completion_tokens"] == 4 * 12  # the draft is one of the n: n decodes

@@ -47,6 +47,7 @@ def running_engine(
     limits = Limits(
         max_prompt_tokens=128, max_new_tokens=400, default_max_new_tokens=16, context_length=512,
         default_timeout_s=120.0, max_timeout_s=600.0, retry_after_s=1, tau_range=(config.tau_min, config.tau_max),
+        max_n=max_running,
     )
     if compile:
         engine.warm_up([1, 5, 6])

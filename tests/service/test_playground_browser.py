@@ -20,7 +20,12 @@ against what `/v1/generate` returns for the same request:
   (draining) with their Retry-After;
 - the page requests nothing from another origin (Chrome's network log and the
   Resource Timing API list every URL), its console stays free of errors
-  (scripts, CSP violations), and its Content-Security-Policy is enforced.
+  (scripts, CSP violations), and its Content-Security-Policy is enforced;
+- with Samples (n) above 1, one request's n choices are shown side by side,
+  each pane showing what its choice in the API's answer holds;
+- `/docs` (Swagger UI from the package, service/docs_page.py) renders every
+  operation with no other origin reachable at all (the browser resolves no
+  host but the server's), requesting nothing elsewhere, console clean.
 
 Chromium missing is a failure, not a skip: CI installs it (`make test` runs
 scripts/system-deps.sh). What it does not check: the look of the page (the
@@ -87,6 +92,8 @@ def browser(tmp_path_factory) -> Iterator:
         "--disable-component-update",
         "--disable-sync",
         "--disable-extensions",
+        # No host but the test server's resolves: a page that needs another origin (a CDN) breaks here.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(argument)
@@ -201,10 +208,10 @@ def requested_urls(driver) -> list[str]:
     return urls
 
 
-def assert_same_origin_only(driver, server: LiveServer) -> None:
+def assert_same_origin_only(driver, server: LiveServer, recorded: str = "/v1/generate") -> None:
     urls = requested_urls(driver)
     origin = urlsplit(server.url)
-    assert any(u.endswith("/v1/generate") for u in urls), urls  # the log did record the page's requests
+    assert any(u.endswith(recorded) for u in urls), urls  # the log did record the page's requests
     foreign = [u for u in urls if (urlsplit(u).scheme, urlsplit(u).netloc) != (origin.scheme, origin.netloc)]
     assert foreign == []
 
@@ -361,3 +368,35 @@ def test_the_content_security_policy_blocks_other_origins(browser, bundled):
         fetch('http://192.0.2.1/x').catch(() => {});
     """)
     assert violated == "connect-src"
+
+
+def test_the_api_docs_render_swagger_ui_from_this_server_with_no_other_origin_reachable(browser, bundled):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get_log("performance")
+    browser.get_log("browser")
+    browser.get(f"{bundled.url}/docs")
+    paths = WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent.replace(/\\u200b/g, ''))"
+    ))
+    assert {"/v1/generate", "/v1/completions", "/v1/chat/completions", "/info"} <= set(paths), paths
+    assert_same_origin_only(browser, bundled, recorded="/openapi.json")
+    scripts = browser.execute_script("return [...document.scripts].map(s => s.src)")
+    assert scripts == [f"{bundled.url}/docs/swagger-ui-bundle.js", f"{bundled.url}/docs/init.js"]
+    assert console_errors(browser) == []
+
+
+def test_n_samples_are_shown_side_by_side_each_as_its_choice_in_the_api(browser, bundled):
+    # A hot fixed tau, so that three samples of the trained model differ.
+    open_page(browser, bundled, {"prompt": PROMPT, "mode": "fixed", "temperature": 2.0, "seed": SEED,
+                                 "max_new_tokens": MAX_NEW_TOKENS, "n": 3})
+    panes = wait_finished(browser, 3)
+    expected = api_generate(bundled, temperature_mode="fixed", temperature=2.0, n=3)
+    for pane, choice in zip(panes, expected["choices"], strict=True):
+        assert_shows(pane, {"tokens": choice["tokens"], "usage": {"completion_tokens": len(choice["tokens"])},
+                            "temperature": choice["temperature"], "finish_reason": choice["finish_reason"]})
+    assert len({tuple(t["glyph"] for t in pane["tokens"]) for pane in panes}) > 1  # three samples, not one thrice
+    lefts = browser.execute_script("return [...document.querySelectorAll('#runs .run')].map(r => r.offsetLeft)")
+    assert len(set(lefts)) > 1  # side by side, not stacked
+    assert_same_origin_only(browser, bundled)
+    assert console_errors(browser) == []

@@ -57,8 +57,8 @@ def test_completions_temperature_zero_is_greedy_and_positive_is_fixed():
 
 @pytest.mark.parametrize(
     "extra",
-    [{"n": 2}, {"echo": True}, {"prompt": ["a", "b"]}, {"prompt": ""}, {"frequency_penalty": 0.5}, {"logprobs": 9},
-     {"temperature": 0.5, "temperature_mode": "learned"}],
+    [{"n": 0}, {"n": 1025}, {"echo": True}, {"prompt": ["a", "b"]}, {"prompt": ""}, {"frequency_penalty": 0.5},
+     {"logprobs": 9}, {"temperature": 0.5, "temperature_mode": "learned"}],
 )
 def test_unsupported_completion_options_are_rejected(extra):
     with pytest.raises(ValidationError):
