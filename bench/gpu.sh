@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark in one go (target 5 of BENCHMARKS.md), under 5 minutes on one H100/H200:
+# GPU benchmark in one go (target 8 of BENCHMARKS.md), under 5 minutes on one H100/H200:
 # the engine (compiled decode step, CUDA graphs) against Hugging Face generate() on the
 # Qwen2.5-0.5B shape in bfloat16, batches 1, 8 and 64, then the target check.
 #

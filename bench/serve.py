@@ -56,7 +56,7 @@ What it does:
     python bench/serve.py --samples 8 --samples-only --no-baseline   # n=8 against 8 separate requests
 
 JSON keys: checkpoint, settings (the flags), machine, server (overrides,
-info, ready_s, peak_rss_mib, ...), model (parameters, kv_bytes_per_token, ...), levels (one
+info, ready_s, peak_rss_mib, api_peak_rss_mib, ...), model (parameters, kv_bytes_per_token, ...), levels (one
 row per concurrency level), baseline (the generate() row, or null), baseline_halves (its
 runs before and after the server), samples (the n-samples comparison, or null), summary
 (the two ratios, null when a level is missing), records (per request).
@@ -84,6 +84,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -242,14 +243,17 @@ def model_facts(checkpoint: Path, dtype: torch.dtype) -> dict:
 
 
 class ServerProcess:
-    """`python -m service` in a subprocess, on a free loopback port, started as `make serve` starts it.
+    """A server in a subprocess, on a free loopback port: by default `python -m service` started as
+    `make serve` starts it.
 
     Only the port, the checkpoint and the settings in `overrides` (from this
     script's flags, none by default) are set: everything else is the server's
-    default, so the numbers are those a user of `make serve` gets.
+    default, so the numbers are those a user of `make serve` gets. `command`
+    (with `{port}` in it) starts another server instead, e.g. the peer.
     """
 
-    def __init__(self, checkpoint: Path, overrides: dict[str, str]) -> None:
+    def __init__(self, checkpoint: Path, overrides: dict[str, str], command: list[str] | None = None,
+                 health_path: str = "/health/ready") -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -260,9 +264,10 @@ class ServerProcess:
             "INTROLLM_PORT": str(self.port),
             **overrides,
         })
+        argv = [part.format(port=self.port) for part in command] if command else [sys.executable, "-m", "service"]
+        self.health_path = health_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            argv, cwd=REPO_ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         self.output: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -274,24 +279,24 @@ class ServerProcess:
             self.output.append(line)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> float:
-        """Seconds until /health/ready answered 200."""
+        """Seconds until the health path answered 200."""
         start = time.monotonic()
         deadline = start + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("server exited during start-up:\n" + "".join(self.output[-40:]))
             try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.health_path}", timeout=2).status_code == 200:
                     return time.monotonic() - start
             except httpx.TransportError:
                 pass
             time.sleep(0.2)  # a benchmark may poll; the tests never do
         raise TimeoutError("server not ready in time:\n" + "".join(self.output[-40:]))
 
-    def peak_rss_mib(self) -> float | None:
-        """Peak resident set size so far (VmHWM) of the server's processes, the API process and its
-        engine process, summed, in MiB; None where /proc has no answer."""
-        total = 0
+    def peak_rss_mib(self) -> tuple[float | None, float | None]:
+        """Peak resident set size so far (VmHWM), in MiB, of the server's processes (the API process
+        and its engine process) summed, and of the API process alone; None where /proc has no answer."""
+        total = api = 0
         pids = [self.process.pid]
         while pids:
             pid = pids.pop()
@@ -299,9 +304,12 @@ class ServerProcess:
                 status = Path(f"/proc/{pid}/status").read_text()
                 pids += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
             except OSError:
-                return None
-            total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-        return round(total / 1024, 1) if total else None  # reported in kB
+                return None, None
+            peak = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+            total += peak
+            api = api or peak  # the first one read is the API process
+        # /proc reports kB.
+        return (round(total / 1024, 1) if total else None), (round(api / 1024, 1) if api else None)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -313,14 +321,50 @@ class ServerProcess:
                 self.process.wait()
 
 
-async def _one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
+@dataclass
+class StreamEvent:
+    """What one SSE event of a server says: tokens that arrived in it, the final count, an error."""
+
+    tokens: int = 0
+    total: int | None = None  # the request's final token count, when the event reports one
+    error: str | None = None
+
+
+def introllm_event(event: dict) -> StreamEvent:
+    """This server's `/v1/generate` stream: one `token` event per token."""
+    if event.get("type") == "token":
+        return StreamEvent(tokens=1)
+    if "error" in event:
+        return StreamEvent(error=event["error"]["message"][:120])
+    return StreamEvent()
+
+
+def openai_completion_event(event: dict) -> StreamEvent:
+    """An OpenAI `/v1/completions` stream (the peer): a chunk of text per event, usage in the last one.
+
+    A chunk may carry more than one token when the server batches them, so the
+    token count comes from the final usage and each non-empty chunk is one arrival.
+    """
+    if "error" in event:
+        error = event["error"]
+        return StreamEvent(error=str(error.get("message", error) if isinstance(error, dict) else error)[:120])
+    choices = event.get("choices") or [{}]
+    usage = event.get("usage") or {}
+    return StreamEvent(tokens=1 if choices[0].get("text") else 0, total=usage.get("completion_tokens"))
+
+
+async def _one_request(
+    client: httpx.AsyncClient, body: dict, path: str = "/v1/generate",
+    read_event: Callable[[dict], StreamEvent] = introllm_event,
+) -> RequestRecord:
     start = time.perf_counter()
     first: float | None = None
     last: float | None = None
     gaps: list[float] = []
     tokens = 0
+    total: int | None = None
     try:
-        async with client.stream("POST", "/v1/generate", json=body) as response:
+        async with client.stream("POST", path, json=body) as response:
             if response.status_code != 200:
                 await response.aread()
                 return RequestRecord(ok=False, error=f"HTTP {response.status_code}: {response.text[:120]}")
@@ -330,26 +374,31 @@ async def _one_request(client: httpx.AsyncClient, body: dict) -> RequestRecord:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                event = json.loads(data)
-                if event.get("type") == "token":
+                event = read_event(json.loads(data))
+                if event.error is not None:
+                    return RequestRecord(ok=False, tokens=tokens, error=event.error)
+                total = event.total if event.total is not None else total
+                if event.tokens:
                     now = time.perf_counter()
-                    tokens += 1
+                    tokens += event.tokens
                     if first is None:
                         first = now
                     else:
                         gaps.append(now - last)
                     last = now
-                elif "error" in event:
-                    return RequestRecord(ok=False, tokens=tokens, error=event["error"]["message"][:120])
     except httpx.HTTPError as exc:
         return RequestRecord(ok=False, tokens=tokens, error=f"{type(exc).__name__}: {exc}"[:120])
     end = time.perf_counter()
     return RequestRecord(
-        ok=True, tokens=tokens, ttft_s=None if first is None else first - start, e2e_s=end - start, itl_s=gaps
+        ok=True, tokens=tokens if total is None else total, ttft_s=None if first is None else first - start,
+        e2e_s=end - start, itl_s=gaps,
     )
 
 
-async def run_level(url: str, prompts: list[str], concurrency: int, body: dict) -> Level:
+async def run_level(
+    url: str, prompts: list[str], concurrency: int, body: dict, *, name: str = "server",
+    path: str = "/v1/generate", read_event: Callable[[dict], StreamEvent] = introllm_event,
+) -> Level:
     """`concurrency` clients, each taking the next prompt until none is left."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for prompt in prompts:
@@ -361,7 +410,7 @@ async def run_level(url: str, prompts: list[str], concurrency: int, body: dict) 
         while not queue.empty():
             first_wave = queue.qsize() > len(prompts) - concurrency
             prompt = queue.get_nowait()
-            record = await _one_request(client, {**body, "prompt": prompt})
+            record = await _one_request(client, {**body, "prompt": prompt}, path, read_event)
             record.first_wave = first_wave
             records.append(record)
 
@@ -369,7 +418,80 @@ async def run_level(url: str, prompts: list[str], concurrency: int, body: dict) 
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return Level(f"server c={concurrency}", concurrency, len(prompts), wall, records)
+    return Level(f"{name} c={concurrency}", concurrency, len(prompts), wall, records)
+
+
+# ---------------------------------------------------------------- the peer
+
+
+# The peer's continuous-batching settings, as the issue that asked for the comparison ran it.
+PEER_FLAGS = ["--continuous-batching", "--cb-num-blocks", "256", "--cb-max-batch-tokens", "512"]
+
+
+def peer_command(checkpoint: Path, device: str, compiled: bool) -> list[str]:
+    """`transformers serve --continuous-batching` on `checkpoint` (`{port}` is filled in by ServerProcess)."""
+    executable = Path(sys.executable).with_name("transformers")
+    return [
+        str(executable), "serve", str(checkpoint), *PEER_FLAGS, *(["--compile"] if compiled else []),
+        "--device", device, "--dtype", str(serving_dtype(device)).removeprefix("torch."),
+        "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
+    ]
+
+
+def peer_body(checkpoint: Path, new_tokens: int, fixed_length: bool, seed: int) -> dict:
+    """The peer's `/v1/completions` body for the same work as this server's requests.
+
+    The peer's continuous batching takes its sampling settings from the first
+    request it sees and keeps them, so every request (the warm-up too) sends the
+    same full generation config: temperature 1 over the whole distribution
+    (top_k 0, as this server samples), `new_tokens` at most, and for the fixed
+    workload exactly `new_tokens` with an end-of-sequence id no token has, as
+    this server's `ignore_eos` does.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    eos = config.vocab_size if fixed_length else config.eos_token_id
+    generation = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": new_tokens,
+                  "eos_token_id": eos, "pad_token_id": config.pad_token_id}
+    return {"model": str(checkpoint), "stream": True, "max_tokens": new_tokens, "seed": seed,
+            "generation_config": json.dumps(generation)}
+
+
+def peer_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the peer must receive it: it adds no BOS, so the BOS text goes in front (this
+    server's `encode_prompt` puts the BOS id there); both then see the same token ids."""
+    return prompt if tokenizer.bos_token is None else tokenizer.bos_token + prompt
+
+
+def run_peer(
+    checkpoint: Path, prompts: list[str], concurrency: list[int], args: argparse.Namespace, device: str,
+    compiled: bool,
+) -> tuple[list[Level], float]:
+    """Starts the peer, runs `concurrency` levels on it, stops it. Returns the levels and its ready time."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    fixed_length = args.workload == "fixed"
+    body = peer_body(checkpoint, args.new_tokens, fixed_length, args.seed)
+    texts = [peer_prompt(tokenizer, prompt) for prompt in prompts]
+    name = "peer compiled" if compiled else "peer"
+    peer = ServerProcess(checkpoint, {}, command=peer_command(checkpoint, device, compiled), health_path="/health")
+    try:
+        ready_s = peer.wait_ready()
+        # The first request fixes the peer's sampling settings (and loads its model): send it now.
+        warm = asyncio.run(run_level(peer.url, texts[:1], 1, body, name="warm-up", path="/v1/completions",
+                                     read_event=openai_completion_event))
+        if warm.records[0].error:
+            raise RuntimeError(f"peer warm-up failed: {warm.records[0].error}\n" + "".join(peer.output[-40:]))
+        levels = [
+            asyncio.run(run_level(peer.url, texts[: requests_for(c, args.requests)], c, body, name=name,
+                                  path="/v1/completions", read_event=openai_completion_event))
+            for c in concurrency
+        ]
+    finally:
+        peer.stop()
+    return levels, ready_s
 
 
 def prompt_tokens_prefilled(url: str) -> float:
@@ -467,6 +589,27 @@ def run_hf_generate(
     return Level(name, 1, len(prompts), wall, records)
 
 
+def fastest_threads(
+    checkpoint: Path, prompts: list[str], new_tokens: int, seed: int, device: str, *, stop_at_eos: bool,
+    candidates: list[int],
+) -> tuple[int, list[dict]]:
+    """The torch thread count at which generate() is fastest here, and each probe's row.
+
+    The baseline is compared at its best: on small models more threads can be
+    slower (on a 2-vCPU machine, 2 threads ran about three times slower than 1),
+    so each candidate runs the same few prompts and the highest output tok/s wins.
+    """
+    rows = []
+    for threads in candidates:
+        torch.set_num_threads(threads)
+        level = run_hf_generate(checkpoint, prompts, new_tokens, seed, device, stop_at_eos=stop_at_eos,
+                                name=f"HF generate() probe {threads} thread{'s' if threads > 1 else ''}")
+        rows.append({**level.summary(), "threads": threads})
+    best = max(rows, key=lambda row: row["output_tokens_per_s"] or 0.0)
+    torch.set_num_threads(best["threads"])
+    return best["threads"], rows
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -495,14 +638,26 @@ def _print_table(rows: list[dict], header: str) -> None:
         print("  ".join(str(row[c]).rjust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True)))
 
 
-def summary_ratios(levels: list[dict], baseline: dict | None) -> dict:
+def summary_ratios(levels: list[dict], baseline: dict | None, peers: dict[str, list[dict]] | None = None) -> dict:
+    """The headline ratios: output tok/s at 16 clients over generate(), p50 TTFT at 16 clients over 1,
+    and per peer variant, output tok/s over the peer's at each concurrency both ran."""
     by_concurrency = {row["concurrency"]: row for row in levels}
     c1, c16 = by_concurrency.get(1), by_concurrency.get(16)
+    over_peer = {
+        variant: {
+            str(row["concurrency"]): _ratio(
+                by_concurrency.get(row["concurrency"], {}).get("output_tokens_per_s"), row["output_tokens_per_s"]
+            )
+            for row in rows
+        }
+        for variant, rows in (peers or {}).items()
+    }
     return {
         "c16_over_generate": _ratio(
             c16 and c16["output_tokens_per_s"], baseline and baseline["output_tokens_per_s"]
         ),
         "ttft_p50_c16_over_c1": _ratio(c16 and c16["ttft_p50_ms"], c1 and c1["ttft_p50_ms"]),
+        "over_peer": over_peer,
     }
 
 
@@ -528,7 +683,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads, server and baseline alike (default: each side's own default)")
     parser.add_argument("--baseline-threads", type=int, default=None,
-                        help="torch threads of the generate() baseline alone (default: --threads, else torch's)")
+                        help="torch threads of the generate() baseline alone (default: --threads, else the "
+                        "fastest of 1 to the CPU count, probed here first)")
+    parser.add_argument("--peer", nargs="*", choices=["eager", "compiled"], default=[],
+                        help="also run the peer server, `transformers serve --continuous-batching` (eager, and/or "
+                        "with its --compile), on the same prompts at temperature 1 over the whole distribution")
+    parser.add_argument("--peer-concurrency", type=int, nargs="+", default=[16, 64],
+                        help="the peer's concurrency levels (each also in --concurrency for a ratio)")
     parser.add_argument("--device", default=None,
                         help="server and baseline alike (default: cuda when available, else cpu; dtype: bfloat16 "
                         "on cuda, float32 on cpu)")
@@ -555,6 +716,7 @@ def main() -> None:
     baseline_threads = args.baseline_threads or args.threads
     if baseline_threads is not None:
         torch.set_num_threads(baseline_threads)
+    sweep_threads = baseline_threads is None and not args.no_baseline
     load_before = _load_avg()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = serving_dtype(device)
@@ -578,11 +740,18 @@ def main() -> None:
         else:
             body["temperature_mode"] = args.temperature_mode
         samples_prompts = max(2 * args.samples_concurrency, args.requests // max(args.samples, 1))
-        count = max(max((requests_for(c, args.requests) for c in args.concurrency), default=0),
+        levels_run = [*args.concurrency, *(args.peer_concurrency if args.peer else [])]
+        count = max(max((requests_for(c, args.requests) for c in levels_run), default=0),
                     args.baseline_requests or 0, samples_prompts)
         prompts = fixed_prompts(count, args.seed) if fixed_length else heldout_prompts(count, args.seed)
 
         baseline_prompts = prompts[: args.baseline_requests or args.requests]
+        thread_probes: list[dict] = []
+        if sweep_threads:
+            _, thread_probes = fastest_threads(
+                checkpoint, baseline_prompts[:4], args.new_tokens, args.seed, device, stop_at_eos=not fixed_length,
+                candidates=list(range(1, (os.cpu_count() or 1) + 1)),
+            )
 
         def baseline_run(when: str) -> Level | None:
             if args.no_baseline:
@@ -597,7 +766,7 @@ def main() -> None:
         if not args.url:
             server = ServerProcess(checkpoint, overrides)
         levels: list[Level] = []
-        ready_s = peak_rss_mib = info = samples = None
+        ready_s = peak_rss_mib = api_peak_rss_mib = info = samples = None
         try:
             url = args.url or server.url
             if server is not None:
@@ -609,10 +778,15 @@ def main() -> None:
             if args.samples > 1:
                 samples = run_samples(url, prompts[:samples_prompts], args.samples, args.samples_concurrency, body)
             if server is not None:
-                peak_rss_mib = server.peak_rss_mib()
+                peak_rss_mib, api_peak_rss_mib = server.peak_rss_mib()
         finally:
             if server is not None:
                 server.stop()
+        peers: dict[str, list[Level]] = {}
+        peer_ready_s: dict[str, float] = {}
+        for variant in args.peer:
+            peers[variant], peer_ready_s[variant] = run_peer(
+                checkpoint, prompts, args.peer_concurrency, args, device, compiled=variant == "compiled")
         baseline_after = baseline_run("after")
         baseline_halves = [level for level in (baseline_before, baseline_after) if level is not None]
         baseline = merged(baseline_halves, "HF generate() c=1") if baseline_halves else None
@@ -620,7 +794,8 @@ def main() -> None:
 
     rows = [level.summary() for level in levels]
     baseline_row = baseline.summary() if baseline is not None else None
-    ratios = summary_ratios(rows, baseline_row)
+    peer_rows = {variant: [level.summary() for level in levels] for variant, levels in peers.items()}
+    ratios = summary_ratios(rows, baseline_row, peer_rows)
     checkpoint_name = "tiny-random" if args.tiny_random else str(checkpoint)
     header = (
         f"checkpoint={checkpoint_name}  workload={args.workload}  new_tokens={args.new_tokens}  "
@@ -630,7 +805,8 @@ def main() -> None:
         f"torch={torch.__version__}"
     )
     halves = [level.summary() for level in baseline_halves]
-    table = rows + ([baseline_row] if baseline_row else []) + halves
+    all_peer_rows = [row for variant_rows in peer_rows.values() for row in variant_rows]
+    table = rows + all_peer_rows + ([baseline_row] if baseline_row else []) + halves + thread_probes
     if table:
         _print_table(table, header)
     else:
@@ -638,9 +814,13 @@ def main() -> None:
     if facts is not None:
         print(f"model: {facts['parameters']} parameters, KV cache {facts['kv_bytes_per_token']} bytes "
               f"per sequence per token ({facts['dtype']})")
-    print(f"server: peak RSS {peak_rss_mib} MiB, ready after {None if ready_s is None else round(ready_s, 1)} s")
+    print(f"server: peak RSS {peak_rss_mib} MiB (API process {api_peak_rss_mib} MiB), "
+          f"ready after {None if ready_s is None else round(ready_s, 1)} s")
     print(f"output tok/s at 16 clients / generate(): {ratios['c16_over_generate']}   "
           f"p50 TTFT at 16 clients / 1 client: {ratios['ttft_p50_c16_over_c1']}")
+    for variant, by_level in ratios["over_peer"].items():
+        print(f"output tok/s / peer ({variant}): "
+              + "   ".join(f"{clients} clients: {ratio}" for clients, ratio in by_level.items()))
     if samples is not None:
         _print_table([samples["shared"], samples["separate"]], f"n-samples workload: n={samples['n']}, "
                      f"{samples['prompts']} prompts, {samples['concurrency'] * samples['n']} rows in flight")
@@ -649,7 +829,8 @@ def main() -> None:
               f"output tok/s shared / separate: {samples['tokens_per_s_shared_over_separate']}; "
               f"p50 TTFT shared / separate: {samples['ttft_p50_shared_over_separate']}")
 
-    all_levels = levels + ([baseline] if baseline is not None else [])
+    all_levels = levels + [lv for variant in peers.values() for lv in variant] + (
+        [baseline] if baseline is not None else [])
     result = {
         "checkpoint": checkpoint_name,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -661,13 +842,17 @@ def main() -> None:
         "server": {
             "started_here": server is not None, "url": args.url, "overrides": overrides,
             "ready_s": None if ready_s is None else round(ready_s, 2), "peak_rss_mib": peak_rss_mib,
-            "info": info,
+            "api_peak_rss_mib": api_peak_rss_mib, "info": info,
         },
         "model": facts,
         "levels": rows,
         "baseline": baseline_row,
         "baseline_halves": halves,  # the baseline's run before the server and its run after
         "samples": samples,
+        "baseline_thread_probes": thread_probes,  # generate() at each thread count; the fastest is the baseline's
+        "peers": peer_rows,  # per variant (eager, compiled): transformers serve --continuous-batching
+        "peer_ready_s": {variant: round(value, 2) for variant, value in peer_ready_s.items()},
+        "peer_command": {variant: peer_command(checkpoint, device, variant == "compiled") for variant in peers},
         "summary": ratios,
         "records": {
             level.name: [{k: v for k, v in asdict(r).items() if k != "itl_s"} for r in level.records]
@@ -678,7 +863,7 @@ def main() -> None:
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
     sample_rows = [samples["shared"], samples["separate"]] if samples is not None else []
-    if any(row["failures"] for row in rows + sample_rows + ([baseline_row] if baseline_row else [])):
+    if any(row["failures"] for row in rows + all_peer_rows + sample_rows + ([baseline_row] if baseline_row else [])):
         sys.exit(1)
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "serve.py"
@@ -38,7 +39,7 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--tiny-random", "--threads", "1", "--compile", "false",
-         "--json", str(out)],
+         "--peer", "eager", "--peer-concurrency", "4", "--json", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
@@ -78,8 +79,20 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     for name in ("request_per_s", "output_tokens_per_s", "ttft_p50_ms", "e2e_p50_ms"):
         assert _non_negative_number(baseline[name]), (name, baseline[name])
 
+    # The peer (transformers serve --continuous-batching), same prompts and lengths, at the level asked for.
+    peer_levels = report["peers"]["eager"]
+    assert [level["concurrency"] for level in peer_levels] == [4]
+    for level in peer_levels:
+        assert level["failures"] == 0, level
+        assert level["output_tokens"] == level["requests"] * report["settings"]["new_tokens"]
+        assert _non_negative_number(level["output_tokens_per_s"]) and level["output_tokens_per_s"] > 0
+    assert "--continuous-batching" in report["peer_command"]["eager"]
+    server_c4 = next(level for level in levels if level["concurrency"] == 4)
+    assert report["summary"]["over_peer"]["eager"]["4"] == round(
+        server_c4["output_tokens_per_s"] / peer_levels[0]["output_tokens_per_s"], 3)
+
     # No level at 16 clients in quick mode: the keys are there, the values are None.
-    assert set(report["summary"]) == {"c16_over_generate", "ttft_p50_c16_over_c1"}
+    assert set(report["summary"]) == {"c16_over_generate", "ttft_p50_c16_over_c1", "over_peer"}
     assert report["summary"]["c16_over_generate"] is None
     assert report["summary"]["ttft_p50_c16_over_c1"] is None
 
@@ -88,6 +101,7 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     assert server["overrides"] == {"INTROLLM_TORCH_THREADS": "1", "INTROLLM_COMPILE": "false"}
     assert server["info"]["limits"]["max_running_requests"] == 32  # the server's default, not the script's
     assert _non_negative_number(server["peak_rss_mib"]) and server["peak_rss_mib"] > 0
+    assert 0 < server["api_peak_rss_mib"] < server["peak_rss_mib"]  # the API process is one of two
     # The smoke checkpoint: 2 layers, 2 KV heads of 64 / 4 = 16 dims; float32 on CPU, bfloat16 on CUDA.
     assert model["bytes_per_element"] == (2 if machine["device"].startswith("cuda") else 4)
     assert model["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * model["bytes_per_element"]
@@ -96,3 +110,24 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     assert len(machine["load_avg_before"]) == 3 and len(machine["load_avg_after"]) == 3
     for key in ("torch", "device"):
         assert machine[key]
+
+
+def test_baseline_runs_at_the_fastest_thread_count_it_probed(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    try:
+        import serve as bench_serve
+    finally:
+        sys.path.remove(str(REPO_ROOT / "bench"))
+    checkpoint = bench_serve._tiny_random_checkpoint(tmp_path)
+    prompts = bench_serve.fixed_prompts(2, seed=0)
+    before = torch.get_num_threads()
+    try:
+        best, probes = bench_serve.fastest_threads(checkpoint, prompts, 4, 0, "cpu", stop_at_eos=False,
+                                                   candidates=[1, 2])
+        assert [probe["threads"] for probe in probes] == [1, 2]
+        assert all(probe["output_tokens"] == 2 * 4 for probe in probes)
+        fastest = max(probes, key=lambda probe: probe["output_tokens_per_s"])
+        assert best == fastest["threads"]
+        assert torch.get_num_threads() == best  # the baseline then runs at that count
+    finally:
+        torch.set_num_threads(before)
