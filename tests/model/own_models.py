@@ -29,6 +29,8 @@ from transformers import (
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
     MambaConfig,
     MambaForCausalLM,
     MistralConfig,
@@ -94,6 +96,20 @@ def global_then_sliding_qwen2(tokenizer: PreTrainedTokenizerFast, seed: int = 0)
     config = Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1,
                          **_attention_shape(tokenizer))
     return _seeded(lambda: Qwen2ForCausalLM(config), seed)
+
+
+def global_qwen2(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2ForCausalLM:
+    """Qwen2 as usually configured: every layer global (grouped-query attention, rotary positions)."""
+    config = Qwen2Config(num_hidden_layers=2, **_attention_shape(tokenizer))
+    return _seeded(lambda: Qwen2ForCausalLM(config), seed)
+
+
+def gpt2(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> GPT2LMHeadModel:
+    """GPT-2: global attention, learned absolute positions, a fused QKV projection."""
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=CONTEXT,
+                        initializer_range=0.1, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return _seeded(lambda: GPT2LMHeadModel(config), seed)
 
 
 def mamba(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> MambaForCausalLM:

@@ -1,4 +1,4 @@
-"""Sliding-window and mixed sliding/global models served end to end.
+"""Global, sliding-window and mixed sliding/global models served end to end.
 
 Each layout's tiny random model goes through the README's own-model commands (sft -> grpo -> eval, micro
 sizes) and its grpo checkpoint is served by a live server (API process and engine process). Prompts plus
@@ -20,7 +20,15 @@ from transformers import GenerationConfig
 
 from model import Checkpoint, build_char_tokenizer, load_checkpoint
 from service.scheduler import encode_prompt
-from tests.model.own_models import CONTEXT, WINDOW, mixed_gemma3, sliding_mistral, train_through_the_cli
+from tests.model.own_models import (
+    CONTEXT,
+    WINDOW,
+    global_qwen2,
+    gpt2,
+    mixed_gemma3,
+    sliding_mistral,
+    train_through_the_cli,
+)
 from tests.service.support import (
     PROMPTS,
     LiveServer,
@@ -32,6 +40,8 @@ from tests.service.support import (
 )
 
 SERVED = {
+    "global-qwen2": global_qwen2,
+    "global-gpt2": gpt2,
     "sliding-window-mistral": sliding_mistral,
     "mixed-sliding-global-gemma3": mixed_gemma3,
     # Stock Mistral's window (4096) on a 256-token context: global attention, once refused at start.
