@@ -7,7 +7,8 @@
 #      level), the peer `transformers serve --continuous-batching` without and with its --compile at
 #      16 and 64 clients, and generate() one request at a time at its fastest thread count (probed
 #      first; run before and after the servers); the bundled task's held-out problems ending at EOS,
-#      then 128 new tokens ignoring EOS;
+#      then 128 new tokens ignoring EOS, with the n=8 workload (one n=8 request per prompt against 8
+#      separate requests);
 #   3. offline decode on the Qwen2.5-0.5B shape (random weights), kept short for a CPU and eager
 #      (compiling the 24-layer model took over 7 minutes on 2 cores);
 #   4. start-up to ready as `make serve` starts, with an empty then a warm compile cache (bench/startup.sh);
@@ -34,7 +35,7 @@ if step serve; then
     "$PYTHON" bench/serve.py --workload task --concurrency 1 4 16 64 --new-tokens 64 --requests 32 \
         --baseline-requests 16 --peer eager compiled --json "$OUT/serve-cpu-task-$run.json"
     "$PYTHON" bench/serve.py --workload fixed --concurrency 1 4 16 64 --new-tokens 128 --requests 32 \
-        --baseline-requests 16 --peer eager compiled --json "$OUT/serve-cpu-$run.json"
+        --baseline-requests 16 --peer eager compiled --samples 8 --json "$OUT/serve-cpu-$run.json"
   done
 fi
 step qwen && "$PYTHON" bench/decode.py --shape qwen2.5-0.5b --batches 1 4 --new-tokens 16 --repeats 2 \
