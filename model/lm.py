@@ -12,7 +12,7 @@ a sliding window of how many tokens) from the config, as transformers' own
 cache does, and refuses in one line, naming the layer type, what a cache of
 keys and values cannot hold: linear-attention, state-space and other
 recurrent layers, chunked or compressed attention, layers sharing another
-layer's cache. Serving (service/kv.py) and training start both call it.
+layer's cache. Serving (service/engine/kv.py) and training start both call it.
 
 What it does not do: sampling, temperatures or caching policy; the KV cache is
 an explicit object the caller creates (`new_cache`) and passes in.

@@ -19,8 +19,8 @@ What it does:
   transformers' logger is routed through it too, and in JSON or above the
   info level its progress bars (not log lines) are turned off.
 
-Text:  2025-01-01 12:00:00,123 INFO service.routes [3f2a...]: request gen-... finished: ...
-JSON:  {"time": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "service.routes",
+Text:  2025-01-01 12:00:00,123 INFO service.api.routes [3f2a...]: request gen-... finished: ...
+JSON:  {"time": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "service.api.routes",
         "message": "request gen-... finished: ...", "request_id": "3f2a..."}
 (`request_id` is "-" in text and absent in JSON outside a request.)
 

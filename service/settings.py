@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.keys import read_key_file
+from service.api.keys import read_key_file
 
 if TYPE_CHECKING:
     import torch
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         return self
 
     def accepted_keys(self) -> list[str]:
-        """The keys of api_key and api_keys (the key file's are read by service.keys.KeyRing)."""
+        """The keys of api_key and api_keys (the key file's are read by service.api.keys.KeyRing)."""
         keys = [self.api_key] if self.api_key is not None else []
         return [key.get_secret_value() for key in [*keys, *self.api_keys] if key.get_secret_value()]
 

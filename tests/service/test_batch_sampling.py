@@ -1,4 +1,4 @@
-"""Per-row sampling in a mixed batch (service/sampling.py): grouping by controller
+"""Per-row sampling in a mixed batch (service/engine/sampling.py): grouping by controller
 and per-row filters give each row exactly what it would get alone."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import CounterNoise, StepOutput
-from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows
+from service.engine.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows
 
 
 def _row(head, spec: ControllerSpec, **filters) -> RowSampler:

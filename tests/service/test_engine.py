@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from model import LearnedTemperature
-from service import engine as engine_module
-from service.engine import Engine
+from service.api.metrics import ServiceMetrics
+from service.api.scheduler import Completed, GenerationInput, Limits, Scheduler
+from service.engine import engine as engine_module
+from service.engine.engine import Engine
+from service.engine.kv import SlotBatch
+from service.engine.sampling import ControllerSpec
 from service.errors import ServiceError
-from service.events import FinishEvent, TokenEvent
-from service.kv import SlotBatch
-from service.metrics import ServiceMetrics
-from service.sampling import ControllerSpec
-from service.scheduler import Completed, GenerationInput, Limits, Scheduler
+from service.messages import FinishEvent, TokenEvent
 from tests.service.support import PROMPTS, decode_paused, reference, reference_tokens
 
 LONG = 300  # a budget the request does not reach in these tests
@@ -339,7 +339,7 @@ def test_stopping_the_engine_ends_requests_still_in_it_with_503(checkpoint):
 
 
 def test_a_failing_detokenizer_fails_only_its_request(checkpoint, monkeypatch):
-    from service import scheduler as scheduler_module
+    from service.api import scheduler as scheduler_module
 
     real_push = scheduler_module.TextStream.push
 

@@ -24,7 +24,7 @@ from multiprocessing.process import BaseProcess
 from typing import Literal
 
 StartMethod = Literal["spawn", "forkserver"]
-PRELOADED = ["service.engine_process", "model", "service.engine"]  # what forkserver imports once
+PRELOADED = ["service.api.engine_process", "model", "service.engine.engine"]  # what forkserver imports once
 
 
 @dataclass
@@ -68,6 +68,6 @@ def _boot(inputs: Connection, outputs: Connection) -> None:
     # with a message. The engine also stops if the API process is gone (end-of-file on its pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from service.engine_process import run_engine_process
+    from service.api.engine_process import run_engine_process
 
     run_engine_process(inputs, outputs)

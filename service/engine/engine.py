@@ -65,9 +65,9 @@ from transformers import DynamicCache, PreTrainedModel
 
 from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
 from model.draft import step_confidence, summarise_draft
-from service.events import FinishReason
-from service.kv import SlotBatch, prefill_groups, prefill_together
-from service.sampling import ControllerSpec, FastPaths, RowSampler, row_seed, sample_rows, serves_greedy_draft
+from service.engine.kv import SlotBatch, prefill_groups, prefill_together
+from service.engine.sampling import ControllerSpec, FastPaths, RowSampler, row_seed, sample_rows, serves_greedy_draft
+from service.messages import FinishReason
 
 log = logging.getLogger(__name__)
 

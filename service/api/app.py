@@ -36,17 +36,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
 from model import PLAIN, CheckpointInfo, PromptFormat, attention_layout, read_checkpoint_info
-from service.docs_page import docs
-from service.engine_boot import Prestarted
-from service.engine_process import EngineProcess, EngineSpec
+from service.api.docs_page import docs
+from service.api.engine_boot import Prestarted
+from service.api.engine_process import EngineProcess, EngineSpec
+from service.api.keys import KeyRing
+from service.api.metrics import ServerInfo, ServiceMetrics
+from service.api.openapi import install as install_openapi
+from service.api.playground import playground
+from service.api.routes import api, ops
+from service.api.scheduler import Limits, Scheduler, encode_prompt
 from service.errors import ServiceError, error_body
-from service.keys import KeyRing
 from service.logs import REQUEST_ID, REQUEST_ID_HEADER, accept_request_id, current_request_id
-from service.metrics import ServerInfo, ServiceMetrics
-from service.openapi import install as install_openapi
-from service.playground import playground
-from service.routes import api, ops
-from service.scheduler import Limits, Scheduler, encode_prompt
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def create_app(
         version=service.__version__,
         summary="Generation with a learned per-token sampling temperature.",
         lifespan=lifespan,
-        docs_url=None,  # served from the package by service/docs_page.py, not from a CDN
+        docs_url=None,  # served from the package by service/api/docs_page.py, not from a CDN
         redoc_url=None,  # FastAPI's ReDoc page loads its script from a CDN too
     )
     app.state.settings = settings

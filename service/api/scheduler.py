@@ -42,7 +42,8 @@ from typing import Literal, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-from service.engine import (
+from service.api.metrics import RequestMetrics, ServiceMetrics
+from service.engine.engine import (
     CancelReason,
     DecodeParams,
     Ended,
@@ -54,10 +55,9 @@ from service.engine import (
     Started,
     Ticket,
 )
+from service.engine.sampling import ControllerSpec, TemperatureMode, row_seed
 from service.errors import ServiceError, internal_error, overloaded, unavailable, validation_error
-from service.events import ChoiceEnd, ErrorEvent, Event, FinishEvent, FinishReason, TokenEvent
-from service.metrics import RequestMetrics, ServiceMetrics
-from service.sampling import ControllerSpec, TemperatureMode, row_seed
+from service.messages import ChoiceEnd, ErrorEvent, Event, FinishEvent, FinishReason, TokenEvent
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**63 - 1

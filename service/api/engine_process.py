@@ -59,7 +59,8 @@ from multiprocessing.connection import Connection
 
 import msgspec
 
-from service.engine import (
+from service.api.engine_boot import Prestarted, StartMethod, prestart
+from service.engine.engine import (
     DecodeParams,
     Ended,
     EngineEvent,
@@ -71,9 +72,8 @@ from service.engine import (
     Started,
     Ticket,
 )
-from service.engine_boot import Prestarted, StartMethod, prestart
-from service.events import FinishReason
-from service.sampling import ControllerSpec
+from service.engine.sampling import ControllerSpec
+from service.messages import FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
     import torch
 
     from model import load_checkpoint
-    from service.engine import Engine
+    from service.engine.engine import Engine
     from service.logs import configure_handler
 
     configure_handler(spec.log_format, spec.log_level)

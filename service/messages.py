@@ -45,7 +45,7 @@ class ChoiceEnd:
     tau_min: float | None
     tau_max: float | None
     tau_updates: int
-    seed: int  # the seed its row drew with (service.sampling.row_seed)
+    seed: int  # the seed its row drew with (service.engine.sampling.row_seed)
 
 
 @dataclass(frozen=True)
