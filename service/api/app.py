@@ -35,7 +35,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from model import PLAIN, CheckpointInfo, PromptFormat, attention_layout, read_checkpoint_info
+from model.checkpoint_files import CheckpointInfo, context_length, read_checkpoint_info
+from model.layout import refuse_declared_layer_types
+from model.prompt_format import PLAIN, PromptFormat
 from service.api.docs_page import docs
 from service.api.engine_boot import Prestarted
 from service.api.engine_process import EngineProcess, EngineSpec
@@ -80,11 +82,13 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
                  "on a small CPU, later starts reuse it", why, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     else:
         log.info("torch.compile off (%s)", why)
-    # Tokenizer, config and manifest only: the weights are the engine process's.
-    checkpoint: CheckpointInfo = read_checkpoint_info(settings.checkpoint, trust_remote_code=settings.trust_remote_code)
+    # Tokenizer, config and manifest only, read without torch: the weights are the engine process's.
+    checkpoint: CheckpointInfo = read_checkpoint_info(settings.checkpoint)
     tokenizer, head_config = checkpoint.tokenizer, checkpoint.manifest.head
-    attention_layout(checkpoint.config)  # an unservable layer type: refused here, in one line, before any weight
-    context = getattr(checkpoint.config, "max_position_embeddings", None)
+    # A layer type the config names and the KV cache cannot serve: refused here, in one line, before any
+    # weight; the engine process checks the loaded model in full (model/lm.py `attention_layout`).
+    refuse_declared_layer_types(checkpoint.config)
+    context = context_length(checkpoint.config)
     max_prompt_tokens, max_new_tokens, default_max_new_tokens = token_limits(settings, context)
     limits = Limits(
         max_prompt_tokens=max_prompt_tokens,
