@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     engine = prestart(settings.engine_start_method)
     from model import CheckpointError, UnsupportedModelError
     from service.api.app import create_app
-    from service.api.engine_process import EngineStartError
+    from service.api.engine_client import EngineStartError
 
     try:
         # Loaded before uvicorn starts, as uvicorn logs a traceback for any

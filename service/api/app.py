@@ -40,7 +40,7 @@ from model.layout import refuse_declared_layer_types
 from model.prompt_format import PLAIN, PromptFormat
 from service.api.docs_page import docs
 from service.api.engine_boot import Prestarted
-from service.api.engine_process import EngineProcess, EngineSpec
+from service.api.engine_client import EngineProcess
 from service.api.keys import KeyRing
 from service.api.metrics import ServerInfo, ServiceMetrics
 from service.api.openapi import install as install_openapi
@@ -49,6 +49,7 @@ from service.api.routes import api, ops
 from service.api.scheduler import Limits, Scheduler, encode_prompt
 from service.errors import ServiceError, error_body
 from service.logs import REQUEST_ID, REQUEST_ID_HEADER, accept_request_id, current_request_id
+from service.messages import EngineSpec
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

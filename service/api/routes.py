@@ -49,6 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from model import PLAIN, PromptFormat, PromptFormatError, render_prompt
+from service.api.events import ChoiceEnd, FinishEvent, TokenEvent
 from service.api.keys import KeyRing
 from service.api.metrics import ServerInfo
 from service.api.openapi import PLAIN_TEXT, errors, event_stream
@@ -83,7 +84,6 @@ from service.api.schemas import (
     usage,
 )
 from service.errors import ServiceError, error_body, unauthorized, unavailable, validation_error
-from service.messages import ChoiceEnd, FinishEvent, TokenEvent
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

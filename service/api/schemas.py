@@ -40,9 +40,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from service.api.events import ChoiceEnd, FinishEvent, TokenEvent
 from service.api.scheduler import MAX_SEED, Completed, GenerationInput, RequestHandle
-from service.engine.sampling import TemperatureMode
-from service.messages import ChoiceEnd, FinishEvent, TokenEvent
+from service.messages import TemperatureMode
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 64

@@ -21,7 +21,7 @@ import pytest
 
 from model import UnsupportedModelError, build_char_tokenizer
 from service.__main__ import ENGINE_DIED, STARTUP_FAILURE
-from service.api.engine_process import start_failure_line
+from service.engine.process import start_failure_line
 from service.settings import Settings
 from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 from tests.model.own_models import mamba, rwkv, save_with_head

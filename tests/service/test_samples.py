@@ -27,8 +27,8 @@ from model import (
 )
 from service.api.scheduler import Completed, GenerationInput, encode_prompt
 from service.engine import engine as engine_module
-from service.engine.sampling import row_seed
 from service.errors import ServiceError
+from service.messages import row_seed
 from tests.service.support import PROMPTS, TEST_LM, decode_paused, reference, reference_tokens
 from tests.service.test_engine import failures, run_all, running_engine, staggered_prompts
 

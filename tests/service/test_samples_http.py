@@ -8,7 +8,7 @@ import logging
 import openai
 import pytest
 
-from service.engine.sampling import row_seed
+from service.messages import row_seed
 from tests.service.support import (
     LiveServer,
     decode_paused,
