@@ -288,8 +288,8 @@ class EngineSpec:
     """Everything the engine process needs to build its engine (plain values: it crosses the boundary)."""
 
     checkpoint: str
-    device: str
-    dtype: str  # "float32", "bfloat16", ...
+    device: str  # the setting: "auto", "cpu", "cuda", "cuda:1", ... (the engine process resolves "auto")
+    dtype: str  # the setting: "auto", "float32", "bfloat16", ...
     trust_remote_code: bool
     max_running: int
     max_waiting: int

@@ -104,8 +104,9 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
     )
     spec = EngineSpec(
         checkpoint=str(settings.checkpoint),
-        device=str(settings.torch_device()),
-        dtype=str(settings.torch_dtype()).removeprefix("torch."),
+        # As set ("auto" included): the engine process resolves them with torch, and says what it chose (Ready).
+        device=settings.device,
+        dtype=settings.dtype,
         trust_remote_code=settings.trust_remote_code,
         max_running=settings.max_running_requests,
         max_waiting=settings.max_waiting_requests,

@@ -45,6 +45,7 @@ from service.messages import (
     is_terminal,
     to_wire,
 )
+from service.settings import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,9 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
 
     configure_handler(spec.log_format, spec.log_level)
     torch.set_num_threads(spec.torch_threads)
+    device = resolve_device(spec.device)
     checkpoint = load_checkpoint(
-        spec.checkpoint, torch.device(spec.device), getattr(torch, spec.dtype),
-        trust_remote_code=spec.trust_remote_code,
+        spec.checkpoint, device, resolve_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code,
     )
     outbox = _Outbox(outputs)
 
