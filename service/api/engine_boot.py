@@ -1,8 +1,8 @@
-"""Start the engine process early, before the API process has imported torch.
+"""Start the engine process early, while the API process imports its own (torch-free) modules.
 
 What it does: `prestart` starts the engine process with no work yet; the
 child imports torch, transformers and the engine (seconds) while the API
-process imports the app and reads the checkpoint's tokenizer and config, in
+process (which never imports torch) imports the app and reads the checkpoint's tokenizer and config, in
 parallel on another core, then waits for its `EngineSpec` on its input pipe
 (`service.engine.process.run_engine_process`). Measured on 2 cores: the warm start
 to ready went from about 35 s to (see BENCHMARKS.md) with the two imports
