@@ -32,6 +32,7 @@ FinishReason = Literal["length", "eos", "stop", "timeout", "cancelled"]
 
 # ---------------------------------------------------------------- how a request is sampled
 
+# Row seeds live here, not in the engine: the API process reports each choice's seed (row_seed).
 TemperatureMode = Literal["learned", "fixed", "entropy"]
 SEED_MODULUS = 2**63
 _ROW_SEED_STEP = 0x9E3779B97F4A7C15 % SEED_MODULUS

@@ -1,15 +1,16 @@
-"""The engine in a process of its own, and its client in the API process.
+"""The engine in a process of its own: its client, in the API process.
 
 Why: one CPython process has one GIL. With the engine in a thread of the
 server, every bit of HTTP work (uvicorn, pydantic, JSON, SSE,
 detokenization) lengthened a decode step, and at 16 clients HTTP delivered
 0.66 of what the engine does alone (BENCHMARKS.md). As vLLM V1 splits its
 API server from its EngineCore, the engine process here owns the model, the
-KV slots and the scheduler loop (`engine.Engine`, run in its main thread);
+KV slots and the scheduler loop (service/engine/process.py runs `engine.Engine`
+in its main thread);
 the API process keeps HTTP, validation, tokenization, detokenization, stop
 strings, SSE and the Prometheus registry.
 
-The channel: two one-way OS pipes (`multiprocessing.Pipe(duplex=False)`),
+The channel (every message in service/messages.py): two one-way OS pipes (`multiprocessing.Pipe(duplex=False)`),
 messages encoded with msgspec's msgpack as typed structs (no pickle on the
 hot path). API -> engine: `Add`, `Cancel` and `Control` messages, sent as
 they happen. Engine -> API: one `Step` message per loop iteration carrying
@@ -43,7 +44,8 @@ its imports overlap the API process's; the process then waits for its
 engine: a terminal's Ctrl-C, or a supervisor's SIGTERM to every process,
 is the API process's to handle: it drains, then stops the engine.
 
-What it does not do: HTTP, tokenization, or restart a dead engine.
+What it does not do: HTTP, tokenization, import torch (the engine process's
+side is service/engine/process.py), or restart a dead engine.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ sampled by the head reading the draft's summary, passed per row to
 `sample_rows` (`draft`, (B, F)); the engine drafts and summarises.
 
 Seeds of n samples: row i of a request with seed s draws with
-`row_seed(s, i)`: s itself for row 0 (so n = 1 is unchanged), and
+`row_seed(s, i)` (service/messages.py): s itself for row 0 (so n = 1 is unchanged), and
 (s + i * 0x9E3779B97F4A7C15) mod 2^63 for i > 0 (a Weyl step of the golden
 ratio: distinct for every i < 2^63, and touching both 32-bit halves that
 `CounterNoise` hashes). A seeded request of n samples therefore returns
