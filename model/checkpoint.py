@@ -47,13 +47,13 @@ from model.checkpoint_files import (
     FORMAT_VERSION,
     HEAD_FILE,
     MANIFEST_FILE,
-    TOKENIZER_FILE,
     CheckpointError,
     Manifest,
     check_files,
     lm_weight_files,
     read_manifest,
     reason,
+    tokenizer_error,
     write_manifest,
 )
 from model.draft import DRAFT_STATISTICS, draft_summary_size
@@ -125,8 +125,7 @@ def _load_tokenizer(path: Path, trust_remote_code: bool) -> PreTrainedTokenizerB
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        missing = "" if (path / TOKENIZER_FILE).is_file() else f"missing file {TOKENIZER_FILE}; "
-        raise CheckpointError(f"cannot load the tokenizer {path / TOKENIZER_FILE}: {missing}{reason(exc)}") from exc
+        raise tokenizer_error(path, exc) from exc
 
 
 def load_checkpoint(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from model.head_config import HeadConfig
+from model.layout import text_config
 from model.prompt_format import PLAIN, PromptFormat, PromptFormatError
 from model.text_tokenizer import TOKENIZER_FILE, TextTokenizer
 
@@ -186,14 +187,25 @@ def read_tokenizer(path: Path) -> TextTokenizer:
     try:
         return TextTokenizer.from_folder(path)
     except Exception as exc:  # tokenizers raises a plain Exception for a broken tokenizer.json
-        missing = "" if (path / TOKENIZER_FILE).is_file() else f"missing file {TOKENIZER_FILE}; "
-        raise CheckpointError(f"cannot load the tokenizer {path / TOKENIZER_FILE}: {missing}{reason(exc)}") from exc
+        raise tokenizer_error(path, exc) from exc
+
+
+def tokenizer_error(path: Path, exc: BaseException) -> CheckpointError:
+    """The one line for a tokenizer that does not load, whichever library failed to load it."""
+    missing = "" if (path / TOKENIZER_FILE).is_file() else f"missing file {TOKENIZER_FILE}; "
+    return CheckpointError(f"cannot load the tokenizer {path / TOKENIZER_FILE}: {missing}{reason(exc)}")
+
+
+# config.json names for the context in some model types (transformers maps them to max_position_embeddings).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "context_length", "model_max_length")
 
 
 def context_length(config: Mapping[str, Any]) -> int | None:
-    """The LM's context (`max_position_embeddings`, the decoder's own in a nested config), if it says."""
-    for settings in (config, *(v for k, v in config.items() if k.endswith("_config") and isinstance(v, Mapping))):
-        value = settings.get("max_position_embeddings")
-        if isinstance(value, int) and value > 0:
-            return value
+    """The LM's context, as `config.max_position_embeddings` reads it (the decoder's own in a nested
+    config; under its other names in GPT-2-like configs), if the config says."""
+    for settings in (text_config(config), config):
+        for key in CONTEXT_KEYS:
+            value = settings.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
     return None

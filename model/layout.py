@@ -69,7 +69,7 @@ def check_layer_types(model_type: str, names: list[str]) -> None:
             )
 
 
-def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     """The decoder's settings: a multimodal config nests them (`text_config`), as transformers'
     `get_text_config(decoder=True)` finds them."""
     for key in ("text_config", "decoder", "language_config"):
@@ -82,7 +82,7 @@ def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
 def refuse_declared_layer_types(config: Mapping[str, Any]) -> None:
     """Raise UnsupportedModelError when config.json's `layer_types` (or `kv_sharing_modes`) name
     layers a KV cache cannot serve; a config that names none passes (the engine checks the model)."""
-    text = _text_config(config)
+    text = text_config(config)
     model_type = str(text.get("model_type") or config.get("model_type") or "model")
     declared = text.get("layer_types")
     if isinstance(declared, list):

@@ -110,3 +110,4 @@ def test_a_template_raising_and_one_reaching_for_internals_fail_as_in_transforme
         ours.apply_chat_template(CONVERSATIONS[0], chat_template="{{ messages.__class__.__mro__ }}")
     with pytest.raises(jinja2.exceptions.SecurityError):
         ours.apply_chat_template(CONVERSATIONS[0], chat_template="{% set ns = namespace(_x=1) %}")
+
