@@ -28,7 +28,7 @@ covers every choice's tokens. Streamed token events carry `choice` when
 n > 1. The OpenAI routes answer n choices with their `index`, as OpenAI does
 (streamed chunks carry one choice each; each choice's last chunk has its
 finish_reason and that choice's temperature summary). Choice i is seeded
-`row_seed(seed, i)` (service/engine/sampling.py): choice 0 with the request's seed.
+`row_seed(seed, i)` (service/messages.py): choice 0 with the request's seed.
 
 What it does not do: check limits that depend on the server (prompt tokens,
 max_new_tokens limit, tau range of the checkpoint); see scheduler.py.
