@@ -48,8 +48,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
 
 from model import HeadConfig, TemperatureHead, forward, load_checkpoint, new_cache  # noqa: E402
-from service.engine import DecodeParams, Ended, Engine, EngineRequest, Failed, Sampled  # noqa: E402
-from service.sampling import ControllerSpec  # noqa: E402
+from service.engine.engine import Engine  # noqa: E402
+from service.messages import (  # noqa: E402
+    ControllerSpec,  # noqa: E402
+    DecodeParams,
+    Ended,
+    EngineRequest,
+    Failed,
+    Sampled,
+)
 from service.settings import DEFAULT_CHECKPOINT  # noqa: E402
 
 QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B config.json, the fields that set speed

@@ -1,6 +1,6 @@
 """The engine process's channel, measured: an OS pipe against ZMQ, msgspec against pickle.
 
-What it does: sends `--messages` engine-step messages (`service.engine_process.Step`,
+What it does: sends `--messages` engine-step messages (`service.messages.Step`,
 one sampled-token event per row, `--rows` rows) from a child process to this
 one, and for each transport and encoding reports the one-way cost per message
 (encode + send + receive + decode, wall time / messages, the child sending as
@@ -32,7 +32,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.engine_process import SampledOut, Step  # noqa: E402
+from service.messages import SampledOut, Step  # noqa: E402
 
 PING = b"p"
 

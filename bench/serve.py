@@ -95,7 +95,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
 
 from model import load_checkpoint  # noqa: E402
-from service.scheduler import encode_prompt  # noqa: E402
+from service.api.scheduler import encode_prompt  # noqa: E402
 from service.settings import DEFAULT_CHECKPOINT  # noqa: E402
 from training.tasks.countdown import DEFAULT_CONFIG, format_prompt, make_problem, split  # noqa: E402
 

@@ -12,7 +12,7 @@ a sliding window of how many tokens) from the config, as transformers' own
 cache does, and refuses in one line, naming the layer type, what a cache of
 keys and values cannot hold: linear-attention, state-space and other
 recurrent layers, chunked or compressed attention, layers sharing another
-layer's cache. Serving (service/kv.py) and training start both call it.
+layer's cache. Serving (service/engine/kv.py) and training start both call it.
 
 What it does not do: sampling, temperatures or caching policy; the KV cache is
 an explicit object the caller creates (`new_cache`) and passes in.
@@ -26,46 +26,7 @@ import torch
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, get_layer_types_and_kwargs
 
-GLOBAL, SLIDING = "full_attention", "sliding_attention"  # transformers' names in `config.layer_types`
-SERVED_LAYER_TYPES = (GLOBAL, SLIDING)
-
-
-class UnsupportedModelError(ValueError):
-    """A model the KV cache cannot serve; the message (one line) names the layer type at fault."""
-
-
-@dataclass(frozen=True)
-class AttentionLayout:
-    """Per decoder layer: its attention type (`GLOBAL` or `SLIDING`) and window (tokens; None: global).
-
-    A query at position p of a layer with window w attends to positions p-w+1..p
-    (transformers' `sliding_window_overlay`: w tokens, itself included).
-    """
-
-    layer_types: tuple[str, ...]
-    windows: tuple[int | None, ...]
-
-    def within(self, context: int) -> AttentionLayout:
-        """The layout for sequences of at most `context` tokens: a window that long or longer is global."""
-        windows = tuple(None if w is None or w >= context else w for w in self.windows)
-        return AttentionLayout(self.layer_types, windows)
-
-    def window_of(self) -> dict[str, int | None]:
-        """Each layer type's window; a layer type has one window (`SLIDING`'s is the config's `sliding_window`)."""
-        return dict(zip(self.layer_types, self.windows, strict=True))
-
-    @property
-    def is_global(self) -> bool:
-        return all(w is None for w in self.windows)
-
-    def describe(self) -> str:
-        """For a log line: 'global', 'sliding window 32', or 'mixed: 1 global, 3 sliding window 32'."""
-        kinds = sorted(set(self.windows), key=lambda w: -1 if w is None else w)
-        names = ["global" if w is None else f"sliding window {w}" for w in kinds]
-        if len(kinds) == 1:
-            return names[0]
-        counts = [sum(1 for w in self.windows if w == kind) for kind in kinds]
-        return "mixed: " + ", ".join(f"{n} {name}" for n, name in zip(counts, names, strict=True))
+from model.layout import GLOBAL, SLIDING, AttentionLayout, UnsupportedModelError, check_layer_types
 
 
 def attention_layout(config: PretrainedConfig, model: PreTrainedModel | None = None) -> AttentionLayout:
@@ -77,11 +38,11 @@ def attention_layout(config: PretrainedConfig, model: PreTrainedModel | None = N
     model_type = getattr(text, "model_type", "") or type(text).__name__
     declared = getattr(text, "layer_types", None)
     if declared is not None:  # checked first: reading other types' settings can fail (chunk sizes)
-        _check_layer_types(model_type, list(declared))
+        check_layer_types(model_type, list(declared))
     if "reuse" in (getattr(text, "kv_sharing_modes", None) or ()):
         raise UnsupportedModelError(f"{model_type}: layers that reuse another layer's keys and values cannot be served")
     names, kwargs = get_layer_types_and_kwargs(text)  # per layer; inferred from the window settings if undeclared
-    _check_layer_types(model_type, names)
+    check_layer_types(model_type, names)
     if model is not None and getattr(model, "_is_stateful", False):
         raise UnsupportedModelError(
             f"{model_type} keeps a recurrent state: the KV cache serves {GLOBAL} and {SLIDING} layers only"
@@ -93,14 +54,6 @@ def attention_layout(config: PretrainedConfig, model: PreTrainedModel | None = N
             raise UnsupportedModelError(f"{model_type}: a {SLIDING} layer needs sliding_window >= 1, got {window!r}")
         windows.append(window)
     return AttentionLayout(tuple(names), tuple(windows))
-
-
-def _check_layer_types(model_type: str, names: list[str]) -> None:
-    for index, name in enumerate(names):
-        if name not in SERVED_LAYER_TYPES:
-            raise UnsupportedModelError(
-                f"{model_type} layer {index} is {name!r}: the KV cache serves {GLOBAL} and {SLIDING} layers only"
-            )
 
 
 @dataclass

@@ -18,7 +18,8 @@ token ids the model continues from:
 the tokenizer, failing with a clear message when a chat format is asked of a
 tokenizer that has no template.
 
-What it does not do: tokenise completions, or know any task or HTTP schema.
+What it does not do: import torch or transformers (the API process renders
+prompts with either kind of tokenizer), tokenise completions, or know any task or HTTP schema.
 A checkpoint without a recorded format is read as plain text (`PLAIN`), and a
 recorded plain format without a separator renders as before (none).
 """
@@ -27,9 +28,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from transformers import PreTrainedTokenizerBase
+
+class ChatTokenizer(Protocol):
+    """What rendering needs of a tokenizer: transformers' (training, the engine) and
+    model/text_tokenizer.py's `TextTokenizer` (the API process, without torch) both answer it."""
+
+    chat_template: Any
+    bos_token_id: int | None
+
+    def __call__(self, text: str, add_special_tokens: bool = ...) -> Mapping[str, Any]: ...
+
+    def apply_chat_template(self, conversation: Any, *, chat_template: str | None = ..., tokenize: bool = ...,
+                            add_generation_prompt: bool = ...) -> Any: ...
 
 FORMAT_KINDS = ("plain", "chat")
 CHOICES = ("auto", "chat", "plain")
@@ -75,7 +87,7 @@ PLAIN = PromptFormat()  # what a checkpoint without a recorded format was traine
 DEFAULT_SEPARATOR = "\n"  # what new plain-format runs record: a line break, as the bundled task's prompts end
 
 
-def choose_prompt_format(tokenizer: PreTrainedTokenizerBase, choice: str = "auto", system_prompt: str = "",
+def choose_prompt_format(tokenizer: ChatTokenizer, choice: str = "auto", system_prompt: str = "",
                          separator: str = DEFAULT_SEPARATOR) -> PromptFormat:
     """The format a training run uses: "auto" = chat when the tokenizer has a template, else plain
     (ending every prompt with `separator`)."""
@@ -101,7 +113,7 @@ def user_message(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def render_text(fmt: PromptFormat, tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
+def render_text(fmt: PromptFormat, tokenizer: ChatTokenizer, messages: Sequence[Message]) -> str:
     """The prompt as text (without the plain format's BOS, which is added as an id)."""
     if not messages:
         raise PromptFormatError("at least one message is needed")
@@ -122,7 +134,7 @@ def render_text(fmt: PromptFormat, tokenizer: PreTrainedTokenizerBase, messages:
         raise PromptFormatError(f"the chat template cannot render these messages: {exc}") from exc
 
 
-def render_prompt(fmt: PromptFormat, tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> list[int]:
+def render_prompt(fmt: PromptFormat, tokenizer: ChatTokenizer, messages: Sequence[Message]) -> list[int]:
     """Token ids the model continues from: `<bos> text` (plain) or the rendered chat template."""
     text = render_text(fmt, tokenizer, messages)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -90,7 +90,7 @@ class DrainingServer(uvicorn.Server):
             self._draining = asyncio.ensure_future(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
-        from service.app import drain
+        from service.api.app import drain
 
         try:
             idle = await drain(self._app, self._grace_s)
@@ -103,14 +103,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from_command_line(argv)
     settings.use_compile_cache_dir()  # before torch is imported
     configure_logging(settings)
-    from service.engine_boot import prestart
+    from service.api.engine_boot import prestart
 
     # The engine process imports torch and the engine while this one imports the app and reads
     # the tokenizer: on 2 cores that overlap saves the seconds one of the imports takes.
     engine = prestart(settings.engine_start_method)
     from model import CheckpointError, UnsupportedModelError
-    from service.app import create_app
-    from service.engine_process import EngineStartError
+    from service.api.app import create_app
+    from service.api.engine_client import EngineStartError
 
     try:
         # Loaded before uvicorn starts, as uvicorn logs a traceback for any

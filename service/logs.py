@@ -19,8 +19,8 @@ What it does:
   transformers' logger is routed through it too, and in JSON or above the
   info level its progress bars (not log lines) are turned off.
 
-Text:  2025-01-01 12:00:00,123 INFO service.routes [3f2a...]: request gen-... finished: ...
-JSON:  {"time": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "service.routes",
+Text:  2025-01-01 12:00:00,123 INFO service.api.routes [3f2a...]: request gen-... finished: ...
+JSON:  {"time": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "service.api.routes",
         "message": "request gen-... finished: ...", "request_id": "3f2a..."}
 (`request_id` is "-" in text and absent in JSON outside a request.)
 
@@ -121,11 +121,13 @@ def configure_logging(settings: Settings) -> logging.Handler:
 
     Idempotent: the root logger's earlier handlers are replaced. Returns the new handler.
     """
-    return configure_handler(settings.log_format, settings.log_level)
+    # The API process never imports transformers (nor torch): nothing of it to take over there.
+    return configure_handler(settings.log_format, settings.log_level, transformers=False)
 
 
-def configure_handler(log_format: str, log_level: str) -> logging.Handler:
-    """`configure_logging` from the two values (the engine process gets these, not the settings)."""
+def configure_handler(log_format: str, log_level: str, *, transformers: bool = True) -> logging.Handler:
+    """`configure_logging` from the two values (the engine process gets these, not the settings);
+    `transformers`: route transformers' own logger through the handler too (the engine process)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
@@ -140,7 +142,8 @@ def configure_handler(log_format: str, log_level: str) -> logging.Handler:
         logger.handlers.clear()
         logger.propagate = True
         logger.disabled = False
-    _take_over_transformers(progress_bars=log_format != "json" and root.level <= logging.INFO)
+    if transformers:
+        _take_over_transformers(progress_bars=log_format != "json" and root.level <= logging.INFO)
     return handler
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.keys import read_key_file
+from service.api.keys import read_key_file
 
 if TYPE_CHECKING:
     import torch
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         return self
 
     def accepted_keys(self) -> list[str]:
-        """The keys of api_key and api_keys (the key file's are read by service.keys.KeyRing)."""
+        """The keys of api_key and api_keys (the key file's are read by service.api.keys.KeyRing)."""
         keys = [self.api_key] if self.api_key is not None else []
         return [key.get_secret_value() for key in [*keys, *self.api_keys] if key.get_secret_value()]
 
@@ -177,14 +177,10 @@ class Settings(BaseSettings):
     def served_model_name(self) -> str:
         return self.model_name or self.checkpoint.name
 
-    # torch is imported here, not at the top: `introllm-serve --help` and a bad
-    # flag are answered at once, without the seconds torch takes to import.
+    # torch is imported in these, not at the top: `introllm-serve --help` and a bad flag are answered
+    # at once, and the API process never imports it (the engine process resolves "auto").
     def torch_device(self) -> torch.device:
-        import torch
-
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def use_compile_cache_dir(self) -> None:
         """Point torch.compile's on-disk cache at `compile_cache_dir`, unless TORCHINDUCTOR_CACHE_DIR is set.
@@ -217,13 +213,27 @@ class Settings(BaseSettings):
             if not headers.is_file():
                 return False, (f"compile=auto: no Python headers ({headers} is missing: install the python"
                                f"{sys.version_info.major}.{sys.version_info.minor}-dev package, or set compile=false)")
-            return True, (f"compile=auto: {self.torch_device().type}, C++ compiler {compiler}; if compiling fails at "
+            return True, (f"compile=auto: device {self.device}, C++ compiler {compiler}; if compiling fails at "
                           "warm-up the engine serves without it")
         return self.compile, f"compile={str(self.compile).lower()}"
 
     def torch_dtype(self) -> torch.dtype:
-        import torch
+        return resolve_dtype(self.dtype, self.torch_device())
 
-        if self.dtype == "auto":
-            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
-        return getattr(torch, self.dtype)
+
+def resolve_device(device: str) -> torch.device:
+    """The device a `device` setting names ("auto": CUDA when torch sees a GPU, else the CPU); imports torch."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype a `dtype` setting names ("auto": bfloat16 on CUDA, float32 elsewhere); imports torch."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)

@@ -22,7 +22,7 @@ from typing import Any
 from safetensors import safe_open
 
 from model import PromptFormat, read_manifest
-from model.checkpoint import CONFIG_FILE, TOKENIZER_FILE
+from model.checkpoint_files import CONFIG_FILE, TOKENIZER_FILE
 from training.task_record import recorded_choice
 
 CURVE_FIELDS = ("reward", "accuracy", "mean_tau", "gate_rate", "entropy", "kl")

@@ -47,7 +47,7 @@ from tests.service.support import scrape, settings_for, start_server, stop_serve
 # The oldest release still supported upstream when this was written, and the newest the package ships.
 KUBERNETES_VERSIONS = ("1.33", kubernetes_validate.latest_version())
 CRD_API = "monitoring.coreos.com/v1"
-# After INTROLLM_DRAIN_GRACE_S the server waits up to 10 s more for the engine (service/app.py,
+# After INTROLLM_DRAIN_GRACE_S the server waits up to 10 s more for the engine (service/api/app.py,
 # drain) and gives uvicorn 5 s to flush (service/__main__.py, timeout_graceful_shutdown).
 SERVER_SHUTDOWN_AFTER_GRACE_S = 15
 # Start-up to ready with an empty compile cache, 2 CPUs (BENCHMARKS.md: 172 and 179 s).

@@ -18,6 +18,7 @@ from model import (
     save_checkpoint,
 )
 from model.checkpoint import HEAD_FILE, MANIFEST_FILE
+from model.checkpoint_files import context_length, read_checkpoint_info
 from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 
 
@@ -121,3 +122,25 @@ def test_broken_checkpoint_raises_checkpoint_error_naming_the_file(checkpoint_di
     break_checkpoint(checkpoint_dir)
     with pytest.raises(CheckpointError, match=re.escape(named_file)):
         load_checkpoint(checkpoint_dir)
+
+
+# What only transformers can judge (the model type) or only the weights show (the head's width): the engine's.
+ENGINE_ONLY = {"config-unknown-model-type", "head-width-not-matching-lm"}
+API_SIDE = [case for case in BROKEN_CHECKPOINTS if case[0] not in ENGINE_ONLY]
+
+
+@pytest.mark.parametrize(("break_checkpoint", "named_file"), [case[1:] for case in API_SIDE],
+                         ids=[case[0] for case in API_SIDE])
+def test_the_api_side_read_refuses_a_broken_checkpoint_naming_the_file_without_torch(
+    checkpoint_dir, break_checkpoint, named_file
+):
+    break_checkpoint(checkpoint_dir)
+    with pytest.raises(CheckpointError, match=re.escape(named_file)):
+        read_checkpoint_info(checkpoint_dir)
+
+
+def test_the_context_is_read_from_config_json_as_transformers_reads_it():
+    assert context_length({"max_position_embeddings": 512}) == 512
+    assert context_length({"model_type": "gpt2", "n_positions": 1024}) == 1024  # GPT-2's name for it
+    assert context_length({"text_config": {"max_position_embeddings": 4096}, "vision_config": {}}) == 4096
+    assert context_length({"model_type": "mamba"}) is None

@@ -32,8 +32,8 @@ from model import (
     TinyLMConfig,
     generate,
 )
-from service.app import create_app
-from service.scheduler import Scheduler, encode_prompt
+from service.api.app import create_app
+from service.api.scheduler import Scheduler, encode_prompt
 from service.settings import Settings
 
 TEST_LM = TinyLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from service.app import token_limits
+from service.api.app import token_limits
 from tests.service.support import (
     LiveServer,
     decode_paused,

@@ -19,7 +19,7 @@ import torch
 from transformers import GenerationConfig
 
 from model import Checkpoint, build_char_tokenizer, load_checkpoint
-from service.scheduler import encode_prompt
+from service.api.scheduler import encode_prompt
 from tests.model.own_models import (
     CONTEXT,
     WINDOW,

@@ -1,4 +1,4 @@
-"""Per-row sampling in a mixed batch (service/sampling.py): grouping by controller
+"""Per-row sampling in a mixed batch (service/engine/sampling.py): grouping by controller
 and per-row filters give each row exactly what it would get alone."""
 
 from __future__ import annotations
@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from model import CounterNoise, StepOutput
-from service.sampling import ControllerSpec, FastPaths, RowSampler, sample_rows
+from service.engine.sampling import FastPaths, RowSampler, build_controller, sample_rows
+from service.messages import ControllerSpec
 
 
 def _row(head, spec: ControllerSpec, **filters) -> RowSampler:
-    return RowSampler(spec, spec.build(head), **filters)
+    return RowSampler(spec, build_controller(spec, head), **filters)
 
 
 @torch.no_grad()
@@ -50,7 +51,7 @@ def test_each_row_of_a_mixed_batch_samples_what_it_would_alone(checkpoint):
 
 
 def test_entropy_controller_stays_inside_a_narrowed_range(checkpoint):
-    controller = ControllerSpec("entropy", tau_range=(0.3, 0.6)).build(checkpoint.head)
+    controller = build_controller(ControllerSpec("entropy", tau_range=(0.3, 0.6)), checkpoint.head)
     assert (controller.tau_min, controller.tau_max) == (0.3, 0.6)
     assert 0.3 <= controller.tau_0 <= 0.6
 

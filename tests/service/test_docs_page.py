@@ -1,4 +1,4 @@
-"""/docs: Swagger UI served from the package (service/docs_page.py), nothing from a CDN; the browser test with
+"""/docs: Swagger UI served from the package (service/api/docs_page.py), nothing from a CDN; the browser test with
 other origins unreachable is in test_playground_browser.py."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.docs_page import ASSETS, DOCS_DIR, SWAGGER_UI_FILES
+from service.api.app import create_app
+from service.api.docs_page import ASSETS, DOCS_DIR, SWAGGER_UI_FILES
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from model import LearnedTemperature
-from service import engine as engine_module
-from service.engine import Engine
+from service.api.events import FinishEvent, TokenEvent
+from service.api.metrics import ServiceMetrics
+from service.api.scheduler import Completed, GenerationInput, Limits, Scheduler
+from service.engine import engine as engine_module
+from service.engine.engine import Engine
+from service.engine.kv import SlotBatch
+from service.engine.sampling import build_controller
 from service.errors import ServiceError
-from service.events import FinishEvent, TokenEvent
-from service.kv import SlotBatch
-from service.metrics import ServiceMetrics
-from service.sampling import ControllerSpec
-from service.scheduler import Completed, GenerationInput, Limits, Scheduler
+from service.messages import ControllerSpec
 from tests.service.support import PROMPTS, decode_paused, reference, reference_tokens
 
 LONG = 300  # a budget the request does not reach in these tests
@@ -186,7 +187,7 @@ def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone
         results = asyncio.run(run_all(scheduler, requests))
     for request, (_, spec), result in zip(requests, cases, results, strict=True):
         expected = reference(
-            checkpoint, request.prompt, max_new_tokens=24, seed=request.seed, controller=spec.build(head),
+            checkpoint, request.prompt, max_new_tokens=24, seed=request.seed, controller=build_controller(spec, head),
             greedy=request.greedy, stop_at_eos=False, top_k=request.top_k, top_p=request.top_p,
         )
         assert token_ids(result) == reference_tokens(expected), spec
@@ -199,7 +200,7 @@ def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone
 
 def test_learned_controller_in_the_engine_is_the_model_cores(checkpoint):
     spec = ControllerSpec("learned", tau_range=(0.3, 1.5), deterministic=True)
-    controller = spec.build(checkpoint.head)
+    controller = build_controller(spec, checkpoint.head)
     assert isinstance(controller, LearnedTemperature)
     assert controller.head is checkpoint.head and controller.tau_range == (0.3, 1.5) and controller.deterministic
 
@@ -339,7 +340,7 @@ def test_stopping_the_engine_ends_requests_still_in_it_with_503(checkpoint):
 
 
 def test_a_failing_detokenizer_fails_only_its_request(checkpoint, monkeypatch):
-    from service import scheduler as scheduler_module
+    from service.api import scheduler as scheduler_module
 
     real_push = scheduler_module.TextStream.push
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.keys import KeyRing
+from service.api.keys import KeyRing
 from tests.service.support import settings_for, start_server, stop_server
 
 BODY = {"prompt": "a", "max_new_tokens": 2}

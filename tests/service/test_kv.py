@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from model import build_char_tokenizer, decode_step, new_cache, prefill
-from service.kv import SlotBatch, batch_bucket, prefill_alone, prefill_groups, prefill_together
-from service.scheduler import encode_prompt
+from service.api.scheduler import encode_prompt
+from service.engine.kv import SlotBatch, batch_bucket, prefill_alone, prefill_groups, prefill_together
 from tests.model.own_models import (
     CONTEXT,
     WINDOW,

@@ -118,7 +118,7 @@ def test_json_log_lines_are_json_carry_request_ids_and_never_a_key(checkpoint_di
     records = [json.loads(line) for line in output.splitlines() if line.strip()]  # every line is JSON
     assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
     loggers = {record["logger"] for record in records}
-    assert {"uvicorn.error", "uvicorn.access", "service.app", "service.routes"} <= loggers
+    assert {"uvicorn.error", "uvicorn.access", "service.api.app", "service.api.routes"} <= loggers
 
     def lines_of(request_id: str) -> list[dict]:
         return [record for record in records if record.get("request_id") == request_id]
@@ -127,8 +127,8 @@ def test_json_log_lines_are_json_carry_request_ids_and_never_a_key(checkpoint_di
         assert responses[f"ok-{i}"].status_code == 200
         assert responses[f"ok-{i}"].headers["x-request-id"] == f"trace-ok-{i}"
         own = lines_of(f"trace-ok-{i}")
-        assert {record["logger"] for record in own} == {"service.routes", "uvicorn.access"}, own
-        finished = next(record for record in own if record["logger"] == "service.routes")["message"]
+        assert {record["logger"] for record in own} == {"service.api.routes", "uvicorn.access"}, own
+        finished = next(record for record in own if record["logger"] == "service.api.routes")["message"]
         assert f"request {responses[f'ok-{i}'].json()['id']} finished: status 200" in finished
         assert responses[f"ok-{i}"].json()["usage"]["completion_tokens"] == 3
         assert "completion_tokens 3" in finished and "mean tau" in finished
@@ -158,7 +158,7 @@ def test_text_log_lines_show_the_request_id_and_never_a_key(checkpoint_dir, tmp_
     tagged = [line for line in lines if "[trace-ok-0]:" in line]
     assert any(" INFO uvicorn.access [trace-ok-0]: " in line and '"POST /v1/generate HTTP/1.1" 200' in line
                for line in tagged), tagged
-    assert any(" INFO service.routes [trace-ok-0]: request gen-" in line for line in tagged), tagged
+    assert any(" INFO service.api.routes [trace-ok-0]: request gen-" in line for line in tagged), tagged
     assert any(" INFO uvicorn.error [-]: Application startup complete." in line for line in lines)
     _assert_no_key_leaked(output, responses)
 

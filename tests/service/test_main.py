@@ -21,7 +21,7 @@ import pytest
 
 from model import UnsupportedModelError, build_char_tokenizer
 from service.__main__ import ENGINE_DIED, STARTUP_FAILURE
-from service.engine_process import start_failure_line
+from service.engine.process import start_failure_line
 from service.settings import Settings
 from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 from tests.model.own_models import mamba, rwkv, save_with_head
@@ -275,3 +275,42 @@ def test_compile_true_still_fails_loudly_when_compiling_fails(checkpoint_dir, tm
         assert process.wait(timeout=240) != 0
         output = process.stdout.read()
     assert "compiling failed at warm-up" not in output
+
+
+def _proc_status_kib(pid: int, field: str) -> int:
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+API_PEAK_RSS_BOUND_MIB = 150  # issue 21's target; measured about 67 MiB (README), torch alone maps more than this
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc")
+def test_the_api_process_never_loads_torch_and_stays_under_150_mib(checkpoint_dir, tmp_path):
+    """From outside, as an operator would see it: the API process's memory maps hold no libtorch
+    (the engine process's do) and its peak resident memory stays small after serving requests."""
+    port = free_port()
+    env = _child_env(
+        INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(port), INTROLLM_DEVICE="cpu",
+        INTROLLM_TORCH_THREADS="1", INTROLLM_LOG_LEVEL="info",
+    )
+    with reaped(_serve([], env, tmp_path)) as process:
+        lines = _Lines(process.stdout)
+        lines.wait_for("engine process")
+        engine_pid = int(re.search(r"engine process (\d+)", lines.seen[-1]).group(1))
+        lines.wait_for("Application startup complete")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT) as client:
+            for n in (1, 3):
+                reply = client.post("/v1/generate", json={"prompt": "1 2>3\n", "max_new_tokens": 16, "n": n})
+                assert reply.status_code == 200, reply.text
+            chat = {"model": "tiny-test", "messages": [{"role": "user", "content": "1 2>3"}], "max_tokens": 8,
+                    "stream": True}
+            with client.stream("POST", "/v1/chat/completions", json=chat) as response:
+                assert response.status_code == 200 and sse_json(read_sse(response.iter_lines()))
+        api_maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libtorch" in Path(f"/proc/{engine_pid}/maps").read_text()  # the check can see torch
+        assert "libtorch" not in api_maps and "/torch/" not in api_maps
+        peak_mib = _proc_status_kib(process.pid, "VmHWM") / 1024
+        assert peak_mib < API_PEAK_RSS_BOUND_MIB, f"API process peak RSS {peak_mib:.0f} MiB"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0

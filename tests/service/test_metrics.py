@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import service
 from model import FORMAT_VERSION, HeadConfig, TemperatureHead, build_char_tokenizer, build_tiny_lm, save_checkpoint
-from service.metrics import ServiceMetrics
+from service.api.metrics import ServiceMetrics
 from tests.service.support import TEST_LM, read_sse, settings_for, sse_json, start_server, stop_server
 
 REQUESTS = [

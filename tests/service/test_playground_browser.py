@@ -23,7 +23,7 @@ against what `/v1/generate` returns for the same request:
   (scripts, CSP violations), and its Content-Security-Policy is enforced;
 - with Samples (n) above 1, one request's n choices are shown side by side,
   each pane showing what its choice in the API's answer holds;
-- `/docs` (Swagger UI from the package, service/docs_page.py) renders every
+- `/docs` (Swagger UI from the package, service/api/docs_page.py) renders every
   operation with no other origin reachable at all (the browser resolves no
   host but the server's), requesting nothing elsewhere, console clean.
 

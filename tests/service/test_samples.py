@@ -25,10 +25,10 @@ from model import (
     load_checkpoint,
     save_checkpoint,
 )
-from service import engine as engine_module
+from service.api.scheduler import Completed, GenerationInput, encode_prompt
+from service.engine import engine as engine_module
 from service.errors import ServiceError
-from service.sampling import row_seed
-from service.scheduler import Completed, GenerationInput, encode_prompt
+from service.messages import row_seed
 from tests.service.support import PROMPTS, TEST_LM, decode_paused, reference, reference_tokens
 from tests.service.test_engine import failures, run_all, running_engine, staggered_prompts
 

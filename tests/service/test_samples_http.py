@@ -8,7 +8,7 @@ import logging
 import openai
 import pytest
 
-from service.sampling import row_seed
+from service.messages import row_seed
 from tests.service.support import (
     LiveServer,
     decode_paused,
@@ -111,7 +111,7 @@ def test_metrics_count_choices_and_the_log_line_summarises_each(server, caplog):
         return sum(v for k, v in server.metrics().items() if k.startswith("introllm_request_success_total{"))
 
     before = successes()
-    with caplog.at_level(logging.INFO, logger="service.routes"):
+    with caplog.at_level(logging.INFO, logger="service.api.routes"):
         body = generate(server, {"prompt": PROMPT, "n": 3, "max_new_tokens": 5, "seed": 2})
     assert successes() - before == 3
     line = next(r.getMessage() for r in caplog.records if body["id"] in r.getMessage())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model import build_char_tokenizer
-from service.scheduler import TextStream, encode_prompt
+from service.api.scheduler import TextStream, encode_prompt
 
 
 @pytest.fixture(scope="module")

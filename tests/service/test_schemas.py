@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import CompletionRequest, GenerateRequest
+from service.api.schemas import CompletionRequest, GenerateRequest
 
 
 @pytest.mark.parametrize(

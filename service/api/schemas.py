@@ -28,7 +28,7 @@ covers every choice's tokens. Streamed token events carry `choice` when
 n > 1. The OpenAI routes answer n choices with their `index`, as OpenAI does
 (streamed chunks carry one choice each; each choice's last chunk has its
 finish_reason and that choice's temperature summary). Choice i is seeded
-`row_seed(seed, i)` (service/sampling.py): choice 0 with the request's seed.
+`row_seed(seed, i)` (service/messages.py): choice 0 with the request's seed.
 
 What it does not do: check limits that depend on the server (prompt tokens,
 max_new_tokens limit, tau range of the checkpoint); see scheduler.py.
@@ -40,9 +40,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from service.events import ChoiceEnd, FinishEvent, TokenEvent
-from service.sampling import TemperatureMode
-from service.scheduler import MAX_SEED, Completed, GenerationInput, RequestHandle
+from service.api.events import ChoiceEnd, FinishEvent, TokenEvent
+from service.api.scheduler import MAX_SEED, Completed, GenerationInput, RequestHandle
+from service.messages import TemperatureMode
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 64

@@ -16,7 +16,7 @@ is turned off.
 URLs are relative (`docs/...` from `/docs`, `openapi.json` resolved against
 the page), so the page works under a gateway's path prefix.
 
-What it does not do: change the document (service/openapi.py), or serve
+What it does not do: change the document (service/api/openapi.py), or serve
 Swagger UI's OAuth2 redirect page (the API uses bearer keys).
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.playground import SECURITY_HEADERS, STATIC_PACKAGE, load_assets, serve_asset
+from service.api.playground import SECURITY_HEADERS, STATIC_PACKAGE, load_assets, serve_asset
 
 SWAGGER_UI_PACKAGE = "swagger_ui"  # the swagger-ui-py distribution, pinned in pyproject.toml
 SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")

@@ -49,13 +49,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from model import PLAIN, PromptFormat, PromptFormatError, render_prompt
-from service.errors import ServiceError, error_body, unauthorized, unavailable, validation_error
-from service.events import ChoiceEnd, FinishEvent, TokenEvent
-from service.keys import KeyRing
-from service.metrics import ServerInfo
-from service.openapi import PLAIN_TEXT, errors, event_stream
-from service.scheduler import Completed, RequestHandle, Scheduler
-from service.schemas import (
+from service.api.events import ChoiceEnd, FinishEvent, TokenEvent
+from service.api.keys import KeyRing
+from service.api.metrics import ServerInfo
+from service.api.openapi import PLAIN_TEXT, errors, event_stream
+from service.api.scheduler import Completed, RequestHandle, Scheduler
+from service.api.schemas import (
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -84,12 +83,13 @@ from service.schemas import (
     token_info,
     usage,
 )
+from service.errors import ServiceError, error_body, unauthorized, unavailable, validation_error
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499  # nginx's code; nobody receives it, it only shows in access logs
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# What a generation route can answer besides 200 (service/openapi.py documents each).
+# What a generation route can answer besides 200 (service/api/openapi.py documents each).
 GENERATION_ERRORS = (400, 401, 413, 415, 422, 429, 500, 503)
 
 

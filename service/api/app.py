@@ -35,18 +35,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from model import PLAIN, CheckpointInfo, PromptFormat, attention_layout, read_checkpoint_info
-from service.docs_page import docs
-from service.engine_boot import Prestarted
-from service.engine_process import EngineProcess, EngineSpec
+from model.checkpoint_files import CheckpointInfo, context_length, read_checkpoint_info
+from model.layout import refuse_declared_layer_types
+from model.prompt_format import PLAIN, PromptFormat
+from service.api.docs_page import docs
+from service.api.engine_boot import Prestarted
+from service.api.engine_client import EngineProcess
+from service.api.keys import KeyRing
+from service.api.metrics import ServerInfo, ServiceMetrics
+from service.api.openapi import install as install_openapi
+from service.api.playground import playground
+from service.api.routes import api, ops
+from service.api.scheduler import Limits, Scheduler, encode_prompt
 from service.errors import ServiceError, error_body
-from service.keys import KeyRing
 from service.logs import REQUEST_ID, REQUEST_ID_HEADER, accept_request_id, current_request_id
-from service.metrics import ServerInfo, ServiceMetrics
-from service.openapi import install as install_openapi
-from service.playground import playground
-from service.routes import api, ops
-from service.scheduler import Limits, Scheduler, encode_prompt
+from service.messages import EngineSpec
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,11 +83,13 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
                  "on a small CPU, later starts reuse it", why, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     else:
         log.info("torch.compile off (%s)", why)
-    # Tokenizer, config and manifest only: the weights are the engine process's.
-    checkpoint: CheckpointInfo = read_checkpoint_info(settings.checkpoint, trust_remote_code=settings.trust_remote_code)
+    # Tokenizer, config and manifest only, read without torch: the weights are the engine process's.
+    checkpoint: CheckpointInfo = read_checkpoint_info(settings.checkpoint)
     tokenizer, head_config = checkpoint.tokenizer, checkpoint.manifest.head
-    attention_layout(checkpoint.config)  # an unservable layer type: refused here, in one line, before any weight
-    context = getattr(checkpoint.config, "max_position_embeddings", None)
+    # A layer type the config names and the KV cache cannot serve: refused here, in one line, before any
+    # weight; the engine process checks the loaded model in full (model/lm.py `attention_layout`).
+    refuse_declared_layer_types(checkpoint.config)
+    context = context_length(checkpoint.config)
     max_prompt_tokens, max_new_tokens, default_max_new_tokens = token_limits(settings, context)
     limits = Limits(
         max_prompt_tokens=max_prompt_tokens,
@@ -99,8 +104,9 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
     )
     spec = EngineSpec(
         checkpoint=str(settings.checkpoint),
-        device=str(settings.torch_device()),
-        dtype=str(settings.torch_dtype()).removeprefix("torch."),
+        # As set ("auto" included): the engine process resolves them with torch, and says what it chose (Ready).
+        device=settings.device,
+        dtype=settings.dtype,
         trust_remote_code=settings.trust_remote_code,
         max_running=settings.max_running_requests,
         max_waiting=settings.max_waiting_requests,
@@ -181,7 +187,7 @@ def create_app(
         version=service.__version__,
         summary="Generation with a learned per-token sampling temperature.",
         lifespan=lifespan,
-        docs_url=None,  # served from the package by service/docs_page.py, not from a CDN
+        docs_url=None,  # served from the package by service/api/docs_page.py, not from a CDN
         redoc_url=None,  # FastAPI's ReDoc page loads its script from a CDN too
     )
     app.state.settings = settings

@@ -23,7 +23,7 @@ sampled by the head reading the draft's summary, passed per row to
 `sample_rows` (`draft`, (B, F)); the engine drafts and summarises.
 
 Seeds of n samples: row i of a request with seed s draws with
-`row_seed(s, i)`: s itself for row 0 (so n = 1 is unchanged), and
+`row_seed(s, i)` (service/messages.py): s itself for row 0 (so n = 1 is unchanged), and
 (s + i * 0x9E3779B97F4A7C15) mod 2^63 for i > 0 (a Weyl step of the golden
 ratio: distinct for every i < 2^63, and touching both 32-bit halves that
 `CounterNoise` hashes). A seeded request of n samples therefore returns
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -55,43 +54,22 @@ from model import (
     sample,
     token_log_probs,
 )
-
-TemperatureMode = Literal["learned", "fixed", "entropy"]
-SEED_MODULUS = 2**63
-_ROW_SEED_STEP = 0x9E3779B97F4A7C15 % SEED_MODULUS
+from service.messages import ControllerSpec
 
 
-def row_seed(seed: int, choice: int) -> int:
-    """The seed of row `choice` of a request seeded `seed` (see the module docstring)."""
-    return (seed + choice * _ROW_SEED_STEP) % SEED_MODULUS
-
-
-@dataclass(frozen=True)
-class ControllerSpec:
-    """How one request's temperature is chosen; hashable, so rows can be grouped by it.
-
-    tau_range: the narrowing of the trained range asked for (learned, entropy),
-    already resolved to both bounds; None keeps the trained range.
-    """
-
-    mode: TemperatureMode
-    temperature: float | None = None
-    tau_range: tuple[float, float] | None = None
-    deterministic: bool = False
-    follows_draft: bool = False  # a learned row after its request's greedy draft: the head reads its summary
-
-    def build(self, head: TemperatureHead) -> TemperatureController:
-        if serves_greedy_draft(self, head):
-            return FixedTemperature(head.config.tau_min)  # with RowSampler.greedy: the argmax (module docstring)
-        if self.mode == "learned":
-            return LearnedTemperature(head, deterministic=self.deterministic, tau_range=self.tau_range)
-        if self.mode == "fixed":
-            if self.temperature is None:
-                raise ValueError("a fixed-temperature spec needs a temperature")
-            return FixedTemperature(self.temperature)
-        low, high = self.tau_range or (head.config.tau_min, head.config.tau_max)
-        # EDT's tau_0 is the ceiling it approaches at high entropy: keep it inside the range.
-        return EntropyTemperature(tau_0=min(max(1.0, low), high), tau_min=low, tau_max=high)
+def build_controller(spec: ControllerSpec, head: TemperatureHead) -> TemperatureController:
+    """The controller rows of `spec` draw their temperatures with, for this checkpoint's head."""
+    if serves_greedy_draft(spec, head):
+        return FixedTemperature(head.config.tau_min)  # with RowSampler.greedy: the argmax (module docstring)
+    if spec.mode == "learned":
+        return LearnedTemperature(head, deterministic=spec.deterministic, tau_range=spec.tau_range)
+    if spec.mode == "fixed":
+        if spec.temperature is None:
+            raise ValueError("a fixed-temperature spec needs a temperature")
+        return FixedTemperature(spec.temperature)
+    low, high = spec.tau_range or (head.config.tau_min, head.config.tau_max)
+    # EDT's tau_0 is the ceiling it approaches at high entropy: keep it inside the range.
+    return EntropyTemperature(tau_0=min(max(1.0, low), high), tau_min=low, tau_max=high)
 
 
 def serves_greedy_draft(spec: ControllerSpec, head: TemperatureHead) -> bool:

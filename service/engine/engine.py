@@ -45,7 +45,7 @@ What it does not do: HTTP, asyncio, tokenization, text, stop strings,
 validation or Prometheus. Events carry token ids; the reader detokenizes,
 looks for stop strings and ends a request early through its `Ticket`
 (scheduler.RequestState). It runs in whatever process creates it: the
-server's engine process (engine_process.py), or a test's.
+server's engine process (process.py), or a test's.
 """
 
 from __future__ import annotations
@@ -58,128 +58,33 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
 from model.draft import step_confidence, summarise_draft
-from service.events import FinishReason
-from service.kv import SlotBatch, prefill_groups, prefill_together
-from service.sampling import ControllerSpec, FastPaths, RowSampler, row_seed, sample_rows, serves_greedy_draft
+from service.engine.kv import SlotBatch, prefill_groups, prefill_together
+from service.engine.sampling import FastPaths, RowSampler, build_controller, sample_rows, serves_greedy_draft
+from service.messages import (
+    CancelReason,
+    ControllerSpec,
+    Ended,
+    EngineEvent,
+    EngineFull,
+    EngineRequest,
+    EngineUnavailable,
+    Failed,
+    FinishReason,
+    Observer,
+    Sampled,
+    Started,
+    Ticket,
+    row_seed,
+)
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class Started:
-    """Prefill began (`at` on `time.monotonic()`, the same clock in every process of a machine)."""
-
-    at: float
-
-
-@dataclass(frozen=True)
-class Sampled:
-    """One generated token of choice `choice` (a row of the request) and how it was drawn."""
-
-    index: int
-    token_id: int
-    tau: float
-    updated: bool
-    logprob: float
-    at: float
-    choice: int = 0
-
-
-@dataclass(frozen=True)
-class Ended:
-    """Choice `choice` of the request left the engine normally (or was cancelled, stopped or timed out
-    while waiting). `final`: the last of the request's n choices to end, the request's terminal event."""
-
-    reason: FinishReason
-    at: float
-    choice: int = 0
-    final: bool = True
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The engine could not complete the request."""
-
-    kind: Literal["internal", "unavailable"]
-    message: str
-
-
-EngineEvent = Started | Sampled | Ended | Failed
-
-
-class Sink(Protocol):
-    """Where a request's events go. Called from the engine thread; must not block."""
-
-    def push(self, events: list[EngineEvent]) -> None: ...
-
-
-class Observer(Protocol):
-    """Engine-wide figures, reported from the engine thread (metrics.ServiceMetrics is one)."""
-
-    def observe_batch(self, size: int) -> None: ...
-
-    def set_load(self, running: int, waiting: int) -> None: ...
-
-
-# ---------------------------------------------------------------- requests
-
-
-@dataclass(frozen=True)
-class DecodeParams:
-    max_new_tokens: int
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    ignore_eos: bool = False
-
-
-@dataclass
-class EngineRequest:
-    """One admitted request, everything checked. `deadline` is on `time.monotonic()`."""
-
-    prompt_ids: list[int]
-    controller: ControllerSpec
-    params: DecodeParams
-    seed: int
-    deadline: float
-    sink: Sink
-    n: int = 1  # samples of the prompt: n rows, one prefill (see `_Request`)
-
-
-class EngineFull(Exception):
-    """No room: running + waiting is at its bound."""
-
-
-class EngineUnavailable(Exception):
-    """The engine is stopping or its thread has died."""
-
-
-CancelReason = Literal["cancelled", "stop"]
-
-
-class Ticket:
-    """The caller's handle on a submitted request, from either engine: it can only end it early."""
-
-    def __init__(self, cancel: Callable[[CancelReason, int | None], None]) -> None:
-        self._cancel = cancel
-
-    def cancel(self, reason: CancelReason = "cancelled", choice: int | None = None) -> None:
-        """Ask for removal at the next step boundary; a no-op once the request has finished.
-
-        choice None: every row of the request; else only that choice's row.
-        reason "stop": the reader found a stop string and has already ended the
-        choice on its side; the engine only frees the row."""
-        self._cancel(reason, choice)
 
 
 @dataclass(eq=False)
@@ -664,7 +569,7 @@ class Engine:
         if spec not in self._controllers:
             if len(self._controllers) >= 256:  # specs come from requests: keep the cache bounded
                 self._controllers.clear()
-            self._controllers[spec] = spec.build(self.head)
+            self._controllers[spec] = build_controller(spec, self.head)
         return self._controllers[spec]
 
     def _step(self) -> None:

@@ -1,18 +1,18 @@
-"""Start the engine process early, before the API process has imported torch.
+"""Start the engine process early, while the API process imports its own (torch-free) modules.
 
 What it does: `prestart` starts the engine process with no work yet; the
 child imports torch, transformers and the engine (seconds) while the API
-process imports the app and reads the checkpoint's tokenizer and config, in
+process (which never imports torch) imports the app and reads the checkpoint's tokenizer and config, in
 parallel on another core, then waits for its `EngineSpec` on its input pipe
-(`engine_process.run_engine_process`). Measured on 2 cores: the warm start
+(`service.engine.process.run_engine_process`). Measured on 2 cores: the warm start
 to ready went from about 35 s to (see BENCHMARKS.md) with the two imports
 overlapped instead of one after the other.
 
 Light on purpose: this module imports nothing heavy, so the console command
 can call it first.
 
-What it does not do: decide what the engine runs (engine_process.EngineSpec,
-built by app.load) or talk to a running engine (engine_process.EngineProcess).
+What it does not do: decide what the engine runs (messages.EngineSpec,
+built by app.load) or talk to a running engine (engine_client.EngineProcess).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from multiprocessing.process import BaseProcess
 from typing import Literal
 
 StartMethod = Literal["spawn", "forkserver"]
-PRELOADED = ["service.engine_process", "model", "service.engine"]  # what forkserver imports once
+PRELOADED = ["service.engine.process", "model", "service.engine.engine"]  # what forkserver imports once
 
 
 @dataclass
@@ -68,6 +68,6 @@ def _boot(inputs: Connection, outputs: Connection) -> None:
     # with a message. The engine also stops if the API process is gone (end-of-file on its pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from service.engine_process import run_engine_process
+    from service.engine.process import run_engine_process
 
     run_engine_process(inputs, outputs)

@@ -1,15 +1,16 @@
-"""The engine in a process of its own, and its client in the API process.
+"""The engine in a process of its own: its client, in the API process.
 
 Why: one CPython process has one GIL. With the engine in a thread of the
 server, every bit of HTTP work (uvicorn, pydantic, JSON, SSE,
 detokenization) lengthened a decode step, and at 16 clients HTTP delivered
 0.66 of what the engine does alone (BENCHMARKS.md). As vLLM V1 splits its
 API server from its EngineCore, the engine process here owns the model, the
-KV slots and the scheduler loop (`engine.Engine`, run in its main thread);
+KV slots and the scheduler loop (service/engine/process.py runs `engine.Engine`
+in its main thread);
 the API process keeps HTTP, validation, tokenization, detokenization, stop
 strings, SSE and the Prometheus registry.
 
-The channel: two one-way OS pipes (`multiprocessing.Pipe(duplex=False)`),
+The channel (every message in service/messages.py): two one-way OS pipes (`multiprocessing.Pipe(duplex=False)`),
 messages encoded with msgspec's msgpack as typed structs (no pickle on the
 hot path). API -> engine: `Add`, `Cancel` and `Control` messages, sent as
 they happen. Engine -> API: one `Step` message per loop iteration carrying
@@ -43,7 +44,8 @@ its imports overlap the API process's; the process then waits for its
 engine: a terminal's Ctrl-C, or a supervisor's SIGTERM to every process,
 is the API process's to handle: it drains, then stops the engine.
 
-What it does not do: HTTP, tokenization, or restart a dead engine.
+What it does not do: HTTP, tokenization, import torch (the engine process's
+side is service/engine/process.py), or restart a dead engine.
 """
 
 from __future__ import annotations
@@ -51,358 +53,35 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing
-import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import msgspec
 
-from service.engine import (
-    DecodeParams,
-    Ended,
+from service.api.engine_boot import Prestarted, StartMethod, prestart
+from service.messages import (
+    Add,
+    Cancel,
+    Control,
+    EndedOut,
     EngineEvent,
     EngineFull,
     EngineRequest,
+    EngineSpec,
     EngineUnavailable,
     Failed,
-    Sampled,
-    Started,
+    FailedOut,
+    FromEngine,
+    Ready,
+    StartFailed,
+    Step,
     Ticket,
+    ToEngine,
+    from_wire,
 )
-from service.engine_boot import Prestarted, StartMethod, prestart
-from service.events import FinishReason
-from service.sampling import ControllerSpec
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- the wire
-
-
-class Add(msgspec.Struct, tag=True, array_like=True):
-    id: int
-    prompt_ids: list[int]
-    mode: str
-    temperature: float | None
-    tau_range: tuple[float, float] | None
-    deterministic: bool
-    max_new_tokens: int
-    top_k: int
-    top_p: float
-    greedy: bool
-    ignore_eos: bool
-    seed: int
-    deadline: float  # time.monotonic(): CLOCK_MONOTONIC, one clock for every process of the machine
-    n: int = 1
-
-
-class Cancel(msgspec.Struct, tag=True, array_like=True):
-    id: int
-    reason: str  # "cancelled" or "stop"
-    choice: int | None = None  # None: every row of the request
-
-
-class Control(msgspec.Struct, tag=True, array_like=True):
-    action: str  # "cap_deadlines" (value: a monotonic deadline), "pause", "resume", "stop"
-    value: float = 0.0
-
-
-class StartedOut(msgspec.Struct, tag=True, array_like=True):
-    id: int
-    at: float
-
-
-class SampledOut(msgspec.Struct, tag=True, array_like=True):
-    id: int
-    index: int
-    token_id: int
-    tau: float
-    updated: bool
-    logprob: float
-    at: float
-    choice: int
-
-
-class EndedOut(msgspec.Struct, tag=True, array_like=True):
-    id: int
-    reason: str
-    at: float
-    choice: int
-    final: bool  # the request's last row to end
-
-
-class FailedOut(msgspec.Struct, tag=True, array_like=True):
-    id: int
-    kind: str
-    message: str
-
-
-class Step(msgspec.Struct, tag=True, array_like=True):
-    """Everything one engine loop iteration produced."""
-
-    events: list[StartedOut | SampledOut | EndedOut | FailedOut]
-    batch_sizes: list[int]  # rows of each decode step run since the last message
-    running: int
-    waiting: int
-
-
-class Ready(msgspec.Struct, tag=True, array_like=True):
-    device: str
-    dtype: str
-    torch_threads: int
-    pid: int
-
-
-class StartFailed(msgspec.Struct, tag=True, array_like=True):
-    checkpoint_error: bool  # the checkpoint is broken (the console command exits 3), or anything else
-    message: str
-
-
-ToEngine = Add | Cancel | Control
-FromEngine = Step | Ready | StartFailed
-
-
-def _to_wire(request_id: int, event: EngineEvent) -> StartedOut | SampledOut | EndedOut | FailedOut:
-    if isinstance(event, Sampled):
-        return SampledOut(request_id, event.index, event.token_id, event.tau, event.updated, event.logprob, event.at,
-                          event.choice)
-    if isinstance(event, Started):
-        return StartedOut(request_id, event.at)
-    if isinstance(event, Ended):
-        return EndedOut(request_id, event.reason, event.at, event.choice, event.final)
-    return FailedOut(request_id, event.kind, event.message)
-
-
-def _from_wire(event: StartedOut | SampledOut | EndedOut | FailedOut) -> EngineEvent:
-    if isinstance(event, SampledOut):
-        return Sampled(event.index, event.token_id, event.tau, event.updated, event.logprob, event.at, event.choice)
-    if isinstance(event, StartedOut):
-        return Started(event.at)
-    if isinstance(event, EndedOut):
-        reason: FinishReason = event.reason  # type: ignore[assignment]  # written by _to_wire from one
-        return Ended(reason, event.at, event.choice, event.final)
-    return Failed(event.kind, event.message)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------- what the engine process is given
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Everything the engine process needs to build its engine (plain values: it crosses the boundary)."""
-
-    checkpoint: str
-    device: str
-    dtype: str  # "float32", "bfloat16", ...
-    trust_remote_code: bool
-    max_running: int
-    max_waiting: int
-    max_sequence_length: int
-    prefill_token_budget: int
-    compile: bool
-    compile_fallback: bool  # compile=auto: a compilation failure at warm-up means serving eager, not failing
-    torch_threads: int
-    warm_up_prompt_ids: tuple[int, ...] | None  # None: no warm-up (and no compilation before serving)
-    log_level: str
-    log_format: str
-
-
-# ---------------------------------------------------------------- the engine process
-
-
-class _Outbox:
-    """Events of the current iteration, sent as one `Step` by `flush` (from the engine thread)."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._encoder = msgspec.msgpack.Encoder()
-        self._lock = threading.Lock()  # the input thread adds refusals; the engine thread everything else
-        self._events: list[StartedOut | SampledOut | EndedOut | FailedOut] = []
-        self._batch_sizes: list[int] = []
-        self._load = (0, 0)
-        self._sent_load = (0, 0)
-        self.tickets: dict[int, Ticket] = {}
-
-    def add(self, request_id: int, events: list[EngineEvent]) -> None:
-        with self._lock:
-            self._events.extend(_to_wire(request_id, event) for event in events)
-            if _terminal(events[-1]):
-                self.tickets.pop(request_id, None)
-
-    def observe_batch(self, size: int) -> None:  # engine.Observer
-        with self._lock:
-            self._batch_sizes.append(size)
-
-    def set_load(self, running: int, waiting: int) -> None:  # engine.Observer
-        with self._lock:
-            self._load = (running, waiting)
-
-    def flush(self) -> None:
-        with self._lock:
-            if not self._events and not self._batch_sizes and self._load == self._sent_load:
-                return
-            step = Step(self._events, self._batch_sizes, *self._load)
-            self._events, self._batch_sizes, self._sent_load = [], [], self._load
-            payload = self._encoder.encode(step)
-            # Sent under the lock: messages leave in the order their events happened.
-            self._connection.send_bytes(payload)
-
-
-class _OutboxSink:
-    def __init__(self, outbox: _Outbox, request_id: int) -> None:
-        self._outbox = outbox
-        self._id = request_id
-
-    def push(self, events: list[EngineEvent]) -> None:
-        self._outbox.add(self._id, events)
-
-
-def run_engine_process(inputs: Connection, outputs: Connection) -> None:
-    """The engine process's body: wait for the spec, load, warm up, say Ready, then run the loop
-    until told to stop (or until the API process is gone)."""
-    encoder = msgspec.msgpack.Encoder()
-    try:
-        spec = msgspec.msgpack.decode(inputs.recv_bytes(), type=EngineSpec)
-    except (EOFError, OSError):
-        return  # the API process gave up before sending the spec (a broken checkpoint, say)
-    try:
-        engine, outbox, ready = _build_engine(spec, outputs)
-    except Exception as exc:
-        from model import CheckpointError
-
-        # The API process logs the one error line; the traceback is for `--log-level debug`.
-        log.debug("the engine failed to start", exc_info=True)
-        outputs.send_bytes(encoder.encode(StartFailed(isinstance(exc, CheckpointError), start_failure_line(exc))))
-        outputs.close()
-        raise SystemExit(1) from None
-    reader = threading.Thread(
-        target=_read_inputs, args=(engine, outbox, inputs), name="introllm-engine-inputs", daemon=True
-    )
-    reader.start()
-    outputs.send_bytes(encoder.encode(ready))
-    engine.run()  # until a Control("stop") or the API process's end
-    outputs.close()
-
-
-def start_failure_line(exc: BaseException) -> str:
-    """One line saying why the start failed: the message of an error that explains itself (a broken
-    checkpoint, a model the cache cannot serve), else the exception's type and the first line of its
-    message (a compiler's error runs to pages)."""
-    from model import CheckpointError, UnsupportedModelError
-
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    first = lines[0] if lines else ""
-    if isinstance(exc, (CheckpointError, UnsupportedModelError)):
-        return first
-    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
-
-
-def _build_engine(spec: EngineSpec, outputs: Connection):
-    import torch
-
-    from model import load_checkpoint
-    from service.engine import Engine
-    from service.logs import configure_handler
-
-    configure_handler(spec.log_format, spec.log_level)
-    torch.set_num_threads(spec.torch_threads)
-    checkpoint = load_checkpoint(
-        spec.checkpoint, torch.device(spec.device), getattr(torch, spec.dtype),
-        trust_remote_code=spec.trust_remote_code,
-    )
-    outbox = _Outbox(outputs)
-
-    def build(compile: bool) -> Engine:
-        engine = Engine(
-            checkpoint.model,
-            checkpoint.head,
-            eos_token_ids=eos_token_ids(checkpoint),
-            max_running=spec.max_running,
-            max_waiting=spec.max_waiting,
-            max_sequence_length=spec.max_sequence_length,
-            prefill_token_budget=spec.prefill_token_budget,
-            compile=compile,
-            observer=outbox,
-            after_iteration=outbox.flush,
-        )
-        if spec.warm_up_prompt_ids is not None:
-            # With `compile`, this is where the decode step compiles (before readiness).
-            engine.warm_up(list(spec.warm_up_prompt_ids))
-        return engine
-
-    try:
-        engine = build(spec.compile)
-    except Exception as exc:
-        if not (spec.compile and spec.compile_fallback):
-            raise
-        # compile=auto promised a start: say why in one line and serve eager (a half-compiled model is dropped).
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        log.warning("compile=auto: compiling failed at warm-up (%s: %s); serving without torch.compile",
-                    type(exc).__name__, reason)
-        torch._dynamo.reset()
-        engine = build(False)
-    dtype = str(next(checkpoint.model.parameters()).dtype).removeprefix("torch.")
-    return engine, outbox, Ready(str(engine.device), dtype, torch.get_num_threads(), os.getpid())
-
-
-def eos_token_ids(checkpoint) -> set[int]:
-    """The tokenizer's EOS and the generation config's (which may list several)."""
-    ids: set[int] = set()
-    if checkpoint.tokenizer.eos_token_id is not None:
-        ids.add(checkpoint.tokenizer.eos_token_id)
-    configured = getattr(checkpoint.model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    return ids
-
-
-def _read_inputs(engine, outbox: _Outbox, inputs: Connection) -> None:
-    """The engine process's input thread: messages from the API process, applied as they come."""
-    decoder = msgspec.msgpack.Decoder(ToEngine)
-    try:
-        while True:
-            message = decoder.decode(inputs.recv_bytes())
-            if isinstance(message, Add):
-                _add(engine, outbox, message)
-            elif isinstance(message, Cancel):
-                ticket = outbox.tickets.get(message.id)
-                if ticket is not None:
-                    ticket.cancel(message.reason, message.choice)  # type: ignore[arg-type]  # written by _cancel
-            elif message.action == "cap_deadlines":
-                engine.cap_deadlines(message.value)
-            elif message.action == "pause":
-                engine.pause()
-            elif message.action == "resume":
-                engine.resume()
-            elif message.action == "stop":
-                break
-    except (EOFError, OSError):
-        log.warning("the API process is gone: stopping the engine")
-    except Exception:
-        log.exception("the engine's input thread failed: stopping the engine")
-    engine.stop()
-
-
-def _add(engine, outbox: _Outbox, message: Add) -> None:
-    spec = ControllerSpec(message.mode, message.temperature, message.tau_range, message.deterministic)  # type: ignore[arg-type]
-    request = EngineRequest(
-        prompt_ids=message.prompt_ids,
-        controller=spec,
-        params=DecodeParams(message.max_new_tokens, message.top_k, message.top_p, message.greedy, message.ignore_eos),
-        seed=message.seed,
-        deadline=message.deadline,
-        sink=_OutboxSink(outbox, message.id),
-        n=message.n,
-    )
-    try:
-        outbox.tickets[message.id] = engine.submit(request)
-    except (EngineFull, EngineUnavailable, ValueError) as exc:  # admission makes this rare: say so, never drop
-        outbox.add(message.id, [Failed("unavailable", f"the engine refused the request: {exc}")])
-        outbox.flush()
 
 
 # ---------------------------------------------------------------- the client (API process)
@@ -626,7 +305,7 @@ class EngineProcess:
         ended: list[int] = []
         rows_ended: list[int] = []
         for event in step.events:
-            by_request.setdefault(event.id, []).append(_from_wire(event))
+            by_request.setdefault(event.id, []).append(from_wire(event))
             if isinstance(event, EndedOut):
                 rows_ended.append(event.id)
             if isinstance(event, FailedOut) or isinstance(event, EndedOut) and event.final:
@@ -663,11 +342,6 @@ class EngineProcess:
     def _publish_load_locked(self) -> None:
         if self.observer is not None:
             self.observer.set_load(*self._load_locked())
-
-
-def _terminal(event: EngineEvent) -> bool:
-    """Whether `event` ends its request (a failure, or the end of its last row)."""
-    return isinstance(event, Failed) or isinstance(event, Ended) and event.final
 
 
 def _push_quietly(sink, events: list[EngineEvent]) -> bool:

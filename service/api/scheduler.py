@@ -40,24 +40,26 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from transformers import PreTrainedTokenizerBase
-
-from service.engine import (
+from model.text_tokenizer import TextTokenizer
+from service.api.events import ChoiceEnd, ErrorEvent, Event, FinishEvent, TokenEvent
+from service.api.metrics import RequestMetrics, ServiceMetrics
+from service.errors import ServiceError, internal_error, overloaded, unavailable, validation_error
+from service.messages import (
     CancelReason,
+    ControllerSpec,
     DecodeParams,
     Ended,
     EngineEvent,
     EngineFull,
     EngineRequest,
     EngineUnavailable,
+    FinishReason,
     Sampled,
     Started,
+    TemperatureMode,
     Ticket,
+    row_seed,
 )
-from service.errors import ServiceError, internal_error, overloaded, unavailable, validation_error
-from service.events import ChoiceEnd, ErrorEvent, Event, FinishEvent, FinishReason, TokenEvent
-from service.metrics import RequestMetrics, ServiceMetrics
-from service.sampling import ControllerSpec, TemperatureMode, row_seed
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**63 - 1
@@ -67,7 +69,7 @@ MAX_SEED = 2**63 - 1
 DETOKENIZE_CONTEXT = 5
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def encode_prompt(tokenizer: TextTokenizer, text: str) -> list[int]:
     """Token ids of `text`, with the tokenizer's BOS in front when it has one."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
@@ -80,7 +82,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 class TextStream:
     """Token ids in, released text out; stops at the first stop string (excluded from the text)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str] = (), context: Sequence[int] = ()):
+    def __init__(self, tokenizer: TextTokenizer, stop: Sequence[str] = (), context: Sequence[int] = ()):
         self._tokenizer = tokenizer
         self._stop = tuple(s for s in stop if s)
         self._longest_stop = max((len(s) for s in self._stop), default=0)
@@ -453,7 +455,7 @@ class Limits:
 
 class EngineLike(Protocol):
     """What the scheduler needs of an engine: `engine.Engine` in a thread of this process, or
-    `engine_process.EngineProcess`, the client of an engine running in a process of its own."""
+    `engine_client.EngineProcess`, the client of an engine running in a process of its own."""
 
     failure: BaseException | None
 
@@ -479,7 +481,7 @@ class Scheduler:
     def __init__(
         self,
         engine: EngineLike,
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: TextTokenizer,
         limits: Limits,
         metrics: ServiceMetrics,
         tau_init: float,

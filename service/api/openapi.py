@@ -22,8 +22,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.api.schemas import ChatCompletionChunk, CompletionResponse, ErrorResponse, StreamDone, StreamToken
 from service.logs import MAX_REQUEST_ID_LENGTH
-from service.schemas import ChatCompletionChunk, CompletionResponse, ErrorResponse, StreamDone, StreamToken
 
 REF = "#/components/schemas/{model}"
 # Models that appear only inside streams: FastAPI does not see them.

@@ -1,12 +1,11 @@
-"""What a request's reader receives: token events, then one finish or error event.
+"""What a request's reader receives in the API process: token events, then one finish or error event.
 
 What it does: defines the events the scheduler hands to the routes, text and
 summaries included. A request of n samples has n choices: its token events
 name their choice, each choice ends with a `ChoiceEnd`, and the request with
 one `FinishEvent` carrying every choice's end (n = 1: one choice, 0). The
-engine's own, text-free events are in engine.py; scheduler.RequestState
-turns one into the other. Plain data, no torch, so
-the API side can import it without the model.
+engine's own, text-free events are in service/messages.py;
+scheduler.RequestState turns one into the other. Plain data, no torch.
 
 What it does not do: produce events (scheduler.py) or render them (schemas.py).
 """
@@ -16,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-FinishReason = Literal["length", "eos", "stop", "timeout", "cancelled"]
+from service.messages import FinishReason
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class ChoiceEnd:
     tau_min: float | None
     tau_max: float | None
     tau_updates: int
-    seed: int  # the seed its row drew with (service.sampling.row_seed)
+    seed: int  # the seed its row drew with (service.engine.sampling.row_seed)
 
 
 @dataclass(frozen=True)

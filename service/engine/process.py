@@ -1,0 +1,244 @@
+"""The engine process's side of the pipes: build the engine from its `EngineSpec`, then serve messages.
+
+What it does: `run_engine_process` (started by service/api/engine_boot.py)
+waits for the spec, loads the checkpoint, builds and warms up the engine
+(`engine.Engine`; with compile=auto, a compilation failure falls back to
+eager), says `Ready` (or `StartFailed` in one line), then runs the loop in its
+main thread while an input thread applies `Add`, `Cancel` and `Control`
+messages. Each loop iteration's events leave as one `Step` (`_Outbox`).
+Why two processes and why pipes: service/api/engine_client.py.
+
+What it does not do: HTTP, tokenization, text, admission (the API process
+admits; a refusal here is reported as a failed request, never dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from multiprocessing.connection import Connection
+
+import msgspec
+
+from service.engine.engine import Engine
+from service.messages import (
+    Add,
+    Cancel,
+    ControllerSpec,
+    DecodeParams,
+    EndedOut,
+    EngineEvent,
+    EngineFull,
+    EngineRequest,
+    EngineSpec,
+    EngineUnavailable,
+    Failed,
+    FailedOut,
+    Ready,
+    SampledOut,
+    StartedOut,
+    StartFailed,
+    Step,
+    Ticket,
+    ToEngine,
+    is_terminal,
+    to_wire,
+)
+from service.settings import resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+
+
+
+class _Outbox:
+    """Events of the current iteration, sent as one `Step` by `flush` (from the engine thread)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._encoder = msgspec.msgpack.Encoder()
+        self._lock = threading.Lock()  # the input thread adds refusals; the engine thread everything else
+        self._events: list[StartedOut | SampledOut | EndedOut | FailedOut] = []
+        self._batch_sizes: list[int] = []
+        self._load = (0, 0)
+        self._sent_load = (0, 0)
+        self.tickets: dict[int, Ticket] = {}
+
+    def add(self, request_id: int, events: list[EngineEvent]) -> None:
+        with self._lock:
+            self._events.extend(to_wire(request_id, event) for event in events)
+            if is_terminal(events[-1]):
+                self.tickets.pop(request_id, None)
+
+    def observe_batch(self, size: int) -> None:  # engine.Observer
+        with self._lock:
+            self._batch_sizes.append(size)
+
+    def set_load(self, running: int, waiting: int) -> None:  # engine.Observer
+        with self._lock:
+            self._load = (running, waiting)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._events and not self._batch_sizes and self._load == self._sent_load:
+                return
+            step = Step(self._events, self._batch_sizes, *self._load)
+            self._events, self._batch_sizes, self._sent_load = [], [], self._load
+            payload = self._encoder.encode(step)
+            # Sent under the lock: messages leave in the order their events happened.
+            self._connection.send_bytes(payload)
+
+
+class _OutboxSink:
+    def __init__(self, outbox: _Outbox, request_id: int) -> None:
+        self._outbox = outbox
+        self._id = request_id
+
+    def push(self, events: list[EngineEvent]) -> None:
+        self._outbox.add(self._id, events)
+
+
+def run_engine_process(inputs: Connection, outputs: Connection) -> None:
+    """The engine process's body: wait for the spec, load, warm up, say Ready, then run the loop
+    until told to stop (or until the API process is gone)."""
+    encoder = msgspec.msgpack.Encoder()
+    try:
+        spec = msgspec.msgpack.decode(inputs.recv_bytes(), type=EngineSpec)
+    except (EOFError, OSError):
+        return  # the API process gave up before sending the spec (a broken checkpoint, say)
+    try:
+        engine, outbox, ready = _build_engine(spec, outputs)
+    except Exception as exc:
+        from model import CheckpointError
+
+        # The API process logs the one error line; the traceback is for `--log-level debug`.
+        log.debug("the engine failed to start", exc_info=True)
+        outputs.send_bytes(encoder.encode(StartFailed(isinstance(exc, CheckpointError), start_failure_line(exc))))
+        outputs.close()
+        raise SystemExit(1) from None
+    reader = threading.Thread(
+        target=_read_inputs, args=(engine, outbox, inputs), name="introllm-engine-inputs", daemon=True
+    )
+    reader.start()
+    outputs.send_bytes(encoder.encode(ready))
+    engine.run()  # until a Control("stop") or the API process's end
+    outputs.close()
+
+
+def start_failure_line(exc: BaseException) -> str:
+    """One line saying why the start failed: the message of an error that explains itself (a broken
+    checkpoint, a model the cache cannot serve), else the exception's type and the first line of its
+    message (a compiler's error runs to pages)."""
+    from model import CheckpointError, UnsupportedModelError
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if isinstance(exc, (CheckpointError, UnsupportedModelError)):
+        return first
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+
+
+def _build_engine(spec: EngineSpec, outputs: Connection):
+    import torch
+
+    from model import load_checkpoint
+    from service.logs import configure_handler
+
+    configure_handler(spec.log_format, spec.log_level)
+    torch.set_num_threads(spec.torch_threads)
+    device = resolve_device(spec.device)
+    checkpoint = load_checkpoint(
+        spec.checkpoint, device, resolve_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code,
+    )
+    outbox = _Outbox(outputs)
+
+    def build(compile: bool) -> Engine:
+        engine = Engine(
+            checkpoint.model,
+            checkpoint.head,
+            eos_token_ids=eos_token_ids(checkpoint),
+            max_running=spec.max_running,
+            max_waiting=spec.max_waiting,
+            max_sequence_length=spec.max_sequence_length,
+            prefill_token_budget=spec.prefill_token_budget,
+            compile=compile,
+            observer=outbox,
+            after_iteration=outbox.flush,
+        )
+        if spec.warm_up_prompt_ids is not None:
+            # With `compile`, this is where the decode step compiles (before readiness).
+            engine.warm_up(list(spec.warm_up_prompt_ids))
+        return engine
+
+    try:
+        engine = build(spec.compile)
+    except Exception as exc:
+        if not (spec.compile and spec.compile_fallback):
+            raise
+        # compile=auto promised a start: say why in one line and serve eager (a half-compiled model is dropped).
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        log.warning("compile=auto: compiling failed at warm-up (%s: %s); serving without torch.compile",
+                    type(exc).__name__, reason)
+        torch._dynamo.reset()
+        engine = build(False)
+    dtype = str(next(checkpoint.model.parameters()).dtype).removeprefix("torch.")
+    return engine, outbox, Ready(str(engine.device), dtype, torch.get_num_threads(), os.getpid())
+
+
+def eos_token_ids(checkpoint) -> set[int]:
+    """The tokenizer's EOS and the generation config's (which may list several)."""
+    ids: set[int] = set()
+    if checkpoint.tokenizer.eos_token_id is not None:
+        ids.add(checkpoint.tokenizer.eos_token_id)
+    configured = getattr(checkpoint.model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids
+
+
+def _read_inputs(engine, outbox: _Outbox, inputs: Connection) -> None:
+    """The engine process's input thread: messages from the API process, applied as they come."""
+    decoder = msgspec.msgpack.Decoder(ToEngine)
+    try:
+        while True:
+            message = decoder.decode(inputs.recv_bytes())
+            if isinstance(message, Add):
+                _add(engine, outbox, message)
+            elif isinstance(message, Cancel):
+                ticket = outbox.tickets.get(message.id)
+                if ticket is not None:
+                    ticket.cancel(message.reason, message.choice)  # type: ignore[arg-type]  # written by _cancel
+            elif message.action == "cap_deadlines":
+                engine.cap_deadlines(message.value)
+            elif message.action == "pause":
+                engine.pause()
+            elif message.action == "resume":
+                engine.resume()
+            elif message.action == "stop":
+                break
+    except (EOFError, OSError):
+        log.warning("the API process is gone: stopping the engine")
+    except Exception:
+        log.exception("the engine's input thread failed: stopping the engine")
+    engine.stop()
+
+
+def _add(engine, outbox: _Outbox, message: Add) -> None:
+    spec = ControllerSpec(message.mode, message.temperature, message.tau_range, message.deterministic)  # type: ignore[arg-type]
+    request = EngineRequest(
+        prompt_ids=message.prompt_ids,
+        controller=spec,
+        params=DecodeParams(message.max_new_tokens, message.top_k, message.top_p, message.greedy, message.ignore_eos),
+        seed=message.seed,
+        deadline=message.deadline,
+        sink=_OutboxSink(outbox, message.id),
+        n=message.n,
+    )
+    try:
+        outbox.tickets[message.id] = engine.submit(request)
+    except (EngineFull, EngineUnavailable, ValueError) as exc:  # admission makes this rare: say so, never drop
+        outbox.add(message.id, [Failed("unavailable", f"the engine refused the request: {exc}")])
+        outbox.flush()
