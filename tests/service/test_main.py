@@ -6,6 +6,7 @@ whichever copy of the project is installed in the environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -217,8 +219,9 @@ def test_sigterm_to_both_processes_lets_in_flight_requests_finish_then_exits_0(c
         lines.wait_for("drain finished")
 
 
-def test_a_killed_engine_process_makes_the_server_exit_4(checkpoint_dir, tmp_path):
-    """The supervisor's view (what fails for requests in flight: test_app.py, with the engine paused)."""
+@contextlib.contextmanager
+def _started_server(checkpoint_dir: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, _Lines, int, int]]:
+    """The console command on a free port, up and serving: (process, its output, port, engine pid)."""
     port = free_port()
     env = _child_env(
         INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(port), INTROLLM_DEVICE="cpu",
@@ -229,6 +232,12 @@ def test_a_killed_engine_process_makes_the_server_exit_4(checkpoint_dir, tmp_pat
         lines.wait_for("engine process")
         engine_pid = int(re.search(r"engine process (\d+)", lines.seen[-1]).group(1))
         lines.wait_for("Application startup complete")
+        yield process, lines, port, engine_pid
+
+
+def test_a_killed_engine_process_makes_the_server_exit_4(checkpoint_dir, tmp_path):
+    """The supervisor's view (what fails for requests in flight: test_app.py, with the engine paused)."""
+    with _started_server(checkpoint_dir, tmp_path) as (process, lines, _, engine_pid):
         os.kill(engine_pid, signal.SIGKILL)
         lines.wait_for("exiting with status 4")
         assert process.wait(timeout=60) == ENGINE_DIED
@@ -289,16 +298,7 @@ API_PEAK_RSS_BOUND_MIB = 150  # issue 21's target; measured about 67 MiB (README
 def test_the_api_process_never_loads_torch_and_stays_under_150_mib(checkpoint_dir, tmp_path):
     """From outside, as an operator would see it: the API process's memory maps hold no libtorch
     (the engine process's do) and its peak resident memory stays small after serving requests."""
-    port = free_port()
-    env = _child_env(
-        INTROLLM_CHECKPOINT=str(checkpoint_dir), INTROLLM_PORT=str(port), INTROLLM_DEVICE="cpu",
-        INTROLLM_TORCH_THREADS="1", INTROLLM_LOG_LEVEL="info",
-    )
-    with reaped(_serve([], env, tmp_path)) as process:
-        lines = _Lines(process.stdout)
-        lines.wait_for("engine process")
-        engine_pid = int(re.search(r"engine process (\d+)", lines.seen[-1]).group(1))
-        lines.wait_for("Application startup complete")
+    with _started_server(checkpoint_dir, tmp_path) as (process, _, port, engine_pid):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT) as client:
             for n in (1, 3):
                 reply = client.post("/v1/generate", json={"prompt": "1 2>3\n", "max_new_tokens": 16, "n": n})
