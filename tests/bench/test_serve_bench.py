@@ -91,6 +91,13 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     assert report["summary"]["over_peer"]["eager"]["4"] == round(
         server_c4["output_tokens_per_s"] / peer_levels[0]["output_tokens_per_s"], 3)
 
+    # bench/tables.py renders the report as BENCHMARKS.md's table: a row per level, peer level and baseline.
+    printed = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "tables.py"), str(out)],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| server")]
+    assert [row.split("|")[1].strip() for row in rows[:3]] == ["this server", "this server", "peer, eager"]
+    assert any(row.startswith("| generate(), 1 thread | 1 at a time |") for row in rows)
+
     # No level at 16 clients in quick mode: the keys are there, the values are None.
     assert set(report["summary"]) == {"c16_over_generate", "ttft_p50_c16_over_c1", "over_peer"}
     assert report["summary"]["c16_over_generate"] is None
