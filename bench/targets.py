@@ -6,8 +6,9 @@ per target: the measured value, the threshold, and met / not met (or
 unmeasured when its file is missing). It measures nothing itself, so the
 table always shows what the result files hold.
 
-    python bench/targets.py --decode bench/results/decode-cpu.json --serve bench/results/serve-cpu.json \
-        --serve-task bench/results/serve-cpu-task.json --startup bench/results/startup-cpu.txt
+    python bench/targets.py --decode bench/results/decode-cpu-[0-9]*.json \
+        --serve bench/results/serve-cpu-[0-9]*.json --serve-task bench/results/serve-cpu-task-[0-9]*.json \
+        --startup bench/results/startup-cpu-[0-9]*.txt
     python bench/targets.py --gpu bench/results/decode-gpu.json
 
 Which engine variant counts: the compiled decode step when the file has it,
