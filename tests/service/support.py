@@ -26,17 +26,39 @@ from model import (
     Checkpoint,
     CounterNoise,
     Generation,
+    HeadConfig,
     LearnedTemperature,
     SamplingParams,
     TemperatureController,
+    TemperatureHead,
     TinyLMConfig,
+    build_char_tokenizer,
+    build_tiny_lm,
+    draft_summary_size,
     generate,
+    save_checkpoint,
 )
 from service.api.app import create_app
 from service.api.scheduler import Scheduler, encode_prompt
 from service.settings import Settings
 
 TEST_LM = TinyLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+
+
+def save_draft_head_checkpoint(path: Path, *, perturb_draft_linear: bool = False) -> Path:
+    """A tiny checkpoint whose head reads the greedy draft (hidden, tau_prev, draft summary), its output layer
+    (and, when asked, the zero-initialised draft path) perturbed so that its inputs move its temperatures."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_lm(tokenizer, TEST_LM, seed=0)
+    torch.manual_seed(0)
+    d = TEST_LM.hidden_size
+    head = TemperatureHead(HeadConfig(hidden_size=d, inputs=("hidden", "tau_prev", "draft"),
+                                      draft_size=draft_summary_size(d), draft_linear=8))
+    with torch.no_grad():
+        head.fc2.weight.normal_(0, 0.5)
+        if perturb_draft_linear:
+            head.draft_linear.weight.normal_(0, 0.5)
+    return save_checkpoint(path, model, tokenizer, head, base_model=path.name)
 HTTP_TIMEOUT = httpx.Timeout(120.0)  # generous: the machine may be shared with a training job
 # Prompts of different lengths, in the default model's format and not.
 PROMPTS = [

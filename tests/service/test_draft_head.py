@@ -20,19 +20,13 @@ import torch
 
 from model import (
     FixedTemperature,
-    HeadConfig,
-    TemperatureHead,
-    build_char_tokenizer,
-    build_tiny_lm,
-    draft_summary_size,
     load_checkpoint,
-    save_checkpoint,
 )
 from tests.service.support import (
-    TEST_LM,
     LiveServer,
     reference,
     reference_tokens,
+    save_draft_head_checkpoint,
     settings_for,
     start_server,
     stop_server,
@@ -43,16 +37,7 @@ PROMPT = "12 34>56\n"
 
 @pytest.fixture(scope="module")
 def draft_checkpoint_dir(tmp_path_factory) -> Path:
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_lm(tokenizer, TEST_LM, seed=0)
-    torch.manual_seed(0)
-    d = TEST_LM.hidden_size
-    head = TemperatureHead(HeadConfig(hidden_size=d, inputs=("hidden", "tau_prev", "draft"),
-                                      draft_size=draft_summary_size(d), draft_linear=8))
-    with torch.no_grad():
-        head.fc2.weight.normal_(0, 0.5)
-    return save_checkpoint(tmp_path_factory.mktemp("draft") / "draft-test", model, tokenizer, head,
-                           base_model="draft-test")
+    return save_draft_head_checkpoint(tmp_path_factory.mktemp("draft") / "draft-test")
 
 
 @pytest.fixture(scope="module")

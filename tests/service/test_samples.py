@@ -13,23 +13,23 @@ import torch
 from model import (
     CounterNoise,
     FixedTemperature,
-    HeadConfig,
     LearnedTemperature,
     SamplingParams,
-    TemperatureHead,
-    build_char_tokenizer,
-    build_tiny_lm,
     decode_draft,
-    draft_summary_size,
     generate,
     load_checkpoint,
-    save_checkpoint,
 )
 from service.api.scheduler import Completed, GenerationInput, encode_prompt
 from service.engine import engine as engine_module
 from service.errors import ServiceError
 from service.messages import row_seed
-from tests.service.support import PROMPTS, TEST_LM, decode_paused, reference, reference_tokens
+from tests.service.support import (
+    PROMPTS,
+    decode_paused,
+    reference,
+    reference_tokens,
+    save_draft_head_checkpoint,
+)
 from tests.service.test_engine import failures, run_all, running_engine, staggered_prompts
 
 PROMPT = "3 5 7 2>24\n"
@@ -152,17 +152,7 @@ def test_a_stop_string_ends_the_choice_that_writes_it_and_no_other(checkpoint):
 
 @pytest.fixture(scope="module")
 def draft_checkpoint(tmp_path_factory):
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_lm(tokenizer, TEST_LM, seed=0)
-    torch.manual_seed(0)
-    d = TEST_LM.hidden_size
-    head = TemperatureHead(HeadConfig(hidden_size=d, inputs=("hidden", "tau_prev", "draft"),
-                                      draft_size=draft_summary_size(d), draft_linear=8))
-    with torch.no_grad():
-        head.fc2.weight.normal_(0, 0.5)
-        head.draft_linear.weight.normal_(0, 0.5)
-    path = save_checkpoint(tmp_path_factory.mktemp("draft-n") / "draft-n", model, tokenizer, head,
-                           base_model="draft-n")
+    path = save_draft_head_checkpoint(tmp_path_factory.mktemp("draft-n") / "draft-n", perturb_draft_linear=True)
     return load_checkpoint(path, "cpu", torch.float32)
 
 
