@@ -36,7 +36,7 @@ max_new_tokens limit, tau range of the checkpoint); see scheduler.py.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -131,21 +131,8 @@ class GenerateRequest(Strict):
 
     def to_input(self) -> GenerationInput:
         return GenerationInput(
-            prompt=self.prompt,
-            max_new_tokens=self.max_new_tokens,
-            mode=self.mode,
-            temperature=self.temperature,
-            tau_min=self.tau_min,
-            tau_max=self.tau_max,
-            deterministic=self.deterministic_temperature,
-            greedy=self.greedy,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=tuple(self.stop),
-            timeout_s=self.timeout_s,
-            ignore_eos=self.ignore_eos,
-            n=self.n,
+            prompt=self.prompt, max_new_tokens=self.max_new_tokens, mode=self.mode, temperature=self.temperature,
+            stop=tuple(self.stop), **_shared_input_fields(self),
         )
 
 
@@ -366,22 +353,8 @@ class OpenAISampling(Strict):
         temperature = (self.temperature or 1.0) if mode == "fixed" else None
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return GenerationInput(
-            prompt=prompt,
-            prompt_ids=prompt_ids,
-            max_new_tokens=max_new_tokens,
-            mode=mode,
-            temperature=temperature,
-            tau_min=self.tau_min,
-            tau_max=self.tau_max,
-            deterministic=self.deterministic_temperature,
-            greedy=self.greedy,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=stop,
-            timeout_s=self.timeout_s,
-            ignore_eos=self.ignore_eos,
-            n=self.n,
+            prompt=prompt, prompt_ids=prompt_ids, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature,
+            stop=stop, **_shared_input_fields(self),
         )
 
 
@@ -449,6 +422,16 @@ class ChatCompletionRequest(OpenAISampling):
     def to_input(self, prompt_ids: list[int]) -> GenerationInput:
         """The generation of a reply to the messages, rendered by the route into `prompt_ids`."""
         return self._input(self.messages[-1].text, self.max_completion_tokens or self.max_tokens, tuple(prompt_ids))
+
+
+def _shared_input_fields(request: GenerateRequest | OpenAISampling) -> dict[str, Any]:
+    """The GenerationInput fields every route's request carries under the same names and meaning (the
+    prompt, mode, temperature and stop strings differ by route and are set by each)."""
+    return dict(
+        tau_min=request.tau_min, tau_max=request.tau_max, deterministic=request.deterministic_temperature,
+        greedy=request.greedy, top_k=request.top_k, top_p=request.top_p, seed=request.seed,
+        timeout_s=request.timeout_s, ignore_eos=request.ignore_eos, n=request.n,
+    )
 
 
 def _check_temperature_fields(mode: TemperatureMode, temperature: float | None, tau_min: float | None,
