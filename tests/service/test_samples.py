@@ -112,12 +112,13 @@ def test_the_rows_of_a_request_count_against_the_bounds_together(checkpoint):
     async def scenario(scheduler) -> None:
         engine = scheduler.engine
         with decode_paused(engine):
-            first = scheduler.submit(GenerationInput(prompt=PROMPT, max_new_tokens=50, n=4))
+            # ignore_eos: a row whose first token is EOS would end at once and leave 3 running
+            first = scheduler.submit(GenerationInput(prompt=PROMPT, max_new_tokens=50, n=4, ignore_eos=True))
             assert await asyncio.to_thread(engine.wait_until, lambda running, waiting: running == 4, 30)
             with pytest.raises(ServiceError) as refused:
                 scheduler.submit(GenerationInput(prompt=PROMPT, max_new_tokens=50, n=3))  # 4 + 3 > 4 + 2
             assert refused.value.status == 429
-            second = scheduler.submit(GenerationInput(prompt=PROMPT, max_new_tokens=50, n=2))
+            second = scheduler.submit(GenerationInput(prompt=PROMPT, max_new_tokens=50, n=2, ignore_eos=True))
             assert engine.load() == (4, 2)  # its two rows wait for slots together
             with pytest.raises(ServiceError) as too_many:
                 scheduler.submit(GenerationInput(prompt=PROMPT, max_new_tokens=5, n=5))
