@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", choices=["both", "off", "on"], default="both",
                         help="engine variants: eager, compiled decode step, or both")
     parser.add_argument("--no-baselines", action="store_true", help="skip generate() and the bare forward")
+    parser.add_argument("--native-decode", choices=["auto", "false"], default="auto",
+                        help="the engine's decode forward: native where it can (the service's default) or "
+                        "always the model's own forward (false), for the comparison")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         engine = Engine(
             model, head, eos_token_ids=eos, max_running=max_batch, max_waiting=max_batch,
             max_sequence_length=args.prompt_tokens + args.new_tokens, compile=compiled,
+            native_decode="auto" if args.native_decode == "auto" else False,
         )
         start = time.perf_counter()
         engine.warm_up(list(range(3, 3 + args.prompt_tokens)))

@@ -298,6 +298,7 @@ class EngineSpec:
     prefill_token_budget: int
     compile: bool
     compile_fallback: bool  # compile=auto: a compilation failure at warm-up means serving eager, not failing
+    native_decode: bool | str  # the setting: True, False or "auto" (kv.SlotBatch's `native`)
     torch_threads: int
     warm_up_prompt_ids: tuple[int, ...] | None  # None: no warm-up (and no compilation before serving)
     log_level: str

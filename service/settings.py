@@ -88,10 +88,17 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = Field(64, ge=1, description="max_new_tokens of a request that sets none")
     compile: bool | Literal["auto"] = Field(
         "auto",
-        description="torch.compile the decode and sampling steps before serving (faster steady state; the "
+        description="torch.compile the decode step (forward, temperature head and draw) before serving (faster steady state; the "
         "first start compiles for minutes on a small CPU, later starts reuse compile_cache_dir); 'auto': on "
         "when a C++ compiler and the Python headers are found (CPU and CUDA alike need them), else off with a "
         "log line, and off with a log line if compiling fails at warm-up; true: a failure stops the start",
+    )
+    native_decode: bool | Literal["auto"] = Field(
+        "auto",
+        description="run the decode step through the service's own Llama-family decoder (model/native_decoder.py: "
+        "fused matmuls, attention over the KV slots; Llama, Qwen2, Mistral with global attention) instead of the "
+        "model's transformers forward; 'auto': when the model is one it knows, else the transformers forward with a "
+        "log line; true: refuse to start otherwise",
     )
     compile_cache_dir: Path = Field(
         Path.home() / ".cache" / "introllm" / "torch-compile",

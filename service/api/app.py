@@ -115,6 +115,7 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
         prefill_token_budget=settings.prefill_token_budget,
         compile=compile,
         compile_fallback=settings.compile == "auto",
+        native_decode=settings.native_decode,
         torch_threads=settings.engine_threads(),
         warm_up_prompt_ids=tuple(encode_prompt(tokenizer, "warm up")) if settings.warm_up else None,
         log_level=settings.log_level,

@@ -11,8 +11,12 @@ between two decode steps:
      stays under half their real tokens; equal lengths pad nothing), samples
      their first tokens, and each joins the batch as a new row;
   4. runs one decode step for every row (unless paused) and samples the next
-     token per row (`sampling.sample_rows`, with counter-based noise keyed by
-     each request's seed and token index), then emits one `Sampled` event per
+     token per row in that same step (`kv.SlotBatch.decode_then` with
+     `sampling.sample_in_step`: one compiled graph for the forward, the
+     temperature head and the draw, whatever mix of learned and fixed rows;
+     rows with filters, greedy or entropy rows are drawn again by
+     `sampling.sample_rows` from the step's logits), with counter-based noise
+     keyed by each request's seed and token index, then emits one `Sampled` event per
      row and an `Ended` event for rows that hit EOS, their token budget or
      their deadline; those rows leave the batch at once;
   5. calls `after_iteration` after the prefills and after the decode step
@@ -66,7 +70,16 @@ from transformers import DynamicCache, PreTrainedModel
 from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
 from model.draft import step_confidence, summarise_draft
 from service.engine.kv import SlotBatch, prefill_groups, prefill_together
-from service.engine.sampling import FastPaths, RowSampler, build_controller, sample_rows, serves_greedy_draft
+from service.engine.sampling import (
+    FastPaths,
+    RowSampler,
+    build_controller,
+    sample_in_step,
+    sample_rows,
+    sampled_result,
+    serves_greedy_draft,
+    step_inputs,
+)
 from service.messages import (
     CancelReason,
     ControllerSpec,
@@ -151,13 +164,15 @@ class Engine:
         max_sequence_length: int,
         prefill_token_budget: int = 2048,
         compile: bool = False,
+        native_decode: bool | Literal["auto"] = "auto",
         observer: Observer | None = None,
         after_iteration: Callable[[], None] | None = None,
     ) -> None:
         """max_sequence_length: the longest prompt + max_new_tokens a request may have
         (the scheduler enforces it); each of the max_running KV slots holds that many tokens.
-        compile: run the decode step (`kv.SlotBatch`) and the common sampling steps
-        (`sampling.FastPaths`) through `torch.compile`; `warm_up` compiles them.
+        compile: run the decode step (`kv.SlotBatch`) with its sampling (`sampling.sample_in_step`)
+        through `torch.compile`; `warm_up` compiles it.
+        native_decode: the decode step's forward (`kv.SlotBatch`'s `native`).
         after_iteration: called in the engine thread after each prefill round, at the end of
         each loop iteration, and once more when the loop ends (the outbox sends nothing when it
         holds nothing new)."""
@@ -183,7 +198,8 @@ class Engine:
         # token they will sample next (the noise counter).
         self._rows: list[_Sequence] = []
         self._batch = SlotBatch(
-            model, slots=max_running, max_len=max_sequence_length, device=self.device, compile=compile
+            model, slots=max_running, max_len=max_sequence_length, device=self.device, compile=compile,
+            native=native_decode,
         )
         self._tau = torch.zeros((0, 1), dtype=torch.float32, device=self.device)
         self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
@@ -194,30 +210,29 @@ class Engine:
         self._drafts = torch.zeros((0, head.config.draft_size), device=self.device) if head.reads_draft else None
         self._drafting: list[_Request] = []
         self._controllers: dict[ControllerSpec, TemperatureController] = {}  # one per spec, shared
-        self._fast = FastPaths.compiled() if compile else FastPaths()
+        # Prefills sample their first tokens eagerly (one row per request, beside a prefill's cost); decode
+        # steps sample inside the decode step's graph (`sample_in_step`).
+        self._fast = FastPaths()
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
 
     # ------------------------------------------------------------ control (any thread)
 
     def warm_up(self, prompt_ids: list[int]) -> None:
-        """Run (and with `compile`, compile) the decode step before serving; call before `start`."""
+        """Run (and with `compile`, compile) the decode step with its sampling before serving; call before
+        `start`. One graph for batch 1 and one for every larger batch (`kv.SlotBatch`)."""
         if self._thread is not None:
             raise RuntimeError("warm up before starting the engine")
+
+        def inputs(rows: int) -> tuple:
+            sampler = RowSampler(ControllerSpec("learned"), self._controller(ControllerSpec("learned")))
+            drafts = None if self._drafts is None else torch.zeros((rows, self._drafts.shape[1]), device=self.device)
+            noise = CounterNoise.for_rows([0] * rows, 0, self.device)
+            tau = torch.ones((rows, 1), device=self.device)
+            return step_inputs([sampler] * rows, self.head, tau, noise, drafts)[0]
+
         with torch.inference_mode():
-            self._batch.warm_up(prompt_ids)
-            vocab, width = self.model.get_output_embeddings().weight.shape  # (V, d)
-            dtype = next(self.model.parameters()).dtype
-            for rows in sorted({1, min(2, self.max_running)}):
-                step = StepOutput(
-                    logits=torch.zeros((rows, vocab), device=self.device),
-                    hidden=torch.zeros((rows, width), dtype=dtype, device=self.device),
-                )
-                tau = torch.ones((rows, 1), device=self.device)
-                noise = CounterNoise.for_rows([0] * rows, 0, self.device)
-                for spec in (ControllerSpec("learned"), ControllerSpec("fixed", temperature=1.0)):
-                    sampler = RowSampler(spec, self._controller(spec), greedy=serves_greedy_draft(spec, self.head))
-                    sample_rows([sampler] * rows, step, tau, noise, fast=self._fast)
+            self._batch.warm_up(prompt_ids, sample_in_step, inputs)
 
     def start(self) -> None:
         """Run the loop in a thread of its own."""
@@ -577,11 +592,14 @@ class Engine:
         if self.observer is not None:
             self.observer.observe_batch(len(self._rows))
         try:
-            step = self._batch.decode(self._next_tokens)
             noise = CounterNoise(self._seeds, self._counters)
-            result = sample_rows(
-                [s.sampler for s in self._rows], step, self._tau, noise, fast=self._fast, draft=self._drafts
-            )
+            samplers = [s.sampler for s in self._rows]
+            args, sampled_in_step = step_inputs(samplers, self.head, self._tau, noise, self._drafts)
+            step, sampled = self._batch.decode_then(self._next_tokens, sample_in_step, args)
+            if sampled_in_step:
+                result = sampled_result(sampled)
+            else:  # filters, greedy or entropy rows: drawn again, eagerly, from the step's logits
+                result = sample_rows(samplers, step, self._tau, noise, fast=self._fast, draft=self._drafts)
             values = _host_values(result)
             self._record_draft_steps(self._rows, step)
         except Exception as exc:

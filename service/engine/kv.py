@@ -27,12 +27,15 @@ construction (their masks depend on more than a row's length).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from model import AttentionLayout, StepOutput, UnsupportedModelError, attention_layout, forward, new_cache, prefill
+from model.native_decoder import NativeDecoder, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,13 @@ def prefill_groups(lengths: list[int], max_padding: float = 0.5) -> list[list[in
     return groups
 
 
+def _pad_rows(arg, size: int, bucket: int):
+    """A tensor with `size` rows padded to `bucket` rows with copies of its first; anything else as is."""
+    if not isinstance(arg, torch.Tensor) or arg.dim() == 0 or arg.shape[0] != size:
+        return arg
+    return torch.cat([arg, arg[:1].expand(bucket - size, *arg.shape[1:])])
+
+
 def batch_bucket(size: int, slots: int) -> int:
     """The padded batch size for `size` rows: the next power of two, at most `slots`."""
     bucket = 1
@@ -110,6 +120,19 @@ def check_supported(model: PreTrainedModel, max_len: int) -> AttentionLayout:
             f"attention implementation {config._attn_implementation!r}: the slot cache needs 'sdpa' or 'eager'"
         )
     return layout
+
+
+def _native_decoder(model: PreTrainedModel, max_len: int, native: bool | Literal["auto"]) -> NativeDecoder | None:
+    if native is False:
+        return None
+    reason = unsupported_reason(model, max_len)
+    if reason is None:
+        return NativeDecoder(model, max_len)
+    if native is True:
+        raise UnsupportedModelError(f"native_decode=true, but native decode cannot run this model: {reason}")
+    log.info("native_decode=auto: decoding through the model's own forward (native decode does not know %s)",
+             reason)
+    return None
 
 
 class _SlotLayer(CacheLayerMixin):
@@ -172,7 +195,11 @@ class SlotBatch:
         max_len: int,
         device: torch.device,
         compile: bool = False,
+        native: bool | Literal["auto"] = "auto",
     ) -> None:
+        """native: run the decode step through `model.native_decoder` (True; refused for a model it cannot
+        run), through the model's own forward (False), or the first when it can ("auto", with one log line
+        when it cannot)."""
         if slots < 1 or max_len < 2:
             raise ValueError("need slots >= 1 and max_len >= 2")
         self.layout = check_supported(model, max_len)
@@ -189,13 +216,17 @@ class SlotBatch:
         self.capacity = -(-max_len // WIDTH_STEP) * WIDTH_STEP + 1
         self.device = device
         self.compile = compile
+        self.native = _native_decoder(model, max_len, native)
         self._lengths: list[int] = []
         self._layers: list[_SlotLayer] = []
+        self._key_stores: list[torch.Tensor] = []
+        self._value_stores: list[torch.Tensor] = []
         self._cache: Cache | None = None
         self._columns = torch.arange(self.capacity, device=device)
         self._slot_base = torch.arange(slots, device=device) * self.capacity  # (slots,) first store row of each slot
         # Set by `decode` before each forward, read by every layer's update.
         self.write_index = torch.zeros(0, dtype=torch.long, device=device)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # native: cos/sin (b, 1, D) of the rows
         self.width = WIDTH_STEP
         additive = model.config.get_text_config()._attn_implementation == "eager"
         self._additive_mask = additive
@@ -207,7 +238,7 @@ class SlotBatch:
         # bucket and width), which is where a GPU's per-step time goes at small
         # batch. Not yet run on a GPU in this repository's tests.
         mode = "reduce-overhead" if device.type == "cuda" else None
-        self._step = torch.compile(self._forward, dynamic=True, mode=mode) if compile else self._forward
+        self._step = torch.compile(self._forward_then, dynamic=True, mode=mode) if compile else self._forward_then
         self._warm = False  # after warm_up: skip dynamo's guard evaluation (see `_run_step`)
 
     @property
@@ -256,8 +287,11 @@ class SlotBatch:
         self._lengths = [self._lengths[i] for i in rows]
 
     @torch.no_grad()
-    def warm_up(self, prompt_ids: list[int]) -> None:
-        """Compile (or just exercise) the decode step at batch 1 and 2 with a dummy prompt; leaves the batch empty."""
+    def warm_up(
+        self, prompt_ids: list[int], then: Callable | None = None, make_args: Callable[[int], tuple] | None = None
+    ) -> None:
+        """Compile (or just exercise) the decode step at batch 1 and 2 with a dummy prompt, followed by
+        `then(logits, hidden, *make_args(rows))` when given (see `decode_then`); leaves the batch empty."""
         if self.size:
             raise RuntimeError("warm up an empty batch only")
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
@@ -265,7 +299,8 @@ class SlotBatch:
             for _ in range(rows):
                 step, cache = prefill_alone(self.model, prompt)
                 self.add(cache, len(prompt_ids))
-            self.decode(step.logits.argmax(-1).repeat(rows))
+            args = make_args(rows) if make_args is not None else ()
+            self.decode_then(step.logits.argmax(-1).repeat(rows), then, args)
             self.clear()
         self._warm = True
 
@@ -276,6 +311,15 @@ class SlotBatch:
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> StepOutput:
         """Feed tokens (B,), one per row, at each row's own position; return logits (B, V) and hidden (B, d)."""
+        return self.decode_then(tokens)[0]
+
+    @torch.no_grad()
+    def decode_then(
+        self, tokens: torch.Tensor, then: Callable | None = None, args: tuple = ()
+    ) -> tuple[StepOutput, tuple[torch.Tensor, ...] | None]:
+        """`decode`, then then(logits, hidden, *args) in the same step (one compiled graph for both: the
+        engine samples there). Tensor args with a row per row (B, ...) are padded to the batch bucket with
+        copies of row 0, and then's results are cut back to B rows; None when `then` is None."""
         size = self.size
         if size == 0 or tokens.shape[0] != size:
             raise ValueError(f"need one token per row ({size} rows, got {tokens.shape[0]})")
@@ -286,15 +330,21 @@ class SlotBatch:
         positions = torch.tensor(self._lengths + [0] * (bucket - size), dtype=torch.long, device=self.device)
         if bucket > size:  # padding rows decode garbage into free slots, at position 0
             tokens = torch.cat([tokens, tokens.new_zeros(bucket - size)])
+            args = tuple(_pad_rows(arg, size, bucket) for arg in args)
         self.width = -(-(longest + 1) // WIDTH_STEP) * WIDTH_STEP  # < capacity: longest + 1 <= max_len
         self.write_index = self._slot_base[:bucket] + positions
-        logits, hidden = self._run_step(tokens, positions)
+        if self.native is not None:
+            self._rope = self.native.rope(positions)
+        logits, hidden, *rest = self._run_step(tokens, positions, then, args)
         self._lengths = [n + 1 for n in self._lengths]
-        return StepOutput(logits=logits[:size], hidden=hidden[:size])
+        after = tuple(t[:size] for t in rest) if then is not None else None
+        return StepOutput(logits=logits[:size], hidden=hidden[:size]), after
 
-    def _run_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
+    ) -> tuple[torch.Tensor, ...]:
         if not (self.compile and self._warm):
-            return self._step(tokens, positions)
+            return self._step(tokens, positions, then, args)
         # Once batch 1 and the dynamic-shape graph exist, nothing this step
         # reads can call for another graph except the batch-1 / batch-n split
         # (dtypes, devices and buffers are fixed; batch and width are dynamic),
@@ -304,15 +354,28 @@ class SlotBatch:
         # raises under this stance: then compile normally.
         try:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                return self._step(tokens, positions)
+                return self._step(tokens, positions, then, args)
         except RuntimeError as exc:
             if "Recompilation" not in str(exc):
                 raise
             log.warning("decode step recompiling after warm-up")
-            return self._step(tokens, positions)
+            return self._step(tokens, positions, then, args)
+
+    def _forward_then(
+        self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
+    ) -> tuple[torch.Tensor, ...]:
+        logits, hidden = self._forward(tokens, positions)
+        if then is None:
+            return logits, hidden
+        return (logits, hidden, *then(logits, hidden, *args))
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode forward for tokens (b,) at positions (b,): logits (b, V) float32, hidden (b, d)."""
+        if self.native is not None:
+            return self.native.step(
+                self._key_stores, self._value_stores, tokens, positions, self.write_index, self.slots, self.width,
+                self._rope,
+            )
         if self._one_mask:
             mask = self._mask(positions, next(iter(self._mask_windows.values())))
         else:
@@ -353,11 +416,16 @@ class SlotBatch:
                 # Fixed addresses: compiled code (and CUDA graphs) update them in place.
                 torch._dynamo.mark_static_address(keys)
                 torch._dynamo.mark_static_address(values)
+                torch._dynamo.mark_static(keys)  # and fixed sizes: loops over heads and head_dim
+                torch._dynamo.mark_static(values)
             layers.append(_SlotLayer(self, keys, values))
         self._layers = layers
+        self._key_stores = [layer.key_store for layer in layers]
+        self._value_stores = [layer.value_store for layer in layers]
         self._cache = Cache(layers=layers)
-        log.info("KV slots: %d x %d tokens, %.1f MiB; attention: %s", self.slots, self.max_len,
-                 self.allocated_bytes() / 2**20, self.layout.describe())
+        log.info("KV slots: %d x %d tokens, %.1f MiB; attention: %s; decode step: %s", self.slots, self.max_len,
+                 self.allocated_bytes() / 2**20, self.layout.describe(),
+                 "native" if self.native is not None else "the model's forward")
 
     def _move(self, source: int, target: int, length: int) -> None:
         src, dst = source * self.capacity, target * self.capacity

@@ -163,6 +163,7 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
             max_sequence_length=spec.max_sequence_length,
             prefill_token_budget=spec.prefill_token_budget,
             compile=compile,
+            native_decode=spec.native_decode,
             observer=outbox,
             after_iteration=outbox.flush,
         )

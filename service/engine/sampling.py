@@ -171,6 +171,86 @@ def fixed_rows(
     return tokens, tau, action.gate, action.z, action.log_prob, token_log_probs(logits, tokens, tau.squeeze(-1))
 
 
+def sample_in_step(
+    logits: torch.Tensor,
+    hidden: torch.Tensor,
+    head: TemperatureHead,
+    tau_prev: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    fixed_tau: torch.Tensor,
+    learned: torch.Tensor,
+    deterministic: torch.Tensor,
+    seeds: torch.Tensor,
+    steps: torch.Tensor,
+    draft: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """`learned_rows` and `fixed_rows` for any mix of rows, row by row, as one pure tensor function that the
+    engine compiles into its decode step (`kv.SlotBatch.decode_then`): one graph for every batch whose rows
+    sample unfiltered, learned (sampled or deterministic) or at a fixed temperature.
+
+    logits (B, V), hidden (B, d), tau_prev (B, 1); per row (B, 1): the learned range low/high, fixed_tau,
+    and bool flags learned and deterministic; seeds and steps (B,). Every row runs the head (a small MLP;
+    a fixed row's result is discarded): `torch.where` picks, so each row gets exactly what the function of
+    its own kind gives it alone. Returns (tokens, tau, gate, z, temperature log-prob, token log-prob)."""
+    noise = CounterNoise(seeds, steps)
+    drawn = head.sample(hidden, tau_prev, noise, draft)
+    chosen = head.choose_deterministic(hidden, tau_prev, draft)
+    action = TemperatureAction(**{
+        name: torch.where(deterministic, getattr(chosen, name), getattr(drawn, name))
+        for name in ("tau", "gate", "z", "log_prob")
+    })
+    head_tau = torch.minimum(torch.maximum(action.tau, low), high)
+    tau = torch.where(learned, head_tau, fixed_tau)
+    fixed = constant_action(fixed_tau, torch.zeros_like(fixed_tau))
+    gate, z, log_prob = (torch.where(learned, mine, theirs) for mine, theirs in (
+        (action.gate, fixed.gate), (action.z, fixed.z), (action.log_prob, fixed.log_prob)))
+    tokens = sample(logits, tau, noise)
+    return tokens, tau, gate, z, log_prob, token_log_probs(logits, tokens, tau.squeeze(-1))
+
+
+def step_inputs(
+    rows: Sequence[RowSampler], head: TemperatureHead, tau_prev: torch.Tensor, noise: CounterNoise,
+    draft: torch.Tensor | None,
+) -> tuple[tuple, bool]:
+    """The arguments of `sample_in_step` after logits and hidden for these rows, and whether its result is
+    theirs: False when a row needs what it does not do (top-k, top-p, greedy, the entropy controller); the
+    arguments are then valid placeholders (every row fixed at tau 1), so the step keeps its one graph and
+    its tokens are drawn again by `sample_rows`."""
+    device = tau_prev.device
+    fits = all(
+        not (row.top_k or row.top_p < 1.0 or row.greedy) and row.spec.mode in ("learned", "fixed") for row in rows
+    )
+    if fits:
+        learned = [row.spec.mode == "learned" for row in rows]
+        bounds = [
+            row.spec.tau_range or (head.config.tau_min, head.config.tau_max) if is_learned else (1.0, 1.0)
+            for row, is_learned in zip(rows, learned, strict=True)
+        ]
+        fixed = [1.0 if is_learned else row.spec.temperature for row, is_learned in zip(rows, learned, strict=True)]
+        deterministic = [is_learned and row.spec.deterministic for row, is_learned in zip(rows, learned, strict=True)]
+    else:
+        learned = deterministic = [False] * len(rows)
+        bounds, fixed = [(1.0, 1.0)] * len(rows), [1.0] * len(rows)
+    def column(values: list, dtype: torch.dtype) -> torch.Tensor:
+        # (B, 1), a tensor of its own: views of one tensor would have strides and offsets that the compiled
+        # step guards on (equal sizes are assumed equal symbols), and another batch size would break them.
+        return torch.tensor(values, dtype=dtype, device=device).unsqueeze(-1)
+
+    low, high = column([b[0] for b in bounds], torch.float32), column([b[1] for b in bounds], torch.float32)
+    args = (
+        head, tau_prev, low, high, column(fixed, torch.float32), column(learned, torch.bool),
+        column(deterministic, torch.bool), noise.seeds, noise.steps, draft,
+    )
+    return args, fits
+
+
+def sampled_result(outputs: tuple[torch.Tensor, ...]) -> StepResult:
+    """The StepResult of `sample_in_step`'s (or a fast path's) outputs."""
+    tokens, tau, gate, z, log_prob, logprobs = outputs
+    return StepResult(tokens=tokens, action=TemperatureAction(tau, gate, z, log_prob), token_logprobs=logprobs)
+
+
 @dataclass(frozen=True)
 class FastPaths:
     """The two common sampling steps, eager or compiled (`compiled()`)."""

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from model import CounterNoise, StepOutput
-from service.engine.sampling import FastPaths, RowSampler, build_controller, sample_rows
+from service.engine.sampling import (
+    FastPaths,
+    RowSampler,
+    build_controller,
+    sample_in_step,
+    sample_rows,
+    sampled_result,
+    step_inputs,
+)
 from service.messages import ControllerSpec
 
 
@@ -80,3 +88,47 @@ def test_fast_paths_give_the_grouped_paths_results(checkpoint, compiled):
         for name in ("tau", "gate", "z", "log_prob"):
             torch.testing.assert_close(getattr(got.action, name), getattr(expected.action, name), equal_nan=True)
         torch.testing.assert_close(got.token_logprobs, expected.token_logprobs)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@torch.no_grad()
+def test_the_in_step_sampler_gives_every_row_of_a_mixed_batch_what_its_own_kind_gives_it(checkpoint, compiled):
+    head = checkpoint.head
+    torch.manual_seed(2)
+    specs = [
+        ControllerSpec("learned"),
+        ControllerSpec("fixed", temperature=0.7),
+        ControllerSpec("learned", deterministic=True),
+        ControllerSpec("learned", tau_range=(0.4, 0.6)),
+        ControllerSpec("fixed", temperature=1.6),
+        ControllerSpec("learned"),
+    ]
+    batch = len(specs)
+    step = StepOutput(logits=torch.randn(batch, 100) * 3, hidden=torch.randn(batch, head.config.hidden_size))
+    tau_prev = torch.rand(batch, 1) + 0.5
+    noise = CounterNoise.for_rows([21, 22, 23, 24, 25, 26], [0, 5, 1, 8, 3, 2])
+    rows = [_row(head, spec) for spec in specs]
+    args, fits = step_inputs(rows, head, tau_prev, noise, None)
+    assert fits
+    sampler = torch.compile(sample_in_step, dynamic=True) if compiled else sample_in_step
+    got = sampled_result(sampler(step.logits, step.hidden, *args))
+    for i, row in enumerate(rows):  # each row alone through the grouped path of its own controller
+        alone = sample_rows([row], StepOutput(step.logits[i : i + 1], step.hidden[i : i + 1]), tau_prev[i : i + 1],
+                            noise.rows(torch.tensor([i])))
+        assert got.tokens[i] == alone.tokens[0], specs[i]
+        for name in ("tau", "gate", "z", "log_prob"):
+            torch.testing.assert_close(getattr(got.action, name)[i], getattr(alone.action, name)[0], equal_nan=True)
+        torch.testing.assert_close(got.token_logprobs[i], alone.token_logprobs[0])
+
+
+def test_rows_with_filters_greedy_or_entropy_are_left_to_the_grouped_path(checkpoint):
+    head = checkpoint.head
+    tau_prev, noise = torch.ones(2, 1), CounterNoise.for_rows([1, 2], 0)
+    plain = _row(head, ControllerSpec("learned"))
+    for other in (_row(head, ControllerSpec("fixed", temperature=1.0), top_k=5),
+                  _row(head, ControllerSpec("learned"), top_p=0.9),
+                  _row(head, ControllerSpec("learned"), greedy=True),
+                  _row(head, ControllerSpec("entropy"))):
+        args, fits = step_inputs([plain, other], head, tau_prev, noise, None)
+        assert not fits
+        assert not args[5].any()  # placeholders: every row fixed (the graph stays the same, its draw unused)

@@ -274,16 +274,16 @@ def test_a_full_engine_refuses_at_once_with_429_and_the_refusal_holds_no_slot(ch
 
 
 def test_a_failing_decode_step_fails_its_rows_and_the_engine_keeps_serving(checkpoint, monkeypatch):
-    real_decode = SlotBatch.decode
+    real_decode = SlotBatch.decode_then
     calls = {"n": 0}
 
-    def decode_failing_once(self, tokens):
+    def decode_failing_once(self, tokens, then=None, args=()):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated device error")
-        return real_decode(self, tokens)
+        return real_decode(self, tokens, then, args)
 
-    monkeypatch.setattr(SlotBatch, "decode", decode_failing_once)
+    monkeypatch.setattr(SlotBatch, "decode_then", decode_failing_once)
 
     async def scenario(scheduler: Scheduler) -> Completed:
         handle = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=8, ignore_eos=True))

@@ -1,0 +1,210 @@
+"""A Llama-family decode step written out in plain tensor ops (gpt-fast style), over a caller's slot KV store.
+
+What it does: `NativeDecoder(model, context)` takes the weights of a loaded
+Hugging Face Llama, Qwen2 or Mistral model (global attention) and `step`
+runs one token per row through them: embedding, per layer RMSNorm, one fused
+q/k/v matmul, rotary embedding from a table, the new keys and values written
+at each row's own slot position, attention over the row's positions, one fused
+gate/up matmul, SiLU, and the final norm and LM head. It returns what the
+Hugging Face forward returns for that token (logits in float32, the last
+hidden state after the final norm), equal up to float rounding
+(tests/model/test_native_decoder.py).
+
+Why: on a CPU the decode step is the serving throughput. Through transformers'
+modules a batch-16 step of the bundled model spends about 40% of its time in
+the CPU flash-attention kernel, built for long queries and slow for one token
+per row; written out, attention is two small reductions that `torch.compile`
+fuses with the rotary embedding and the mask, and 4 matmuls per layer
+replace 7. Measured in BENCHMARKS.md.
+
+Weights are shared, not copied: q/k/v and gate/up are concatenated once and
+the Hugging Face modules' weights become views of the fused tensors, so the
+model's own forward (prefill) reads the same memory.
+
+What it does not do: prefill (the Hugging Face forward fills the cache),
+sliding windows, rope that changes with the sequence length ("dynamic",
+"longrope"), or any other architecture: `unsupported_reason` names what it
+refuses, and the caller keeps the Hugging Face forward for those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from model.lm import attention_layout
+
+# Decoder layers of these model types are the same function (Qwen2 adds q/k/v biases, Mistral a window this
+# module refuses); others differ in ways a check of attributes would not catch (Gemma's norm is 1 + w, Qwen3
+# normalises q and k, ...), so they are named rather than probed.
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position alone
+
+
+@dataclass(frozen=True)
+class _Layer:
+    input_norm: torch.Tensor  # (d,)
+    qkv: torch.Tensor  # (H*D + 2*KV*D, d)
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor  # (d, H*D)
+    out_bias: torch.Tensor | None
+    post_norm: torch.Tensor  # (d,)
+    gate_up: torch.Tensor  # (2*I, d)
+    down: torch.Tensor  # (d, I)
+
+
+def unsupported_reason(model: PreTrainedModel, context: int) -> str | None:
+    """Why `NativeDecoder` cannot run `model` on sequences of up to `context` tokens (one line), or None."""
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {model_type!r} (native decode knows {', '.join(SUPPORTED_MODEL_TYPES)})"
+    if getattr(config, "hidden_act", None) != "silu":
+        return f"activation {config.hidden_act!r} (native decode knows silu)"
+    if getattr(config, "mlp_bias", False):
+        return "an MLP with biases"
+    if not attention_layout(config, model).within(context).is_global:
+        return "a sliding attention window shorter than the context"
+    rotary = getattr(model.model, "rotary_emb", None)
+    rope_type = getattr(rotary, "rope_type", None)
+    if rope_type not in _STATIC_ROPE:
+        return f"rope type {rope_type!r} (native decode knows {', '.join(_STATIC_ROPE)})"
+    if model.get_output_embeddings() is None:
+        return "no LM head"
+    return None
+
+
+class NativeDecoder:
+    """The decode step of a supported model; see the module docstring."""
+
+    def __init__(self, model: PreTrainedModel, context: int) -> None:
+        """context: the longest sequence (the rotary table's length)."""
+        reason = unsupported_reason(model, context)
+        if reason is not None:
+            raise ValueError(f"native decode cannot run this model: {reason}")
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+        decoder = model.model
+        self.embedding = _static(decoder.embed_tokens.weight)  # (V, d)
+        self.final_norm = _static(decoder.norm.weight)
+        self.eps = decoder.norm.variance_epsilon
+        head = model.get_output_embeddings()
+        self.lm_head, self.lm_bias = _static(head.weight), _static(head.bias)
+        self.layers = [_fuse(layer) for layer in decoder.layers]
+        with torch.no_grad():
+            # cos/sin (positions, D) from the model's own rotary module: its numbers, looked up per row.
+            probe = self.embedding[:1].unsqueeze(0)  # (1, 1, d): only its dtype and device are read
+            cos, sin = decoder.rotary_emb(probe, torch.arange(context, device=probe.device).unsqueeze(0))
+        self.cos, self.sin = _static(cos[0]), _static(sin[0])
+
+    @torch.no_grad()
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+    def step(
+        self,
+        key_stores: list[torch.Tensor],
+        value_stores: list[torch.Tensor],
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        write_index: torch.Tensor,
+        slots: int,
+        width: int,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B,) at positions (B,); stores per layer (slots * capacity, KV, D) where row b's position p
+        is at b * capacity + p and write_index (B,) = that index for the new token. Rows attend to their
+        positions 0..positions[b] among the first `width`. Returns logits (B, V) float32 and hidden (B, d)."""
+        rows = tokens.shape[0]
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        group = heads // kv_heads
+        x = F.embedding(tokens, self.embedding)  # (B, d)
+        cos, sin = rope  # (B, 1, D) each
+        visible = torch.arange(width, device=tokens.device).unsqueeze(0) <= positions.unsqueeze(1)  # (B, W)
+        bias = torch.zeros(visible.shape, dtype=torch.float32, device=tokens.device).masked_fill(~visible, -torch.inf)
+        bias = bias[:, :, None, None]  # (B, W, 1, 1)
+        for layer, keys, values in zip(self.layers, key_stores, value_stores, strict=True):
+            h = _rms_norm(x, layer.input_norm, self.eps)
+            q, k, v = F.linear(h, layer.qkv, layer.qkv_bias).split(
+                [heads * dim, kv_heads * dim, kv_heads * dim], dim=-1
+            )
+            q = _rotate(q.view(rows, heads, dim), cos, sin)  # (B, H, D)
+            k = _rotate(k.view(rows, kv_heads, dim), cos, sin)  # (B, KV, D)
+            keys.index_copy_(0, write_index, k)
+            values.index_copy_(0, write_index, v.view(rows, kv_heads, dim))
+            capacity = keys.shape[0] // slots
+            cached_k = keys.view(slots, capacity, kv_heads, dim)[:rows, :width]  # (B, W, KV, D)
+            cached_v = values.view(slots, capacity, kv_heads, dim)[:rows, :width]
+            # Scores (B, W, KV, G) in float32, as transformers' attention softmaxes: query head kv*G + g reads kv.
+            grouped = q.view(rows, 1, kv_heads, group, dim)
+            scores = (grouped * cached_k.unsqueeze(3)).sum(-1, dtype=torch.float32) * self.scale + bias
+            weights = scores.softmax(dim=1).to(v.dtype)
+            attended = (weights.unsqueeze(-1) * cached_v.unsqueeze(3)).sum(1)  # (B, KV, G, D)
+            x = x + F.linear(attended.reshape(rows, heads * dim), layer.out, layer.out_bias)
+            h = _rms_norm(x, layer.post_norm, self.eps)
+            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
+        hidden = _rms_norm(x, self.final_norm, self.eps)
+        return F.linear(hidden, self.lm_head, self.lm_bias).float(), hidden
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, operation for operation (float32 inside, the weight applied in x's dtype)."""
+    normed = x.float()
+    normed = normed * torch.rsqrt(normed.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as transformers applies it: x * cos + rotate_half(x) * sin; x (B, heads, D)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _fuse(layer: nn.Module) -> _Layer:
+    """One decoder layer's weights, q/k/v and gate/up concatenated; the modules' own weights become views of
+    the concatenations (no second copy)."""
+    attention, mlp = layer.self_attn, layer.mlp
+    qkv = _fuse_rows([attention.q_proj, attention.k_proj, attention.v_proj], "weight")
+    qkv_bias = None
+    if attention.q_proj.bias is not None:
+        qkv_bias = _fuse_rows([attention.q_proj, attention.k_proj, attention.v_proj], "bias")
+    gate_up = _fuse_rows([mlp.gate_proj, mlp.up_proj], "weight")
+    return _Layer(
+        input_norm=_static(layer.input_layernorm.weight),
+        qkv=_static(qkv),
+        qkv_bias=_static(qkv_bias),
+        out=_static(attention.o_proj.weight),
+        out_bias=_static(attention.o_proj.bias),
+        post_norm=_static(layer.post_attention_layernorm.weight),
+        gate_up=_static(gate_up),
+        down=_static(mlp.down_proj.weight),
+    )
+
+
+def _static(tensor: torch.Tensor | None) -> nn.Parameter | None:
+    """The tensor as a frozen Parameter: `torch.compile(dynamic=True)` keeps a Parameter's sizes static, so
+    the compiled step's loops know the head and hidden sizes (as plain tensors they would be symbols, and
+    every inner loop would carry a remainder)."""
+    if tensor is None or isinstance(tensor, nn.Parameter):
+        return tensor
+    return nn.Parameter(tensor.detach(), requires_grad=False)
+
+
+def _fuse_rows(linears: list[nn.Linear], name: str) -> torch.Tensor:
+    """cat of the linears' `name` tensors along dim 0; each linear's parameter is rebound to its slice."""
+    with torch.no_grad():
+        fused = torch.cat([getattr(linear, name).detach() for linear in linears])
+    start = 0
+    for linear in linears:
+        size = getattr(linear, name).shape[0]
+        setattr(linear, name, nn.Parameter(fused[start : start + size], requires_grad=False))
+        start += size
+    return fused
