@@ -88,9 +88,10 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = Field(64, ge=1, description="max_new_tokens of a request that sets none")
     compile: bool | Literal["auto"] = Field(
         "auto",
-        description="torch.compile the decode step (forward, temperature head and draw) before serving (faster steady state; the "
-        "first start compiles for minutes on a small CPU, later starts reuse compile_cache_dir); 'auto': on "
-        "when a C++ compiler and the Python headers are found (CPU and CUDA alike need them), else off with a "
+        description="torch.compile the decode step (forward, temperature head and draw) before serving (faster "
+        "steady state; the first start compiles for minutes on a small CPU, later starts reuse "
+        "compile_cache_dir); 'auto': on when a C++ compiler and the Python headers are found (CPU and CUDA "
+        "alike need them), else off with a "
         "log line, and off with a log line if compiling fails at warm-up; true: a failure stops the start",
     )
     native_decode: bool | Literal["auto"] = Field(
