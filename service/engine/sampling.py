@@ -8,6 +8,8 @@ index), passed in for the whole batch. One step for the batch:
      for its rows, and the (n, 1) results are scattered back to (B, 1);
   2. one call to `model.sampling.sample` draws every row's token with per-row
      settings;
+  (the engine's decode steps instead run `sample_in_step`, the same for any
+  mix of unfiltered learned and fixed rows, inside their compiled graph)
   3. token log-probs under each row's tau (`model.sampling.token_log_probs`).
 A row's draws depend on (seed, token index) only, so a seeded request gets the
 same taus and tokens alone, in any batch, and in the reference decode given
@@ -103,11 +105,9 @@ def sample_rows(
     may hold anything there).
 
     Batches whose rows all use the learned head (same `deterministic`) or all
-    a fixed temperature, without filters, take `fast` (the engine passes
-    compiled `learned_rows` / `fixed_rows`): per-row numbers (temperature,
-    narrowed range) go in as tensors, so no value ever calls for a new
-    compiled graph. Everything else takes the grouped path, which gives the
-    same results.
+    a fixed temperature, without filters, take `fast` (`learned_rows` /
+    `fixed_rows`: one batched call, per-row numbers as tensors). Everything
+    else takes the grouped path, which gives the same results.
     """
     unfiltered = not any(row.top_k or row.top_p < 1.0 or row.greedy for row in rows)
     first = rows[0].spec
@@ -253,14 +253,11 @@ def sampled_result(outputs: tuple[torch.Tensor, ...]) -> StepResult:
 
 @dataclass(frozen=True)
 class FastPaths:
-    """The two common sampling steps, eager or compiled (`compiled()`)."""
+    """The two common sampling steps, each one batched function (the engine's prefills use them; its decode
+    steps sample inside the compiled step with `sample_in_step`)."""
 
     learned: Callable[..., tuple[torch.Tensor, ...]] = learned_rows
     fixed: Callable[..., tuple[torch.Tensor, ...]] = fixed_rows
-
-    @classmethod
-    def compiled(cls) -> FastPaths:
-        return cls(learned=torch.compile(learned_rows, dynamic=True), fixed=torch.compile(fixed_rows, dynamic=True))
 
 
 def _dense(rows: torch.Tensor) -> torch.Tensor:
