@@ -8,9 +8,10 @@ index), passed in for the whole batch. One step for the batch:
      for its rows, and the (n, 1) results are scattered back to (B, 1);
   2. one call to `model.sampling.sample` draws every row's token with per-row
      settings;
-  (the engine's decode steps instead run `sample_in_step`, the same for any
-  mix of unfiltered learned and fixed rows, inside their compiled graph)
   3. token log-probs under each row's tau (`model.sampling.token_log_probs`).
+The engine's decode steps run `sample_in_step` instead: the same for any mix
+of unfiltered learned and fixed rows, as one function inside their compiled
+graph (`step_inputs` says whether a batch fits it).
 A row's draws depend on (seed, token index) only, so a seeded request gets the
 same taus and tokens alone, in any batch, and in the reference decode given
 the same `CounterNoise`. Every step is a fixed sequence of batched tensor ops:
