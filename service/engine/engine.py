@@ -220,7 +220,7 @@ class Engine:
 
     def warm_up(self, prompt_ids: list[int]) -> None:
         """Run (and with `compile`, compile) the decode step with its sampling before serving; call before
-        `start`. One graph for batch 1 and one for every larger batch (`kv.SlotBatch`)."""
+        `start`. One graph for every batch (`kv.SlotBatch`)."""
         if self._thread is not None:
             raise RuntimeError("warm up before starting the engine")
 

@@ -102,12 +102,18 @@ def _pad_rows(arg, size: int, bucket: int):
     return torch.cat([arg, arg[:1].expand(bucket - size, *arg.shape[1:])])
 
 
+MIN_BUCKET = 2
+
+
 def batch_bucket(size: int, slots: int) -> int:
-    """The padded batch size for `size` rows: the next power of two, at most `slots`."""
-    bucket = 1
+    """The padded batch size for `size` rows: the next power of two, at least MIN_BUCKET, at most
+    max(slots, MIN_BUCKET). Never 1: dynamo gives size 1 a graph of its own (it specializes sizes 0 and 1),
+    and one graph for every batch halves the tracing of every start (a lone row pads to 2, which costs
+    the tiny model about as much as 1: its matmuls read the weights once either way)."""
+    bucket = MIN_BUCKET
     while bucket < size:
         bucket *= 2
-    return min(bucket, slots)
+    return min(bucket, max(slots, MIN_BUCKET))
 
 
 def check_supported(model: PreTrainedModel, max_len: int) -> AttentionLayout:
@@ -120,6 +126,13 @@ def check_supported(model: PreTrainedModel, max_len: int) -> AttentionLayout:
             f"attention implementation {config._attn_implementation!r}: the slot cache needs 'sdpa' or 'eager'"
         )
     return layout
+
+
+def _float_constants():
+    """Compile Python floats (norm epsilon, attention scale, the head's tau range) as constants. Under
+    dynamic=True dynamo makes them symbols, then finds it must turn them into tensors and traces the whole
+    step a second time: measured 15 s of a 23 s warm-up with a warm cache, 9 s without."""
+    return torch._dynamo.config.patch(specialize_float=True)
 
 
 def _native_decoder(model: PreTrainedModel, max_len: int, native: bool | Literal["auto"]) -> NativeDecoder | None:
@@ -158,7 +171,7 @@ class _SlotLayer(CacheLayerMixin):
     def _view(self, store: torch.Tensor, rows: int) -> torch.Tensor:
         """(rows, kv_heads, width, head_dim) view of the first rows' first width positions."""
         owner = self.owner
-        per_slot = store.view(owner.slots, owner.capacity, *store.shape[1:])
+        per_slot = store.view(owner.store_slots, owner.capacity, *store.shape[1:])
         return per_slot[:rows, : owner.width].transpose(1, 2)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -223,7 +236,9 @@ class SlotBatch:
         self._value_stores: list[torch.Tensor] = []
         self._cache: Cache | None = None
         self._columns = torch.arange(self.capacity, device=device)
-        self._slot_base = torch.arange(slots, device=device) * self.capacity  # (slots,) first store row of each slot
+        # The store holds at least MIN_BUCKET slots: a lone row's padding row writes in the second.
+        self.store_slots = max(slots, MIN_BUCKET)
+        self._slot_base = torch.arange(self.store_slots, device=device) * self.capacity  # first store row per slot
         # Set by `decode` before each forward, read by every layer's update.
         self.write_index = torch.zeros(0, dtype=torch.long, device=device)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # native: cos/sin (b, 1, D) of the rows
@@ -232,8 +247,8 @@ class SlotBatch:
         self._additive_mask = additive
         # dynamic=True: one graph serves every batch bucket and width (a static
         # graph per (bucket, width) pair measured no faster on CPU, and each
-        # costs seconds to compile). Batch 1 still gets its own graph (dynamo
-        # specializes sizes 0 and 1); `warm_up` compiles both up front.
+        # costs seconds to compile); buckets start at 2 (`batch_bucket`), so
+        # there is no batch-1 graph either. `warm_up` compiles it up front.
         # On CUDA, "reduce-overhead" captures the step in CUDA graphs (one per
         # bucket and width), which is where a GPU's per-step time goes at small
         # batch. Not yet run on a GPU in this repository's tests.
@@ -258,7 +273,7 @@ class SlotBatch:
         )
 
     def allocated_bytes(self) -> int:
-        return self.kv_bytes_per_token() * self.slots * self.capacity
+        return self.kv_bytes_per_token() * self.store_slots * self.capacity
 
     def add(self, cache: DynamicCache, length: int, row: int = 0) -> None:
         """Copy the first `length` tokens of row `row` of a prefilled cache into the next slot."""
@@ -290,7 +305,8 @@ class SlotBatch:
     def warm_up(
         self, prompt_ids: list[int], then: Callable | None = None, make_args: Callable[[int], tuple] | None = None
     ) -> None:
-        """Compile (or just exercise) the decode step at batch 1 and 2 with a dummy prompt, followed by
+        """Compile (or just exercise) the decode step with 1 and 2 rows of a dummy prompt (both run the one
+        graph of batches >= 2: see `batch_bucket`), followed by
         `then(logits, hidden, *make_args(rows))` when given (see `decode_then`); leaves the batch empty."""
         if self.size:
             raise RuntimeError("warm up an empty batch only")
@@ -344,14 +360,14 @@ class SlotBatch:
         self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
     ) -> tuple[torch.Tensor, ...]:
         if not (self.compile and self._warm):
-            return self._step(tokens, positions, then, args)
-        # Once batch 1 and the dynamic-shape graph exist, nothing this step
-        # reads can call for another graph except the batch-1 / batch-n split
-        # (dtypes, devices and buffers are fixed; batch and width are dynamic),
-        # and that split is the one guard dynamo still checks with
-        # skip_guard_eval_unsafe. Checking all of them (every parameter) cost
-        # ~0.5 ms per step on CPU. If dynamo does find it must recompile, it
-        # raises under this stance: then compile normally.
+            with _float_constants():
+                return self._step(tokens, positions, then, args)
+        # Once the dynamic-shape graph exists, nothing this step reads can call
+        # for another one (dtypes, devices and buffers are fixed; batch and
+        # width are dynamic and the batch is never 1), so dynamo's guards are
+        # skipped with skip_guard_eval_unsafe: checking all of them (every
+        # parameter) cost ~0.5 ms per step on CPU. If dynamo does find it must
+        # recompile, it raises under this stance: then compile normally.
         try:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 return self._step(tokens, positions, then, args)
@@ -359,7 +375,8 @@ class SlotBatch:
             if "Recompilation" not in str(exc):
                 raise
             log.warning("decode step recompiling after warm-up")
-            return self._step(tokens, positions, then, args)
+            with _float_constants():
+                return self._step(tokens, positions, then, args)
 
     def _forward_then(
         self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
@@ -373,7 +390,8 @@ class SlotBatch:
         """The decode forward for tokens (b,) at positions (b,): logits (b, V) float32, hidden (b, d)."""
         if self.native is not None:
             return self.native.step(
-                self._key_stores, self._value_stores, tokens, positions, self.write_index, self.slots, self.width,
+                self._key_stores, self._value_stores, tokens, positions, self.write_index, self.store_slots,
+                self.width,
                 self._rope,
             )
         if self._one_mask:
@@ -409,7 +427,7 @@ class SlotBatch:
         layers = []
         for layer in cache.layers:
             _, kv_heads, _, head_dim = layer.keys.shape
-            shape = (self.slots * self.capacity, kv_heads, head_dim)
+            shape = (self.store_slots * self.capacity, kv_heads, head_dim)
             keys = torch.zeros(shape, dtype=layer.keys.dtype, device=self.device)
             values = torch.zeros(shape, dtype=layer.values.dtype, device=self.device)
             if self.compile:

@@ -154,8 +154,9 @@ def test_kv_bytes_per_token_match_the_model_shape(checkpoint):
 
 
 def test_batches_are_padded_to_powers_of_two_within_the_slots():
-    assert [batch_bucket(n, 32) for n in (1, 2, 3, 5, 16, 17, 32)] == [1, 2, 4, 8, 16, 32, 32]
+    assert [batch_bucket(n, 32) for n in (1, 2, 3, 5, 16, 17, 32)] == [2, 2, 4, 8, 16, 32, 32]
     assert batch_bucket(5, 6) == 6
+    assert batch_bucket(1, 1) == 2  # never 1: a lone row pads to 2 (the store has a spare slot)
 
 
 # ---------------------------------------------------------------- prefilling newcomers together
