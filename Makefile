@@ -9,7 +9,7 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: install system-deps test lint serve default-model baselines draft-model
+.PHONY: install system-deps test lint serve default-model baselines draft-model draft-best-rung
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -100,3 +100,10 @@ draft-model: install $(WARM_START)/introllm.json
 	mkdir -p $(DRAFT_TRIAL)
 	cp -r $(DRAFT_MODEL)/grpo_log.jsonl $(DRAFT_MODEL)/introllm.json $(DRAFT_MODEL)/eval $(DRAFT_TRIAL)/
 	$(TRAIN) card --checkpoint $(DEFAULT_MODEL) --command "make default-model && make baselines"
+
+# Issue 20's option 2(b): the same draft head, its head phase trained off-policy from a two-rung ladder (4 rows
+# at 0.2, 4 at 1.0 per problem, head steps only) towards the rung that scores better on each problem (mean +
+# pass@4 per rung), the LM frozen in that phase (training/grpo.py, `--tau-objective best-rung`).
+BEST_RUNG_FLAGS := --tau-ladder 0.2,1.0 --ladder-samples 8 --tau-objective best-rung
+draft-best-rung:
+	$(MAKE) draft-model DRAFT_NAME=draft-best-rung LADDER_FLAGS="$(BEST_RUNG_FLAGS)"

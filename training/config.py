@@ -147,6 +147,13 @@ class GRPOConfig:
     ladder_samples: int = 0
     tau_rows: str = "policy+ladder"  # the head's rows in its updates: its own and the ladder's, or "ladder" alone
     ladder_weights: str = "positive"  # ladder rows weigh by max(advantage, 0) ("positive") or the advantage
+    # The head phase's objective: "grpo" (the clipped ratio on its rows, ladder rows as above) or "best-rung"
+    # (off-policy from the ladder, LM frozen: each rung of each problem is scored on its ladder rows by
+    # tau_advantage's objective (mean reward, pass@k estimate or their sum), and the head maximises the
+    # likelihood of the update-to-that-rung action (z clipped into [0.05, 0.95]) on the tokens of its own
+    # rows, weighted by the rung's score
+    # above the rungs' mean; needs tau_ladder, ladder_samples rows per problem over its rungs).
+    tau_objective: str = "grpo"
     tau_entropy_coef: float = 0.0  # bonus on the head's action entropy in its updates (exploration)
     # Start the head afresh from `head` instead of the warm start's (a resumed run keeps its own).
     # A low init_gate_prob makes each sample's tau persist, so a group holds hot and cold samples

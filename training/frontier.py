@@ -10,7 +10,8 @@ What it does, from per-sample outcomes (P, k) that `evaluate.py` collected:
     a draft-reading head should learn, also k decodes;
   - `targets`: (a) the learned point against each family (fixed, hedge, draft
     rule) at the family's setting nearest below it in pass@k (the highest
-    pass@k not above the learned one; among equals, the best avg@k), on avg@k
+    pass@k not above the learned one, among the settings no other setting
+    dominates; among equals, the best avg@k), on avg@k
     with a paired 95% interval; (b) the learned point against the best fixed
     avg@k and the best fixed pass@k, within `TOLERANCE`; (c) the learned mean
     tau on problems only the hot tau solves minus that on problems the cold
@@ -130,10 +131,17 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, tuple[float, float]]
     return mean, (mean - half, mean + half)
 
 
+def dominated(r, family: list) -> bool:
+    """Whether another setting of the family has a higher avg@k than `r` at no lower pass@k."""
+    return any(q.avg_at_k > r.avg_at_k and q.pass_at_k >= r.pass_at_k for q in family)
+
+
 def nearest_below(learned, family: list):
-    """The family's setting with the highest pass@k not above the learned one (among equals the best avg@k);
-    None when every setting's pass@k is above it."""
-    below = [r for r in family if r.pass_at_k <= learned.pass_at_k + 1e-12]
+    """The family's setting with the highest pass@k not above the learned one (among equals the best avg@k),
+    of the settings on the family's curve: a dominated one (the hot end past the best pass@k, where both avg@k
+    and pass@k fall, e.g. fixed 1.4 below fixed 0.6) is not the curve; None when every setting's pass@k is above
+    the learned one."""
+    below = [r for r in family if r.pass_at_k <= learned.pass_at_k + 1e-12 and not dominated(r, family)]
     return max(below, key=lambda r: (r.pass_at_k, r.avg_at_k)) if below else None
 
 
@@ -145,7 +153,7 @@ def targets(learned, families: dict[str, list], fixed: list, outcomes: dict[str,
         match = nearest_below(learned, members) if members else None
         if match is None:
             rows.append({"target": f"(a) above the {family} curve", "against": "-", "met": False,
-                         "note": f"learned pass@k is below every {family} setting"})
+                         "note": f"learned pass@k is below every {family} setting on its curve"})
             continue
         diff, ci = _paired(learned.per_problem_accuracy, match.per_problem_accuracy)
         rows.append({"target": f"(a) above the {family} curve", "against": match.name,

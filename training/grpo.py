@@ -38,6 +38,20 @@ rows that say "hot". By default only rows that beat their group pull
 rows' push has no floor, and in 60-step trials it drove the gate towards 0
 (the head then kept tau_0 for whole completions).
 
+The head trained off-policy from the ladder (`--tau-objective best-rung`, issue 20's option 2(b)): once
+the head's own rollouts cool, no advantage on them says "hot", and with the ladder rows in the same group the
+head's rows still dominate its gradient. Here the head phase does not use its own samples' rewards at all.
+Each problem's ladder rows (`--ladder-samples`, cycled over the rungs, e.g. 4 at 0.2 and 4 at 1.0) score
+each rung by the head's objective computed per rung (`rung_scores`: mean reward, the unbiased pass@k
+estimate, or their sum), and the head, with the LM frozen, maximises on every token of its own rows of that
+problem (the states it will meet, reading that problem's draft) the log-probability of the rung's action,
+update (gate 1) to z = the rung (clipped inside (0, 1), `RUNG_Z_MARGIN`), weighted by the rung's score above
+the mean of the rungs' (`rung_weights`; with two rungs: the better rung, by half the gap). That is
+advantage-weighted regression at the level of a problem, a contextual bandit whose arms are the rungs and
+whose context is the draft: the head's mean tau on a problem moves towards the rung that wins there, whatever
+it samples itself. Problems where the rungs tie
+(neither solves, or both alike) weigh nothing. The LM phase is unchanged (its own rows, its advantage).
+
 The baseline the paper compares against is the same command with
 `--rollout-temperature fixed:1.0` (or `entropy`): rollouts at that
 temperature, every step an LM step, the head never touched.
@@ -60,6 +74,7 @@ import copy
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import comb
 from pathlib import Path
@@ -85,6 +100,7 @@ from training.rollout import (
     ScoreFn,
     controller_from_spec,
     draft_completions,
+    head_states,
     recompute_log_probs,
     sample_completions,
 )
@@ -99,6 +115,12 @@ from training.task_record import check_heldout, resolve_task
 
 PHASES = ("lm", "tau", "lm+tau")
 ADVANTAGES = ("mean", "pass@k", "mean+pass@k")
+TAU_OBJECTIVES = ("grpo", "best-rung")
+# The best-rung objective's target z is the rung's, clipped into [RUNG_Z_MARGIN, 1 - RUNG_Z_MARGIN]: a Beta (eps =
+# 1) can pile up its density at a boundary without limit (log-density ~ log(1 / z) at z = the head's z_margin,
+# 1e-4), so a rung at tau_min would outweigh every interior rung. In the micro test with rung 0.1 clipped at
+# 1e-4 the head cooled on the problems the hot rung won as well as on the others.
+RUNG_Z_MARGIN = 0.05
 
 
 def parse_schedule(schedule: str) -> list[str]:
@@ -309,6 +331,112 @@ def update(
     return out
 
 
+def pass_at_k_estimate(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of n samples with c successes: 1 - C(n - c, k) / C(n, k) (k capped at n)."""
+    k = min(k, n)
+    return 1.0 - comb(n - c, k) / comb(n, k) if n else 0.0
+
+
+def rung_scores(ladder_rows: list[RolloutBatch], n_problems: int, ladder: LadderTemperature, kind: str,
+                k: int) -> torch.Tensor:
+    """Each rung's score on each problem (P, K) from the ladder's rows: the objective `kind` names, per rung
+    ("mean": mean reward; "pass@k": the unbiased pass@k estimate, k capped at the rung's rows; or their sum)."""
+    if kind not in ADVANTAGES:
+        raise ValueError(f"unknown advantage {kind!r} (choose from {', '.join(ADVANTAGES)})")
+    rungs = ladder.ladder
+    rewards: list[list[list[float]]] = [[[] for _ in rungs] for _ in range(n_problems)]
+    for b in ladder_rows:
+        for i, s, r in zip(b.problem_index, b.sample_index, b.rewards.tolist(), strict=True):
+            rewards[i][rungs.index(ladder.rung(s))].append(float(r))
+    scores = torch.zeros(n_problems, len(rungs))
+    parts = kind.split("+")
+    for i, per_rung in enumerate(rewards):
+        for j, rs in enumerate(per_rung):
+            if not rs:
+                raise ValueError(f"problem {i} has no ladder row at rung {rungs[j]}: ladder_samples must cover "
+                                 "every rung")
+            if "mean" in parts:
+                scores[i, j] += sum(rs) / len(rs)
+            if "pass@k" in parts:
+                scores[i, j] += pass_at_k_estimate(len(rs), sum(r >= 1.0 for r in rs), k)
+    return scores
+
+
+def rung_weights(scores: torch.Tensor) -> torch.Tensor:
+    """(P, K): each rung's score above the mean of its problem's rungs, floored at 0 (ties weigh nothing)."""
+    return (scores - scores.mean(dim=1, keepdim=True)).clamp_min(0.0)
+
+
+def best_rung_update(
+    model, head: TemperatureHead, batches: list[RolloutBatch], weights: torch.Tensor, ladder: LadderTemperature,
+    cfg: GRPOConfig, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], device: torch.device,
+) -> dict[str, float]:
+    """One head step off-policy from the ladder (`--tau-objective best-rung`, see the module docstring).
+
+    On every token of the head's own rows `batches`, the loss is minus sum_k weights[problem, k] x
+    log pi_head(gate = 1, z = rung k | h_t, tau_{t-1}, draft), over the batch's tokens (every rank). The
+    LM must be frozen (`set_phase(..., "tau")`): only the head moves."""
+    cfg_head = head.config
+    z_rungs = cfg_head.tau_to_z(torch.tensor(ladder.ladder, dtype=torch.float32)).clamp(RUNG_Z_MARGIN,
+                                                                                      1 - RUNG_Z_MARGIN)
+    local_tokens = float(sum(b.generation.mask.sum() for b in batches))
+    n_tokens = distributed.all_reduce_sum(local_tokens, device)
+    world = distributed.world_size()
+    optimizer.zero_grad(set_to_none=True)
+    totals = {"loss": 0.0, "tau_entropy": 0.0, "logprob": 0.0, "weight": 0.0}
+    for batch in batches:
+        mask = batch.generation.mask.float()
+        states = head_states(model, head, batch)
+        w = weights.to(mask.device)[batch.problem_index]  # (R, K)
+        loss = torch.zeros((), device=mask.device)
+        for k in range(len(ladder.ladder)):
+            if not bool((w[:, k] > 0).any()):
+                continue
+            ones = torch.ones_like(states.tau_prev)
+            logp = head.log_prob(states.hidden, ones, ones * z_rungs[k], states.tau_prev, batch.draft).squeeze(-1)
+            loss = loss - (logp * w[:, k : k + 1] * mask).sum() / (n_tokens / world)
+            totals["logprob"] += float((logp.detach() * w[:, k : k + 1] * mask).sum())
+            totals["weight"] += float((w[:, k : k + 1] * mask).sum())
+        if loss.requires_grad:
+            loss.backward()
+        with torch.no_grad():
+            entropy = head.action_entropy(states.hidden, states.tau_prev, batch.draft).squeeze(-1)
+        totals["tau_entropy"] += float((entropy * mask).sum())
+        totals["loss"] += float(loss.detach())
+    distributed.average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    out = {"loss": totals["loss"], "tau_entropy": totals["tau_entropy"] / max(local_tokens, 1.0)}
+    if totals["weight"]:
+        # The head's weighted log-probability per token of the winning rungs' actions (this rank's rows).
+        out["ladder_logprob"] = totals["logprob"] / totals["weight"]
+    return out
+
+
+def rung_metrics(batches: list[RolloutBatch], weights: torch.Tensor, ladder: Sequence[float],
+                 device: torch.device) -> dict[str, float]:
+    """Over every rank: the share of problems whose hottest rung wins (of those where a rung wins), and the
+    head's mean sampled tau on its own rows of those problems minus on those whose coldest rung wins (the
+    "reads the problem" gap (c) as training sees it; 0 where either set is empty)."""
+    hot, cold = weights[:, ladder.index(max(ladder))] > 0, weights[:, ladder.index(min(ladder))] > 0
+    sums = {"hot": float(hot.sum()), "won": float((weights > 0).any(dim=1).sum()),
+            "tau_hot": 0.0, "tok_hot": 0.0, "tau_cold": 0.0, "tok_cold": 0.0}
+    for b in batches:
+        mask = b.generation.mask.float()
+        tau = (b.generation.taus * mask).sum(dim=1)
+        tokens = mask.sum(dim=1)
+        h = hot[b.problem_index].float().to(mask.device)
+        c = cold[b.problem_index].float().to(mask.device)
+        sums["tau_hot"] += float((tau * h).sum())
+        sums["tok_hot"] += float((tokens * h).sum())
+        sums["tau_cold"] += float((tau * c).sum())
+        sums["tok_cold"] += float((tokens * c).sum())
+    sums = {k: distributed.all_reduce_sum(v, device) for k, v in sums.items()}
+    gap = (sums["tau_hot"] / sums["tok_hot"] - sums["tau_cold"] / sums["tok_cold"]
+           if sums["tok_hot"] and sums["tok_cold"] else 0.0)
+    return {"rung_hot_share": sums["hot"] / max(sums["won"], 1.0), "rung_tau_gap": gap}
+
+
 def rollout_metrics(batches: list[RolloutBatch], device: torch.device) -> dict[str, float]:
     """Reward, accuracy, mean tau, gate rate and length over every rank's rollouts."""
     mask = torch.cat([b.generation.mask.flatten() for b in batches]).float()
@@ -396,6 +524,14 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         raise ValueError(f"ladder_weights must be positive or signed, got {cfg.ladder_weights!r}")
     if cfg.tau_rows not in ("policy+ladder", "ladder") or (cfg.tau_rows == "ladder" and not ladder):
         raise ValueError(f"tau_rows must be policy+ladder or ladder (with a tau ladder), got {cfg.tau_rows!r}")
+    if cfg.tau_objective not in TAU_OBJECTIVES:
+        raise ValueError(f"tau_objective must be one of {', '.join(TAU_OBJECTIVES)}, got {cfg.tau_objective!r}")
+    best_rung = cfg.tau_objective == "best-rung"
+    if best_rung and (len(set(ladder)) < 2 or ladder_rows < len(ladder) or len(set(ladder)) != len(ladder)):
+        raise ValueError("tau_objective best-rung needs a tau ladder of at least two distinct rungs and "
+                         "ladder_samples of at least one row per rung")
+    if best_rung and not isinstance(controller, LearnedTemperature):
+        raise ValueError("tau_objective best-rung trains the head: it needs rollout temperature learned")
     for kind in (cfg.lm_advantage, cfg.tau_advantage):
         advantages_of(torch.zeros(1, cfg.group_size), kind, cfg.pass_k)  # fail before the first rollout
     # The draft statistics' linear path gets its own learning rate: its weights need changes of order 1
@@ -457,6 +593,19 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         for part in sorted(phase.split("+"), key=lambda name: name != "tau"):
             kind = cfg.lm_advantage if part == "lm" else cfg.tau_advantage
             own = cfg.group_size - with_draft  # the policy's rows per problem (the draft is not trained on)
+            if part == "tau" and best_rung:
+                # The head learns which rung wins each problem, on its own rows' tokens; the LM is frozen.
+                weights = rung_weights(rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k))
+                params = set_phase(model, head, part)
+                for _ in range(cfg.updates_per_rollout):
+                    part_stats = best_rung_update(model, head, batches, weights, ladder_controller, cfg,
+                                                  optimizers[part], params, device)
+                stats.update(rung_metrics(batches, weights, ladder, device))
+                stats.update(part_stats if phase == "tau"
+                             else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"],
+                                   **({"ladder_logprob": part_stats["ladder_logprob"]}
+                                      if "ladder_logprob" in part_stats else {})})
+                continue
             if part == "tau" and explore:
                 # The head learns from the ladder, with or without its own rows (tau_rows); the LM from its own.
                 rows, group = (explore, ladder_rows) if cfg.tau_rows == "ladder" else (batches + explore,

@@ -71,8 +71,11 @@ def trials_section(path: Path) -> list[str]:
         c = grpo.get("config", {})
         by_name = {r["name"]: r for r in report["results"]}
         inputs = ",".join(manifest["head"].get("inputs", ["hidden"]))
+        best_rung = c.get("tau_objective") == "best-rung"
+        ladder_rows = c.get("ladder_samples") or len([t for t in (c.get("tau_ladder") or "").split(",") if t.strip()])
         recipe = (f"inputs `{inputs}`, ladder `{c.get('tau_ladder') or '-'}`"
-                  + (f" ({c.get('ladder_weights')} weights)" if c.get("tau_ladder") else "")
+                  + (f" ({ladder_rows} rows a problem; head off-policy to the best rung, LM frozen)" if best_rung
+                     else f" ({c.get('ladder_weights')} weights)" if c.get("tau_ladder") else "")
                   + f"; {grpo.get('steps', '?')} steps, the last with schedule `{c.get('schedule', '?')}`")
         rows.append(f"| [{folder.name}](eval/trials/{folder.name}/eval/report.md) | {recipe} | "
                     f"{_point(by_name.get('learned'))} | {_point(by_name.get('learned (deterministic)'))} | "

@@ -275,26 +275,42 @@ class Recomputed:
     temperature_entropy: torch.Tensor
 
 
-def recompute_log_probs(model: PreTrainedModel, head: TemperatureHead, batch: RolloutBatch) -> Recomputed:
-    """The trainer's view of a rollout, from one forward over prompt + completion.
+@dataclass
+class HeadStates:
+    """What the head read at each completion token of a rollout, (R, N, ...): the LM's logits and hidden
+    state, the tau applied there (1 on padding) and tau_{t-1}."""
 
-    Position T - 1 + t of the sequence predicts completion token t, from the
-    hidden state the sampler's head read at that step; the token log-prob uses
-    the tau the sampler applied there.
-    """
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    taus: torch.Tensor
+    tau_prev: torch.Tensor
+
+
+def head_states(model: PreTrainedModel, head: TemperatureHead, batch: RolloutBatch) -> HeadStates:
+    """One forward over prompt + completion: position T - 1 + t of the sequence predicts completion token t,
+    from the hidden state the sampler's head read at that step."""
     gen = batch.generation
     prompt_len = batch.prompt_ids.shape[1]
     sequence = torch.cat([batch.prompt_ids, gen.tokens], dim=1)[:, :-1]  # (R, T + N - 1)
     out = forward(model, sequence)
-    logits = out.logits[:, prompt_len - 1 :]  # (R, N, V)
-    hidden = out.hidden[:, prompt_len - 1 :]  # (R, N, d)
     # Padding positions carry tau = 0 (zeroed by generate); any positive value
     # keeps their (masked) log-probs finite.
     taus = torch.where(gen.mask, gen.taus, torch.ones_like(gen.taus))
-    token_logprobs = token_log_probs(logits, gen.tokens, taus)
     # tau_{t-1}: the tau before the first token, then each step's applied tau.
     initial = batch.initial_tau if batch.initial_tau is not None else torch.full_like(taus[:, :1], head.config.tau_init)
     tau_prev = torch.cat([initial.to(taus.dtype), taus[:, :-1]], dim=1).unsqueeze(-1)  # (R, N, 1)
+    return HeadStates(logits=out.logits[:, prompt_len - 1 :], hidden=out.hidden[:, prompt_len - 1 :], taus=taus,
+                      tau_prev=tau_prev)
+
+
+def recompute_log_probs(model: PreTrainedModel, head: TemperatureHead, batch: RolloutBatch) -> Recomputed:
+    """The trainer's view of a rollout, from one forward over prompt + completion (`head_states`): the
+    token log-prob uses the tau the sampler applied there.
+    """
+    gen = batch.generation
+    states = head_states(model, head, batch)
+    logits, hidden, taus, tau_prev = states.logits, states.hidden, states.taus, states.tau_prev
+    token_logprobs = token_log_probs(logits, gen.tokens, taus)
     temperature_logprobs = head.log_prob(hidden, gen.gates.unsqueeze(-1), gen.z.unsqueeze(-1), tau_prev,
                                          batch.draft).squeeze(-1)
     temperature_entropy = head.action_entropy(hidden, tau_prev, batch.draft).squeeze(-1)

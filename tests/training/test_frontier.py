@@ -80,10 +80,21 @@ def _result(name: str, rows: list[list[int]], taus: list[float] | None = None):
 def test_nearest_below_takes_the_highest_pass_not_above_the_learned_point():
     learned = _result("learned", [[1, 0], [1, 0], [0, 1], [0, 0]])  # pass 0.75
     cold = _result("fixed 0.1", [[1, 1], [0, 0], [0, 0], [0, 0]])  # pass 0.25
-    warm = _result("fixed 0.5", [[1, 0], [1, 0], [0, 0], [0, 0]])  # pass 0.5
+    warm = _result("fixed 0.5", [[1, 1], [1, 1], [0, 0], [0, 0]])  # pass 0.5 (avg 0.5: not dominated by hot)
     hot = _result("fixed 1.0", [[1, 0], [1, 0], [1, 0], [1, 0]])  # pass 1.0
     assert nearest_below(learned, [cold, warm, hot]).name == "fixed 0.5"
     assert nearest_below(_result("learned", [[0, 0]] * 4), [cold, warm]) is None
+
+
+def test_nearest_below_skips_a_dominated_hot_setting_past_the_curves_best_pass():
+    """Past its best pass@k the fixed curve falls back (both avg@k and pass@k drop): such a setting, dominated by a
+    colder one, is not the curve, even when its pass@k is nearer below the learned one's."""
+    learned = _result("learned", [[1, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]])  # pass 0.6
+    warm = _result("fixed 0.5", [[1, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])  # avg 0.33, pass 0.4
+    hot = _result("fixed 0.6", [[1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0]])  # avg 0.27, pass 0.8
+    past = _result("fixed 1.4", [[1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0]])  # avg 0.2, pass 0.6
+    assert nearest_below(learned, [warm, hot, past]).name == "fixed 0.5"
+    assert nearest_below(learned, [warm, past]).name == "fixed 1.4"  # nothing dominates it there
 
 
 def test_targets_report_each_family_both_ends_and_the_tau_gap():

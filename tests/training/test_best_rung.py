@@ -1,0 +1,146 @@
+"""The head trained off-policy from ladder rollouts (`--tau-objective best-rung`), on micro models.
+
+The micro random-init LM never solves Countdown, so the rewards are set by hand (the rung that "wins" each
+problem) or come from a trivial `score`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import HeadConfig, LearnedTemperature, TemperatureHead, draft_summary_size, load_checkpoint
+from training import grpo
+from training.config import GRPOConfig, HeadPrior
+from training.grpo import best_rung_update, rung_scores, rung_weights, set_phase, train_grpo
+from training.rollout import LadderTemperature, draft_completions, head_states, sample_completions
+from training.tasks.countdown import CountdownConfig, Problem, Verdict
+
+TASK = CountdownConfig()
+
+
+def digit_fraction(problem: Problem, text: str) -> Verdict:
+    if not text:
+        return Verdict(0.0, "malformed")
+    return Verdict(sum(ch in "0123456789" for ch in text) / len(text), "ok")
+
+
+def _draft_head(hidden_size: int) -> TemperatureHead:
+    """A draft-reading head whose prior sits between the rungs (tau_0 and the Beta mean at 0.55)."""
+    torch.manual_seed(0)
+    return TemperatureHead(HeadConfig(hidden_size=hidden_size, inputs=("hidden", "tau_prev", "draft"),
+                                      draft_size=draft_summary_size(hidden_size), draft_linear=8, tau_init=0.55))
+
+
+def test_rung_scores_and_weights_pick_the_rung_that_wins_each_problem(micro_checkpoint, countdown_problems):
+    start = load_checkpoint(micro_checkpoint)
+    model, tokenizer = start.model, start.tokenizer
+    ladder = LadderTemperature([0.1, 1.0], start.head, 4)
+    rows = sample_completions(model, tokenizer, ladder, countdown_problems[:3], samples=4, first_sample=4,
+                              task=TASK, max_new_tokens=4, seed=0)
+    # problem 0: only the hot rung solves (1 of 2); problem 1: the cold rung solves both, the hot one of 2;
+    # problem 2: neither.
+    wins = {(0, 5): 1.0, (1, 4): 1.0, (1, 6): 1.0, (1, 5): 1.0}
+    for b in rows:
+        rows_of = zip(b.problem_index, b.sample_index, strict=True)
+        b.rewards = torch.tensor([wins.get((i, s), 0.0) for i, s in rows_of])
+    scores = rung_scores(rows, 3, ladder, "mean+pass@k", k=2)
+    torch.testing.assert_close(scores, torch.tensor([[0.0, 1.5], [2.0, 1.5], [0.0, 0.0]]))
+    torch.testing.assert_close(rung_scores(rows, 3, ladder, "mean", k=2),
+                               torch.tensor([[0.0, 0.5], [1.0, 0.5], [0.0, 0.0]]))
+    torch.testing.assert_close(rung_weights(scores), torch.tensor([[0.0, 0.75], [0.25, 0.0], [0.0, 0.0]]))
+
+
+def _mean_tau(model, head, batches, problems: set[int]) -> float:
+    """The head's expected tau (gate-weighted Beta mean, else tau_{t-1}) over its own rows' tokens of `problems`."""
+    total, tokens = 0.0, 0.0
+    with torch.no_grad():
+        for b in batches:
+            states = head_states(model, head, b)
+            dist = head.distribution(states.hidden, states.tau_prev, b.draft)
+            cfg = head.config
+            tau = dist.gate_prob * cfg.z_to_tau(dist.beta_mean) + (1 - dist.gate_prob) * states.tau_prev
+            keep = torch.tensor([i in problems for i in b.problem_index]).float().unsqueeze(1) * b.generation.mask
+            total += float((tau.squeeze(-1) * keep).sum())
+            tokens += float(keep.sum())
+    return total / tokens
+
+
+def test_best_rung_updates_warm_the_head_where_the_hot_rung_wins_and_cool_it_elsewhere(micro_checkpoint,
+                                                                                     countdown_problems):
+    start = load_checkpoint(micro_checkpoint)
+    model, tokenizer = start.model, start.tokenizer
+    head = _draft_head(model.config.hidden_size)
+    problems = countdown_problems[:6]
+    _, summaries = draft_completions(model, tokenizer, problems, task=TASK, max_new_tokens=8)
+    head.set_draft_scale(summaries)
+    own = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=3, first_sample=1,
+                             drafts=summaries, task=TASK, max_new_tokens=8, seed=0)
+    ladder = LadderTemperature([0.2, 1.0], head, 4)
+    rows = sample_completions(model, tokenizer, ladder, problems, samples=4, first_sample=4, drafts=summaries,
+                              task=TASK, max_new_tokens=8, seed=0)
+    hot, cold = {0, 1, 2}, {3, 4, 5}
+    for b in rows:  # the hot rung (odd samples) solves problems 0-2, the cold rung (even) problems 3-5
+        rows_of = zip(b.problem_index, b.sample_index, strict=True)
+        b.rewards = torch.tensor([float((s % 2 == 1) == (i in hot)) for i, s in rows_of])
+    weights = rung_weights(rung_scores(rows, len(problems), ladder, "mean+pass@k", k=2))
+    assert (weights[:3, 1] > 0).all() and (weights[3:, 0] > 0).all()
+    before_hot, before_cold = _mean_tau(model, head, own, hot), _mean_tau(model, head, own, cold)
+    lm_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = GRPOConfig(head_lr=1e-2)
+    params = set_phase(model, head, "tau")
+    # As the trainer does: the draft statistics' linear path (a per-problem shift) learns at draft_lr_scale x.
+    draft = list(head.draft_linear.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if all(p is not q for q in draft)]},
+                                   {"params": draft, "lr": cfg.head_lr * cfg.draft_lr_scale}], lr=cfg.head_lr)
+    for _ in range(8):
+        stats = best_rung_update(model, head, own, weights, ladder, cfg, optimizer, params, torch.device("cpu"))
+        assert math.isfinite(stats["loss"]) and math.isfinite(stats["ladder_logprob"])
+    after_hot, after_cold = _mean_tau(model, head, own, hot), _mean_tau(model, head, own, cold)
+    assert after_hot > before_hot + 0.1 and after_cold < before_cold - 0.05
+    assert all(torch.equal(p, lm_before[n]) for n, p in model.named_parameters())  # the LM stays frozen
+
+
+def _steps(path: Path) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "event" not in r]
+
+
+def _micro(init, out, **overrides) -> GRPOConfig:
+    settings = dict(init=str(init), out=str(out), steps=2, prompts_per_step=3, group_size=3, n_train=50,
+                    n_heldout=5, eval_every=0, save_every=0, threads=1, max_new_tokens=6, schedule="lm+tau:1",
+                    head=HeadPrior(inputs="hidden,tau_prev,draft"), tau_ladder="0.1,1.0", ladder_samples=4,
+                    tau_advantage="mean+pass@k", pass_k=2, lm_lr=1e-3, head_lr=1e-2)
+    return GRPOConfig(**{**settings, **overrides})
+
+
+def test_the_option_off_never_takes_the_best_rung_step_and_on_it_logs_its_signal(micro_checkpoint, tmp_path,
+                                                                                monkeypatch):
+    calls = []
+    original = grpo.best_rung_update
+    monkeypatch.setattr(grpo, "best_rung_update", lambda *a, **k: calls.append(1) or original(*a, **k))
+    train_grpo(_micro(micro_checkpoint, tmp_path / "off"), score=digit_fraction)
+    assert calls == []
+    off = _steps(tmp_path / "off" / "grpo_log.jsonl")
+    assert all("rung_tau_gap" not in r for r in off)
+    train_grpo(_micro(micro_checkpoint, tmp_path / "on", tau_objective="best-rung"), score=digit_fraction)
+    assert len(calls) == 2
+    on = _steps(tmp_path / "on" / "grpo_log.jsonl")
+    for r in on:
+        assert 0 <= r["rung_hot_share"] <= 1 and math.isfinite(r["rung_tau_gap"]) and math.isfinite(r["tau_loss"])
+        assert 0 <= r["ladder_accuracy"] <= 1
+    # The LM phase is the same in both runs: the first step's LM rollouts (before any update) agree.
+    assert on[0]["reward"] == off[0]["reward"] and on[0]["mean_tau"] == off[0]["mean_tau"]
+    manifest = json.loads((tmp_path / "on" / "introllm.json").read_text())
+    assert manifest["training"]["stages"][-1]["config"]["tau_objective"] == "best-rung"
+
+
+@pytest.mark.parametrize("overrides", [dict(tau_ladder=""), dict(tau_ladder="1.0"), dict(ladder_samples=1),
+                                       dict(tau_objective="bandit")])
+def test_best_rung_without_a_ladder_to_compare_fails_before_training(overrides, micro_checkpoint, tmp_path):
+    settings = {"tau_objective": "best-rung", **overrides}
+    with pytest.raises(ValueError, match="tau_objective"):
+        train_grpo(_micro(micro_checkpoint, tmp_path / "bad", **settings), score=digit_fraction)
