@@ -71,7 +71,6 @@ from model import CounterNoise, StepOutput, StepResult, TemperatureController, T
 from model.draft import step_confidence, summarise_draft
 from service.engine.kv import SlotBatch, prefill_groups, prefill_together
 from service.engine.sampling import (
-    FastPaths,
     RowSampler,
     build_controller,
     sample_in_step,
@@ -210,9 +209,6 @@ class Engine:
         self._drafts = torch.zeros((0, head.config.draft_size), device=self.device) if head.reads_draft else None
         self._drafting: list[_Request] = []
         self._controllers: dict[ControllerSpec, TemperatureController] = {}  # one per spec, shared
-        # Prefills sample their first tokens eagerly (one row per request, beside a prefill's cost); decode
-        # steps sample inside the decode step's graph (`sample_in_step`).
-        self._fast = FastPaths()
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
 
@@ -469,7 +465,7 @@ class Engine:
         tau0 = torch.cat([s.sampler.controller.initial_tau(1, self.device).float() for s in rows])  # (k, 1)
         noise = CounterNoise.for_rows([s.seed for s in rows], 0, self.device)
         drafts = self._draft_rows(rows)
-        result = sample_rows([s.sampler for s in rows], step, tau0, noise, fast=self._fast, draft=drafts)
+        result = sample_rows([s.sampler for s in rows], step, tau0, noise, head=self.head, draft=drafts)
         self._record_draft_steps(rows, step)
         return result, noise, drafts
 
@@ -599,7 +595,7 @@ class Engine:
             if sampled_in_step:
                 result = sampled_result(sampled)
             else:  # filters, greedy or entropy rows: drawn again, eagerly, from the step's logits
-                result = sample_rows(samplers, step, self._tau, noise, fast=self._fast, draft=self._drafts)
+                result = sample_rows(samplers, step, self._tau, noise, draft=self._drafts)
             values = _host_values(result)
             self._record_draft_steps(self._rows, step)
         except Exception as exc:

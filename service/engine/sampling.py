@@ -38,7 +38,7 @@ What it does not do: run the model, stop sequences, or validate requests
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -98,36 +98,21 @@ def sample_rows(
     tau_prev: torch.Tensor,
     noise: CounterNoise,
     *,
-    fast: FastPaths | None = None,
+    head: TemperatureHead | None = None,
     draft: torch.Tensor | None = None,
 ) -> StepResult:
     """One sampling step for logits (B, V), hidden (B, d) and tau_prev (B, 1), row i by rows[i] and noise row i.
     draft (B, F): the draft summary each row's head reads (a draft-reading head only; rows that read none
     may hold anything there).
 
-    Batches whose rows all use the learned head (same `deterministic`) or all
-    a fixed temperature, without filters, take `fast` (`learned_rows` /
-    `fixed_rows`: one batched call, per-row numbers as tensors). Everything
-    else takes the grouped path, which gives the same results.
+    Given the checkpoint's `head`, batches whose rows all sample unfiltered, learned or at a fixed
+    temperature, take `sample_in_step` (one batched call, per-row numbers as tensors). Everything else
+    takes the grouped path, which gives the same results.
     """
-    unfiltered = not any(row.top_k or row.top_p < 1.0 or row.greedy for row in rows)
-    first = rows[0].spec
-    same_kind = all(r.spec.mode == first.mode and r.spec.deterministic == first.deterministic for r in rows)
-    if fast is not None and unfiltered and same_kind and first.mode in ("learned", "fixed"):
-        device = step.logits.device
-        if first.mode == "learned":
-            head = rows[0].controller.head
-            bounds = [r.spec.tau_range or (head.config.tau_min, head.config.tau_max) for r in rows]
-            low, high = torch.tensor(bounds, dtype=torch.float32, device=device).unsqueeze(-1).unbind(1)  # (B, 1) each
-            out = fast.learned(
-                head, first.deterministic, step.logits, _dense(step.hidden), tau_prev, low, high,
-                noise.seeds, noise.steps, draft,
-            )
-        else:
-            tau = torch.tensor([[r.spec.temperature] for r in rows], dtype=torch.float32, device=device)  # (B, 1)
-            out = fast.fixed(step.logits, tau, noise.seeds, noise.steps)
-        tokens, tau, gate, z, log_prob, logprobs = out
-        return StepResult(tokens=tokens, action=TemperatureAction(tau, gate, z, log_prob), token_logprobs=logprobs)
+    if head is not None:
+        args, fits = step_inputs(rows, head, tau_prev, noise, draft)
+        if fits:
+            return sampled_result(sample_in_step(step.logits, step.hidden, *args))
     top_k = _per_row([row.top_k for row in rows], torch.long, step.logits.device)
     top_p = _per_row([row.top_p for row in rows], torch.float32, step.logits.device)
     greedy = _per_row([row.greedy for row in rows], torch.bool, step.logits.device)
@@ -135,41 +120,6 @@ def sample_rows(
     tokens = sample(step.logits, action.tau, noise, top_k=top_k, top_p=top_p, greedy=greedy)
     logprobs = token_log_probs(step.logits, tokens, action.tau.squeeze(-1))
     return StepResult(tokens=tokens, action=action, token_logprobs=logprobs)
-
-
-def learned_rows(
-    head: TemperatureHead,
-    deterministic: bool,
-    logits: torch.Tensor,
-    hidden: torch.Tensor,
-    tau_prev: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-    seeds: torch.Tensor,
-    steps: torch.Tensor,
-    draft: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """`LearnedTemperature.choose` then an unfiltered draw, as one pure tensor function:
-    (tokens, tau, gate, z, temperature log-prob, token log-prob). low/high (B, 1) narrow tau per row;
-    draft (B, F) the draft summaries a draft-reading head reads."""
-    noise = CounterNoise(seeds, steps)
-    if deterministic:
-        action = head.choose_deterministic(hidden, tau_prev, draft)
-    else:
-        action = head.sample(hidden, tau_prev, noise, draft)
-    tau = torch.minimum(torch.maximum(action.tau, low), high)
-    tokens = sample(logits, tau, noise)
-    return tokens, tau, action.gate, action.z, action.log_prob, token_log_probs(logits, tokens, tau.squeeze(-1))
-
-
-def fixed_rows(
-    logits: torch.Tensor, tau: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """`FixedTemperature.choose` (tau (B, 1) per row) then an unfiltered draw; fields as in `learned_rows`."""
-    noise = CounterNoise(seeds, steps)
-    tokens = sample(logits, tau, noise)
-    action = constant_action(tau, torch.zeros_like(tau))  # never an update, no policy
-    return tokens, tau, action.gate, action.z, action.log_prob, token_log_probs(logits, tokens, tau.squeeze(-1))
 
 
 def sample_in_step(
@@ -186,9 +136,10 @@ def sample_in_step(
     steps: torch.Tensor,
     draft: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """`learned_rows` and `fixed_rows` for any mix of rows, row by row, as one pure tensor function that the
-    engine compiles into its decode step (`kv.SlotBatch.decode_then`): one graph for every batch whose rows
-    sample unfiltered, learned (sampled or deterministic) or at a fixed temperature.
+    """`LearnedTemperature.choose` or `FixedTemperature.choose`, then an unfiltered draw, for any mix of
+    rows, row by row, as one pure tensor function: the engine compiles it into its decode step
+    (`kv.SlotBatch.decode_then`), one graph for every batch whose rows sample unfiltered, learned (sampled
+    or deterministic) or at a fixed temperature; `sample_rows` calls it eagerly.
 
     logits (B, V), hidden (B, d), tau_prev (B, 1); per row (B, 1): the learned range low/high, fixed_tau,
     and bool flags learned and deterministic; seeds and steps (B,). Every row runs the head (a small MLP;
@@ -247,27 +198,9 @@ def step_inputs(
 
 
 def sampled_result(outputs: tuple[torch.Tensor, ...]) -> StepResult:
-    """The StepResult of `sample_in_step`'s (or a fast path's) outputs."""
+    """The StepResult of `sample_in_step`'s outputs."""
     tokens, tau, gate, z, log_prob, logprobs = outputs
     return StepResult(tokens=tokens, action=TemperatureAction(tau, gate, z, log_prob), token_logprobs=logprobs)
-
-
-@dataclass(frozen=True)
-class FastPaths:
-    """The two common sampling steps, each one batched function (the engine's prefills use them; its decode
-    steps sample inside the compiled step with `sample_in_step`)."""
-
-    learned: Callable[..., tuple[torch.Tensor, ...]] = learned_rows
-    fixed: Callable[..., tuple[torch.Tensor, ...]] = fixed_rows
-
-
-def _dense(rows: torch.Tensor) -> torch.Tensor:
-    """(B, d) with strides (d, 1). A prefill's last position is a view with the prompt
-    length in its stride (kept by `.contiguous()` when B = 1), and compiled code
-    guards on strides: without this, every new prompt length would compile again."""
-    if rows.stride() == (rows.shape[1], 1):
-        return rows
-    return rows.clone(memory_format=torch.contiguous_format)
 
 
 def _choose_per_group(

@@ -8,7 +8,6 @@ import torch
 
 from model import CounterNoise, StepOutput
 from service.engine.sampling import (
-    FastPaths,
     RowSampler,
     build_controller,
     sample_in_step,
@@ -72,7 +71,6 @@ def test_fast_paths_give_the_grouped_paths_results(checkpoint):
     step = StepOutput(logits=torch.randn(batch, 100) * 3, hidden=torch.randn(batch, head.config.hidden_size))
     tau_prev = torch.rand(batch, 1) + 0.5
     noise = CounterNoise.for_rows([11, 12, 13, 14, 15], [0, 4, 9, 2, 7])
-    fast = FastPaths()
     batches = [
         [ControllerSpec("learned")] * batch,
         [ControllerSpec("learned"), ControllerSpec("learned", tau_range=(0.4, 0.6))] * 2 + [ControllerSpec("learned")],
@@ -82,7 +80,7 @@ def test_fast_paths_give_the_grouped_paths_results(checkpoint):
     for specs in batches:
         rows = [_row(head, spec) for spec in specs]
         expected = sample_rows(rows, step, tau_prev, noise)
-        got = sample_rows(rows, step, tau_prev, noise, fast=fast)
+        got = sample_rows(rows, step, tau_prev, noise, head=head)
         assert torch.equal(got.tokens, expected.tokens), specs
         for name in ("tau", "gate", "z", "log_prob"):
             torch.testing.assert_close(getattr(got.action, name), getattr(expected.action, name), equal_nan=True)
