@@ -107,6 +107,7 @@ from training.rollout import (
 from training.start import (
     lm_to_save,
     prepare_lm,
+    refuse_unservable_config,
     set_lm_trainable,
     trainable_lm_parameters,
     training_dtype,
@@ -482,6 +483,7 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     rank, world, device = distributed.init()
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    refuse_unservable_config(cfg.init)
     previous = read_manifest(cfg.init).training
     choice = resolve_task(cfg, previous, cfg.init)  # before the weights load: a contradiction fails fast
     task = choice.build(n_train=cfg.n_train)

@@ -44,7 +44,13 @@ from training.common import JsonlLog, code_version, set_threads
 from training.config import SFTConfig, config_to_dict
 from training.data import SolvedExamples, pad_id
 from training.rollout import sample_completions
-from training.start import lm_to_save, prepare_lm, trainable_lm_parameters, training_dtype
+from training.start import (
+    lm_to_save,
+    prepare_lm,
+    refuse_unservable_config,
+    trainable_lm_parameters,
+    training_dtype,
+)
 from training.task_record import choice_from_config
 from training.tasks import Task
 
@@ -106,6 +112,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     rank, world, device = distributed.init()
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    refuse_unservable_config(cfg.init)
     choice = choice_from_config(cfg)
     task = choice.build(n_train=cfg.n_train)
     train_problems, heldout = task.split()  # before the model loads: a bad task file fails fast

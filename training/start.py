@@ -2,6 +2,8 @@
 
 What it does:
   - `training_dtype`: "auto" is bfloat16 on a GPU that supports it, else float32;
+  - `refuse_unservable_config`: a model folder whose config the server could
+    not serve is refused before anything else runs;
   - `prepare_lm`: gradient checkpointing when asked, and LoRA adapters (peft)
     when `lora.rank > 0`, after which only the adapters' weights are trainable;
   - `trainable_lm_parameters`: what the LM's optimiser updates (the adapters
@@ -17,9 +19,10 @@ What it does not do: read checkpoints (model/checkpoint.py) or train.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
 from model import attention_layout
 from training.config import LoraConfig
@@ -34,6 +37,20 @@ def training_dtype(name: str, device: torch.device) -> torch.dtype:
         on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if on_gpu else torch.float32
     return getattr(torch, name)
+
+
+def refuse_unservable_config(init: str | Path | None) -> None:
+    """Raise UnsupportedModelError when the config of the model folder `init` (a Hugging Face folder or a
+    checkpoint) names layers the server could not serve, before the task is built or weights load: building
+    the bundled task alone takes a minute. Recurrent-state models that declare no layer types are refused
+    by `prepare_lm`, once the model is loaded. Nothing to check without `init` (the tiny model)."""
+    if not init:
+        return
+    try:
+        config = AutoConfig.from_pretrained(Path(init), local_files_only=True, trust_remote_code=False)
+    except Exception:  # unreadable here: the model's own loading reports it, with its context
+        return
+    attention_layout(config)
 
 
 def prepare_lm(model: PreTrainedModel, lora: LoraConfig, gradient_checkpointing: bool) -> PreTrainedModel:
