@@ -7,9 +7,13 @@ between two decode steps:
   2. drops cancelled rows from the batch;
   3. admits waiting requests while there is a free slot (up to a prefill token
      budget per iteration) and prefills them together, whatever their prompt
-     lengths (`kv.prefill_together`: right-padded, in groups whose padding
-     stays under half their real tokens; equal lengths pad nothing), samples
-     their first tokens, and each joins the batch as a new row;
+     lengths, in groups whose padding stays under half their real tokens
+     (`kv.prefill_groups`): with the native decoder straight into the batch's
+     slots (`kv.SlotBatch.prefill`: compiled, only real tokens in the matmuls,
+     chunks of at most `kv.PREFILL_CHUNK` tokens per prompt), otherwise through
+     the model's own forward into a cache (`kv.prefill_together`: right-padded)
+     whose rows are copied into slots; samples their first tokens, and each
+     joins the batch as a new row;
   4. runs one decode step for every row (unless paused) and samples the next
      token per row in that same step (`kv.SlotBatch.decode_then` with
      `sampling.sample_in_step`: one compiled graph for the forward, the
@@ -423,11 +427,11 @@ class Engine:
         copied into each row's slot), join. A drafting request starts its draft row only. If a shared
         prefill fails, each request is tried alone, so that only the one that fails alone fails."""
         try:
-            step, cache = prefill_together(self.model, [g.request.prompt_ids for g in groups])
+            drafting = [group.n > 1 and serves_greedy_draft(group.request.controller, self.head) for group in groups]
+            step, cache = self._prefill([g.request.prompt_ids for g in groups], any(drafting))
             starting: list[_Sequence] = []
             sources: list[int] = []  # the prefill row of each starting row
-            for i, group in enumerate(groups):
-                follows = group.n > 1 and serves_greedy_draft(group.request.controller, self.head)
+            for i, (group, follows) in enumerate(zip(groups, drafting, strict=True)):
                 for sequence in group.rows:
                     if follows and sequence.choice > 0:
                         continue
@@ -436,6 +440,7 @@ class Engine:
                     starting.append(sequence)
                     sources.append(i)
                 if follows:
+                    assert cache is not None
                     index = torch.tensor([i], device=self.device)
                     group.prefilled = (StepOutput(step.logits[index], step.hidden[index]), cache, i)
                     group.drafting = True
@@ -455,6 +460,15 @@ class Engine:
         self._add_rows(starting, cache, sources, first)
         self._start_followers()
 
+    def _prefill(self, prompts: list[list[int]], drafting: bool) -> tuple[StepOutput, DynamicCache | None]:
+        """One forward (chunked for long prompts) over prompts of any lengths: their last positions' step
+        (k rows) and the cache holding their keys and values, None when they are in the batch's own slots
+        (`SlotBatch.prefill`, the native decoder's compiled prefill). A drafting request's followers start
+        from its prompt's cache when its draft ends, so their prefill keeps a cache of its own."""
+        if self._batch.prefills_in_slots and not drafting:
+            return self._batch.prefill(prompts), None
+        return prefill_together(self.model, prompts)
+
     def _sample_first(
         self, rows: list[_Sequence], step: StepOutput, sources: list[int]
     ) -> tuple[StepResult, CounterNoise, torch.Tensor | None]:
@@ -470,18 +484,22 @@ class Engine:
         return result, noise, drafts
 
     def _add_rows(
-        self, rows: list[_Sequence], cache: DynamicCache, sources: list[int],
+        self, rows: list[_Sequence], cache: DynamicCache | None, sources: list[int],
         first: tuple[StepResult, CounterNoise, torch.Tensor | None],
     ) -> None:
         """Emit each row's first token and add the rows that go on to the batch, their prompt's keys and
-        values copied from row sources[i] of `cache` (one prefill, copied into each of a request's rows)."""
+        values copied from row sources[i] of `cache`, or of the batch's last prefill when `cache` is None
+        (one prefill, copied into each of a request's rows)."""
         result, noise, drafts = first
         values = _host_values(result)
         joined = []
         for i, sequence in enumerate(rows):
             if self._emit(sequence, *values[i]):
                 continue
-            self._batch.add(cache, len(sequence.request.prompt_ids), row=sources[i])
+            if cache is None:
+                self._batch.add_prefilled(sources[i], len(sequence.request.prompt_ids))
+            else:
+                self._batch.add(cache, len(sequence.request.prompt_ids), row=sources[i])
             self._rows.append(sequence)
             joined.append(i)
         if not joined:

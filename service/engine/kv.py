@@ -2,8 +2,12 @@
 
 What it does: `SlotBatch` holds keys and values for up to `slots` sequences of
 up to `max_len` tokens each, allocated once. Running rows occupy slots
-0..B-1 in order. A sequence prefilled alone (`prefill_alone`, a plain
-`DynamicCache`) joins by copying its keys and values into the next free slot;
+0..B-1 in order. With the native decoder, `prefill` runs prompts straight into
+the store's last slots (compiled, in bounded chunks) and `add_prefilled` joins
+each to the batch (a copy of its real tokens into the next free slot). A
+sequence prefilled by the model's own forward (`prefill_alone` or
+`prefill_together`, a plain `DynamicCache`) joins by copying its keys and
+values into the next free slot;
 rows that finish leave with `keep`, which moves the rows after them down (an
 order-preserving compaction: a copy of each moved row's real tokens, nothing
 else). `decode` feeds one token per row at each row's own position, writes the
@@ -19,9 +23,10 @@ row attends only to its own positions through a 4D mask built from the
 positions, so a row's logits equal those of solo decoding.
 
 What it does not do: sampling, stopping or anything about requests; it knows
-rows only by their index in the batch. Sliding-window and other non-global
-attention layers, and models without `position_ids`, are refused at
-construction (their masks depend on more than a row's length).
+rows only by their index in the batch. Layers other than global and
+sliding-window attention (`model.attention_layout` names why) are refused at
+construction. Prefill into the slots and chunked prompts need the native
+decoder; other models prefill through their own forward, whole.
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from model import AttentionLayout, StepOutput, UnsupportedModelError, attention_layout, forward, new_cache, prefill
-from model.native_decoder import NativeDecoder, unsupported_reason
+from model.native_decoder import NativeDecoder, prefill_chunk, unsupported_reason
 
 log = logging.getLogger(__name__)
+
+# Prompt tokens per row in one prefill forward (`SlotBatch.prefill`): bounds its cost and its (rows, chunk,
+# width) attention scores.
+PREFILL_CHUNK = 256
 
 # Attention width is rounded up to a multiple of this,
 # so a compiled step sees a handful of widths, not one per token.
@@ -133,6 +142,15 @@ def _float_constants():
     dynamic=True dynamo makes them symbols, then finds it must turn them into tensors and traces the whole
     step a second time: measured 15 s of a 23 s warm-up with a warm cache, 9 s without."""
     return torch._dynamo.config.patch(specialize_float=True)
+
+
+def _no_duck_sizing():
+    """Give each dynamic size of the prefill's inputs (tokens, grid rows and columns, width) a symbol of its
+    own even when two are equal as traced: dynamo's duck sizing would give them one, and guard that they stay
+    equal, so a later prefill where they differ would compile again."""
+    from torch.fx.experimental import _config as fx_config
+
+    return fx_config.patch(use_duck_shape=False)
 
 
 def _native_decoder(model: PreTrainedModel, max_len: int, native: bool | Literal["auto"]) -> NativeDecoder | None:
@@ -236,8 +254,10 @@ class SlotBatch:
         self._value_stores: list[torch.Tensor] = []
         self._cache: Cache | None = None
         self._columns = torch.arange(self.capacity, device=device)
-        # The store holds at least MIN_BUCKET slots: a lone row's padding row writes in the second.
-        self.store_slots = max(slots, MIN_BUCKET)
+        # The store holds at least MIN_BUCKET slots: a lone row's padding row writes in the second. With native
+        # prefill, one more: prompts are prefilled into the store's last slots (at least MIN_BUCKET of them,
+        # see `prefill`) while up to slots - 1 rows hold the first ones.
+        self.store_slots = max(slots + (self.native is not None), MIN_BUCKET)
         self._slot_base = torch.arange(self.store_slots, device=device) * self.capacity  # first store row per slot
         # Set by `decode` before each forward, read by every layer's update.
         self.write_index = torch.zeros(0, dtype=torch.long, device=device)
@@ -254,6 +274,13 @@ class SlotBatch:
         # batch. Not yet run on a GPU in this repository's tests.
         mode = "reduce-overhead" if device.type == "cuda" else None
         self._step = torch.compile(self._forward_then, dynamic=True, mode=mode) if compile else self._forward_then
+        # Prefill shapes (rows, chunk, width) vary more than a step's: no CUDA graphs for them.
+        self._prefill_step = (
+            torch.compile(self._native_prefill, dynamic=True) if compile and self.native is not None
+            else self._native_prefill
+        )
+        self._region_start = self.store_slots  # first slot of the rows `prefill` left (none yet)
+        self._region_lengths: list[int] = []
         self._warm = False  # after warm_up: skip dynamo's guard evaluation (see `_run_step`)
 
     @property
@@ -292,6 +319,62 @@ class SlotBatch:
             mine.value_store[start : start + length] = theirs.values[row, :, :length].transpose(0, 1)
         self._lengths.append(length)
 
+    @property
+    def prefills_in_slots(self) -> bool:
+        """Whether `prefill` can run (the native decoder runs this model)."""
+        return self.native is not None
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]], chunk_tokens: int = PREFILL_CHUNK) -> StepOutput:
+        """Run prompts through the native forward into the store's last slots (no Hugging Face forward,
+        nothing copied from a cache) and return each prompt's last position: logits (R, V), hidden (R, d).
+        `add_prefilled(i, len(prompts[i]))` then joins prompt i's keys and values to the batch, once per row
+        that starts from it; the next `prefill` reuses those slots.
+
+        R = len(prompts) <= slots - size; the rows are padded to MIN_BUCKET (one graph for every R). Each
+        forward takes at most `chunk_tokens` tokens of each row (a chunk attends causally to the row's earlier
+        chunks in its slot), so a long prompt costs several bounded forwards rather than one unbounded one."""
+        if self.native is None:
+            raise RuntimeError("prefill in slots needs the native decoder")
+        count = len(prompts)
+        if count == 0 or self.size + count > self.slots:
+            raise ValueError(f"{count} prompts do not fit beside {self.size} rows in {self.slots} slots")
+        lengths = [len(p) for p in prompts]
+        if min(lengths) < 1 or max(lengths) >= self.max_len:
+            raise ValueError(f"prompts need 1 to {self.max_len - 1} tokens")
+        if not self._layers:
+            self._allocate_native()
+        rows = max(count, MIN_BUCKET)
+        start = self.store_slots - rows
+        slot_starts = [(start + r) * self.capacity for r in range(rows)]
+        padded = prompts + [[]] * (rows - count)
+        logits = hidden = None
+        for offset in range(0, max(lengths), chunk_tokens):
+            pieces = [p[offset : offset + chunk_tokens] for p in padded]
+            chunk = prefill_chunk(pieces, [offset] * rows, slot_starts, self.capacity - 1, self.device)
+            width = -(-(offset + max(len(piece) for piece in pieces)) // WIDTH_STEP) * WIDTH_STEP
+            out = self._run_prefill(chunk.tokens, chunk.positions, chunk.write_index, chunk.cells,
+                                    chunk.grid_positions, chunk.last, width)
+            ends = [i for i, piece in enumerate(pieces[:count]) if piece and offset + len(piece) == lengths[i]]
+            if logits is None:
+                logits, hidden = out[0][:count].clone(), out[1][:count].clone()
+            if ends:
+                index = torch.tensor(ends, device=self.device)
+                logits[index], hidden[index] = out[0][index], out[1][index]
+        self._region_start, self._region_lengths = start, lengths
+        return StepOutput(logits=logits, hidden=hidden)
+
+    def add_prefilled(self, index: int, length: int) -> None:
+        """Join prompt `index` of the last `prefill` (its first `length` tokens) to the batch in the next slot."""
+        if self.size >= self.slots:
+            raise RuntimeError(f"all {self.slots} slots are in use")
+        if not 0 <= index < len(self._region_lengths) or length > self._region_lengths[index]:
+            raise ValueError(f"no prefilled prompt {index} of {length} tokens")
+        # Safe in any order `prefill`'s callers join: the next free slot is never above a prompt's slot
+        # not yet joined (size + prompts <= slots < the region's first slot + its rows).
+        self._move(self._region_start + index, self.size, length)
+        self._lengths.append(length)
+
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (batch indices, ascending); the kept rows move down to slots 0..len-1."""
         if rows == list(range(self.size)):
@@ -305,18 +388,22 @@ class SlotBatch:
     def warm_up(
         self, prompt_ids: list[int], then: Callable | None = None, make_args: Callable[[int], tuple] | None = None
     ) -> None:
-        """Compile (or just exercise) the decode step with 1 and 2 rows of a dummy prompt (both run the one
-        graph of batches >= 2: see `batch_bucket`), followed by
+        """Compile (or just exercise) the decode step, and with the native decoder its prefill, with 1 and 2
+        rows of a dummy prompt (both run the one graph of batches >= 2: see `batch_bucket`), followed by
         `then(logits, hidden, *make_args(rows))` when given (see `decode_then`); leaves the batch empty."""
         if self.size:
             raise RuntimeError("warm up an empty batch only")
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         for rows in sorted({1, min(2, self.slots)}):
-            for _ in range(rows):
-                step, cache = prefill_alone(self.model, prompt)
-                self.add(cache, len(prompt_ids))
+            if self.native is not None:  # the prefill graph too (one for every number of prompts)
+                self.prefill([prompt_ids] * rows)
+                for i in range(rows):
+                    self.add_prefilled(i, len(prompt_ids))
+            else:
+                for _ in range(rows):
+                    self.add(prefill_alone(self.model, prompt)[1], len(prompt_ids))
             args = make_args(rows) if make_args is not None else ()
-            self.decode_then(step.logits.argmax(-1).repeat(rows), then, args)
+            self.decode_then(torch.tensor(prompt_ids[-1:] * rows, device=self.device), then, args)
             self.clear()
         self._warm = True
 
@@ -378,6 +465,28 @@ class SlotBatch:
             with _float_constants():
                 return self._step(tokens, positions, then, args)
 
+    def _run_prefill(self, *args) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (self.compile and self._warm):
+            with _float_constants(), _no_duck_sizing():
+                return self._prefill_step(*args)
+        try:  # as `_run_step`
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return self._prefill_step(*args)
+        except RuntimeError as exc:
+            if "Recompilation" not in str(exc):
+                raise
+            log.warning("prefill recompiling after warm-up")
+            with _float_constants(), _no_duck_sizing():
+                return self._prefill_step(*args)
+
+    def _native_prefill(
+        self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor,
+        grid_positions: torch.Tensor, last: torch.Tensor, width: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.native is not None
+        return self.native.prefill(self._key_stores, self._value_stores, tokens, positions, write_index, cells,
+                                   grid_positions, last, self.store_slots, width)
+
     def _forward_then(
         self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
     ) -> tuple[torch.Tensor, ...]:
@@ -424,12 +533,21 @@ class SlotBatch:
         return mask
 
     def _allocate(self, cache: DynamicCache) -> None:
+        self._allocate_stores([(layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype) for layer in cache.layers])
+
+    def _allocate_native(self) -> None:
+        native = self.native
+        assert native is not None
+        dtype = native.embedding.dtype
+        self._allocate_stores([(native.kv_heads, native.head_dim, dtype)] * len(native.layers))
+
+    def _allocate_stores(self, shapes: list[tuple[int, int, torch.dtype]]) -> None:
+        """Per layer (kv_heads, head_dim, dtype): keys and values of every slot."""
         layers = []
-        for layer in cache.layers:
-            _, kv_heads, _, head_dim = layer.keys.shape
+        for kv_heads, head_dim, dtype in shapes:
             shape = (self.store_slots * self.capacity, kv_heads, head_dim)
-            keys = torch.zeros(shape, dtype=layer.keys.dtype, device=self.device)
-            values = torch.zeros(shape, dtype=layer.values.dtype, device=self.device)
+            keys = torch.zeros(shape, dtype=dtype, device=self.device)
+            values = torch.zeros(shape, dtype=dtype, device=self.device)
             if self.compile:
                 # Fixed addresses: compiled code (and CUDA graphs) update them in place.
                 torch._dynamo.mark_static_address(keys)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.native_decoder import NativeDecoder, unsupported_reason
+from model.native_decoder import NativeDecoder, prefill_chunk, unsupported_reason
 from tests.model.own_models import CONTEXT, global_qwen2, mixed_gemma2, sliding_mistral
 
 SLOTS = 4
@@ -55,6 +55,34 @@ def test_rows_at_different_positions_attend_only_to_their_own(tiny_lm):
                                  64, decoder.rope(positions))
     for row, length in enumerate(lengths):
         alone = tiny_lm(input_ids=ids[row : row + 1, :length]).logits[0, -1]
+        torch.testing.assert_close(logits[row], alone, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("build", ["tiny_llama", "qwen2_gqa_bias"])
+@torch.no_grad()
+def test_prompts_prefilled_in_chunks_then_decoded_give_the_models_own_logits(build, tiny_lm, tokenizer):
+    model = {"tiny_llama": lambda: tiny_lm, "qwen2_gqa_bias": lambda: global_qwen2(tokenizer)}[build]()
+    lengths = [12, 9, 5, 12]  # row r's prompt is ids[r, :lengths[r]]; rows fill the last R = SLOTS slots
+    ids = torch.randint(3, model.config.vocab_size, (SLOTS, 13), generator=torch.Generator().manual_seed(2))
+    decoder = NativeDecoder(model, CONTEXT)
+    keys, values, capacity = _stores(model, decoder)
+    for start, stop in [(0, 6), (6, 12)]:  # two chunks; a row whose prompt ended takes nothing
+        pieces = [ids[r, start : min(stop, n)].tolist() for r, n in enumerate(lengths)]
+        chunk = prefill_chunk(pieces, [start] * SLOTS, [r * capacity for r in range(SLOTS)], capacity - 1, "cpu")
+        assert chunk.tokens.shape[0] % 8 == 0  # padded
+        logits, hidden = decoder.prefill(keys, values, chunk.tokens, chunk.positions, chunk.write_index,
+                                         chunk.cells, chunk.grid_positions, chunk.last, SLOTS, 64)
+        for row, n in enumerate(lengths):
+            if start < n <= stop:  # this chunk ends row's prompt
+                alone = model(input_ids=ids[row : row + 1, :n], output_hidden_states=True)
+                torch.testing.assert_close(logits[row], alone.logits[0, -1], atol=2e-5, rtol=1e-5)
+                torch.testing.assert_close(hidden[row], alone.hidden_states[-1][0, -1], atol=2e-5, rtol=1e-5)
+    positions = torch.tensor(lengths)
+    tokens = ids[torch.arange(SLOTS), positions]
+    logits, _ = decoder.step(keys, values, tokens, positions, torch.arange(SLOTS) * capacity + positions, SLOTS,
+                             64, decoder.rope(positions))
+    for row, n in enumerate(lengths):
+        alone = model(input_ids=ids[row : row + 1, : n + 1]).logits[0, -1]
         torch.testing.assert_close(logits[row], alone, atol=2e-5, rtol=1e-5)
 
 

@@ -131,16 +131,16 @@ def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its
                 for i, p in enumerate(prompts)]
     prefills = []
     first_prefill_started, rest_submitted = threading.Event(), threading.Event()
-    real_prefill = engine_module.prefill_together
+    real_prefill = engine_module.Engine._prefill
 
-    def recording_prefill(model, prompt_ids):
+    def recording_prefill(engine, prompt_ids, drafting):
         prefills.append(sorted(len(p) for p in prompt_ids))
         if len(prefills) == 1:
             # Hold the first arrival's prefill until the rest have queued, so that
             # the grouping below does not depend on thread timing.
             first_prefill_started.set()
             rest_submitted.wait(timeout=30)
-        return real_prefill(model, prompt_ids)
+        return real_prefill(engine, prompt_ids, drafting)
 
     async def first_alone_then_the_rest(scheduler: Scheduler) -> list[Completed]:
         handles = [scheduler.submit(requests[0])]
@@ -149,7 +149,7 @@ def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its
         rest_submitted.set()
         return await asyncio.gather(*(h.result() for h in handles))
 
-    monkeypatch.setattr(engine_module, "prefill_together", recording_prefill)
+    monkeypatch.setattr(engine_module.Engine, "_prefill", recording_prefill)
     with running_engine(checkpoint, max_running=8, compile=compile) as scheduler:
         # After warm-up nothing may compile again: new batch sizes, prompt lengths
         # and widths all run on the warmed-up graphs (a recompile fails the request).
@@ -300,14 +300,14 @@ def test_a_failing_decode_step_fails_its_rows_and_the_engine_keeps_serving(check
 
 
 def test_a_failing_prefill_fails_only_that_request(checkpoint, monkeypatch):
-    real_prefill = engine_module.prefill_together
+    real_prefill = engine_module.Engine._prefill
 
-    def prefill_refusing_x(model, prompt_ids):
+    def prefill_refusing_x(engine, prompt_ids, drafting):
         if any(len(p) == 2 for p in prompt_ids):  # BOS + "x"
             raise RuntimeError("simulated prefill error")
-        return real_prefill(model, prompt_ids)
+        return real_prefill(engine, prompt_ids, drafting)
 
-    monkeypatch.setattr(engine_module, "prefill_together", prefill_refusing_x)
+    monkeypatch.setattr(engine_module.Engine, "_prefill", prefill_refusing_x)
 
     async def scenario(scheduler: Scheduler):
         bad = scheduler.submit(GenerationInput(prompt="x", max_new_tokens=5))

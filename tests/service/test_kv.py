@@ -35,10 +35,21 @@ def test_rows_joining_and_leaving_the_slots_get_the_logits_of_solo_decoding(chec
     _check_joins_and_leaves(checkpoint.model, checkpoint.tokenizer, compile)
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_prompts_prefilled_in_the_slots_in_chunks_get_the_logits_of_solo_decoding(checkpoint, compile):
+    """The native prefill, several prompts at once in chunks of 8 tokens, beside running rows; compiled,
+    nothing compiles after warm-up whatever the number of prompts, chunk or width."""
+    with torch.compiler.set_stance("fail_on_recompile" if compile else "default"):
+        batch = _check_joins_and_leaves(checkpoint.model, checkpoint.tokenizer, compile, prefill_chunk=8)
+    assert batch.prefills_in_slots
+
+
 @torch.no_grad()
-def _check_joins_and_leaves(model, tokenizer, compile: bool) -> SlotBatch:
+def _check_joins_and_leaves(model, tokenizer, compile: bool, prefill_chunk: int | None = None) -> SlotBatch:
     """Five rows join at different steps and leave after different numbers of tokens; each row's logits
-    at every step equal those of decoding it alone. Returns the batch."""
+    at every step equal those of decoding it alone. Returns the batch. prefill_chunk: join through
+    `SlotBatch.prefill` in chunks of that many tokens (the rows joining at a step together), not from a
+    cache of the model's own prefill."""
     prompts = [encode_prompt(tokenizer, p) for p in PROMPTS[:5]]
     fed = [[(7 * r + t) % 90 + 4 for t in range(12)] for r in range(len(prompts))]  # arbitrary tokens
     joins = [0, 0, 2, 3, 5]  # the step at which each row joins
@@ -48,12 +59,18 @@ def _check_joins_and_leaves(model, tokenizer, compile: bool) -> SlotBatch:
     rows: list[int] = []
     seen: dict[int, list[torch.Tensor]] = {r: [] for r in range(len(prompts))}
     for step in range(20):
-        for r, join in enumerate(joins):
-            if join == step:
-                first, cache = prefill_alone(model, torch.tensor([prompts[r]]))
-                seen[r].append(first.logits[0])
-                batch.add(cache, len(prompts[r]))
+        joining = [r for r, join in enumerate(joins) if join == step]
+        if joining and prefill_chunk is not None:
+            first = batch.prefill([prompts[r] for r in joining], chunk_tokens=prefill_chunk)
+            for j, r in enumerate(joining):
+                seen[r].append(first.logits[j])
+                batch.add_prefilled(j, len(prompts[r]))
                 rows.append(r)
+        for r in joining if prefill_chunk is None else []:
+            first, cache = prefill_alone(model, torch.tensor([prompts[r]]))
+            seen[r].append(first.logits[0])
+            batch.add(cache, len(prompts[r]))
+            rows.append(r)
         keep = [i for i, r in enumerate(rows) if len(seen[r]) <= leaves[r]]
         batch.keep(keep)
         rows = [rows[i] for i in keep]
@@ -150,7 +167,8 @@ def test_kv_bytes_per_token_match_the_model_shape(checkpoint):
     config = model.config
     expected = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # float32
     assert batch.kv_bytes_per_token() == expected
-    assert batch.capacity >= 32 and batch.allocated_bytes() == expected * 2 * batch.capacity
+    assert batch.prefills_in_slots and batch.store_slots == 3  # one slot more for prompts prefilled in slots
+    assert batch.capacity >= 32 and batch.allocated_bytes() == expected * 3 * batch.capacity
 
 
 def test_batches_are_padded_to_powers_of_two_within_the_slots():

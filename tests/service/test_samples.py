@@ -87,13 +87,13 @@ def test_each_of_n_seeded_samples_equals_the_reference_of_its_row_seed_alone_and
 
 def test_a_request_of_n_samples_prefills_its_prompt_once_where_n_requests_prefill_n_times(checkpoint, monkeypatch):
     prefilled: list[list[list[int]]] = []
-    original = engine_module.prefill_together
+    original = engine_module.Engine._prefill
 
-    def counting(model, prompts, *args, **kwargs):
+    def counting(engine, prompts, drafting):
         prefilled.append([list(p) for p in prompts])
-        return original(model, prompts, *args, **kwargs)
+        return original(engine, prompts, drafting)
 
-    monkeypatch.setattr(engine_module, "prefill_together", counting)
+    monkeypatch.setattr(engine_module.Engine, "_prefill", counting)
     with running_engine(checkpoint, max_running=8) as scheduler:
         (shared,) = asyncio.run(run_all(scheduler, [GenerationInput(prompt=PROMPT, max_new_tokens=8, seed=3, n=8)]))
         shared_prompts = sum(len(batch) for batch in prefilled)
