@@ -23,8 +23,9 @@ model's own forward (prefill) reads the same memory.
 
 `prefill` runs prompts (a chunk of tokens per row) into slots the same way,
 with causal attention over each row's slot, so a prompt needs no Hugging Face
-forward either: on a CPU that forward measured 10 ms for one 30-token prompt
-of the bundled model, longer than a whole batch-16 decode step.
+forward and no copy from its cache, and only real tokens (no padding) go
+through the matmuls: compiled, one 30-token prompt of the bundled model
+measured 5.7 ms against 7.5 ms through the Hugging Face forward on a CPU.
 
 What it does not do: sliding windows, rope that changes with the sequence length ("dynamic",
 "longrope"), or any other architecture: `unsupported_reason` names what it

@@ -31,6 +31,7 @@ decoder; other models prefill through their own forward, whole.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Literal
@@ -114,6 +115,11 @@ def _pad_rows(arg, size: int, bucket: int):
 MIN_BUCKET = 2
 
 
+def attention_width(tokens: int) -> int:
+    """The attention width for rows of up to `tokens` positions: rounded up to a multiple of WIDTH_STEP."""
+    return -(-tokens // WIDTH_STEP) * WIDTH_STEP
+
+
 def batch_bucket(size: int, slots: int) -> int:
     """The padded batch size for `size` rows: the next power of two, at least MIN_BUCKET, at most
     max(slots, MIN_BUCKET). Never 1: dynamo gives size 1 a graph of its own (it specializes sizes 0 and 1),
@@ -144,13 +150,15 @@ def _float_constants():
     return torch._dynamo.config.patch(specialize_float=True)
 
 
-def _no_duck_sizing():
-    """Give each dynamic size of the prefill's inputs (tokens, grid rows and columns, width) a symbol of its
-    own even when two are equal as traced: dynamo's duck sizing would give them one, and guard that they stay
-    equal, so a later prefill where they differ would compile again."""
+@contextlib.contextmanager
+def _prefill_tracing():
+    """`_float_constants`, and each dynamic size of the prefill's inputs (tokens, grid rows and columns,
+    width) a symbol of its own even when two are equal as traced: dynamo's duck sizing would give them one,
+    and guard that they stay equal, so a later prefill where they differ would compile again."""
     from torch.fx.experimental import _config as fx_config
 
-    return fx_config.patch(use_duck_shape=False)
+    with _float_constants(), fx_config.patch(use_duck_shape=False):
+        yield
 
 
 def _native_decoder(model: PreTrainedModel, max_len: int, native: bool | Literal["auto"]) -> NativeDecoder | None:
@@ -244,7 +252,7 @@ class SlotBatch:
         # Positions per slot in the store: one more than the widest attention
         # window, so a step never views a whole slot (dynamo would otherwise
         # specialize "width == slot length" and compile again at the end).
-        self.capacity = -(-max_len // WIDTH_STEP) * WIDTH_STEP + 1
+        self.capacity = attention_width(max_len) + 1
         self.device = device
         self.compile = compile
         self.native = _native_decoder(model, max_len, native)
@@ -352,7 +360,7 @@ class SlotBatch:
         for offset in range(0, max(lengths), chunk_tokens):
             pieces = [p[offset : offset + chunk_tokens] for p in padded]
             chunk = prefill_chunk(pieces, [offset] * rows, slot_starts, self.capacity - 1, self.device)
-            width = -(-(offset + max(len(piece) for piece in pieces)) // WIDTH_STEP) * WIDTH_STEP
+            width = attention_width(offset + max(len(piece) for piece in pieces))
             out = self._run_prefill(chunk.tokens, chunk.positions, chunk.write_index, chunk.cells,
                                     chunk.grid_positions, chunk.last, width)
             ends = [i for i, piece in enumerate(pieces[:count]) if piece and offset + len(piece) == lengths[i]]
@@ -434,7 +442,7 @@ class SlotBatch:
         if bucket > size:  # padding rows decode garbage into free slots, at position 0
             tokens = torch.cat([tokens, tokens.new_zeros(bucket - size)])
             args = tuple(_pad_rows(arg, size, bucket) for arg in args)
-        self.width = -(-(longest + 1) // WIDTH_STEP) * WIDTH_STEP  # < capacity: longest + 1 <= max_len
+        self.width = attention_width(longest + 1)  # < capacity: longest + 1 <= max_len
         self.write_index = self._slot_base[:bucket] + positions
         if self.native is not None:
             self._rope = self.native.rope(positions)
@@ -446,38 +454,30 @@ class SlotBatch:
     def _run_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
     ) -> tuple[torch.Tensor, ...]:
-        if not (self.compile and self._warm):
-            with _float_constants():
-                return self._step(tokens, positions, then, args)
-        # Once the dynamic-shape graph exists, nothing this step reads can call
-        # for another one (dtypes, devices and buffers are fixed; batch and
-        # width are dynamic and the batch is never 1), so dynamo's guards are
-        # skipped with skip_guard_eval_unsafe: checking all of them (every
-        # parameter) cost ~0.5 ms per step on CPU. If dynamo does find it must
-        # recompile, it raises under this stance: then compile normally.
-        try:
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                return self._step(tokens, positions, then, args)
-        except RuntimeError as exc:
-            if "Recompilation" not in str(exc):
-                raise
-            log.warning("decode step recompiling after warm-up")
-            with _float_constants():
-                return self._step(tokens, positions, then, args)
+        return self._run_compiled(self._step, (tokens, positions, then, args), "decode step", _float_constants)
 
     def _run_prefill(self, *args) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run_compiled(self._prefill_step, args, "prefill", _prefill_tracing)
+
+    def _run_compiled(self, function: Callable, args: tuple, name: str, tracing: Callable):
+        """function(*args), traced (when it must be) under the `tracing()` config patches.
+
+        Once a dynamic-shape graph exists, nothing it reads can call for another one (dtypes, devices and
+        buffers are fixed; sizes are dynamic and never 0 or 1), so dynamo's guards are skipped with
+        skip_guard_eval_unsafe: checking all of them (every parameter) cost ~0.5 ms per step on CPU. If
+        dynamo does find it must recompile, it raises under this stance: then compile normally."""
         if not (self.compile and self._warm):
-            with _float_constants(), _no_duck_sizing():
-                return self._prefill_step(*args)
-        try:  # as `_run_step`
+            with tracing():
+                return function(*args)
+        try:
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                return self._prefill_step(*args)
+                return function(*args)
         except RuntimeError as exc:
             if "Recompilation" not in str(exc):
                 raise
-            log.warning("prefill recompiling after warm-up")
-            with _float_constants(), _no_duck_sizing():
-                return self._prefill_step(*args)
+            log.warning("%s recompiling after warm-up", name)
+            with tracing():
+                return function(*args)
 
     def _native_prefill(
         self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor,
