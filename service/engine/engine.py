@@ -65,14 +65,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+import model as model_package
+import service.engine as engine_package
 from model import CounterNoise, StepOutput, StepResult, TemperatureController, TemperatureHead
 from model.draft import step_confidence, summarise_draft
+from service.engine.graphs import GraphCache
 from service.engine.kv import SlotBatch, prefill_groups, prefill_together
 from service.engine.sampling import (
     RowSampler,
@@ -168,6 +172,7 @@ class Engine:
         prefill_token_budget: int = 2048,
         compile: bool = False,
         native_decode: bool | Literal["auto"] = "auto",
+        graph_folder: Path | None = None,
         observer: Observer | None = None,
         after_iteration: Callable[[], None] | None = None,
     ) -> None:
@@ -176,6 +181,8 @@ class Engine:
         compile: run the decode step (`kv.SlotBatch`) with its sampling (`sampling.sample_in_step`)
         through `torch.compile`; `warm_up` compiles it.
         native_decode: the decode step's forward (`kv.SlotBatch`'s `native`).
+        graph_folder: with `compile` on a CPU, where the compiled step and prefill are saved so that later
+        starts load them instead of tracing (`graphs.GraphCache`); None: traced at every start.
         after_iteration: called in the engine thread after each prefill round, at the end of
         each loop iteration, and once more when the loop ends (the outbox sends nothing when it
         holds nothing new)."""
@@ -200,9 +207,13 @@ class Engine:
         # previous tau, (B,) next input token, (B,) seed and (B,) index of the
         # token they will sample next (the noise counter).
         self._rows: list[_Sequence] = []
+        graphs = None
+        if compile and graph_folder is not None and self.device.type == "cpu":
+            graphs = GraphCache(graph_folder, graph_parts(model, head, max_running, max_sequence_length),
+                                packages=(model_package, engine_package))
         self._batch = SlotBatch(
             model, slots=max_running, max_len=max_sequence_length, device=self.device, compile=compile,
-            native=native_decode,
+            native=native_decode, graphs=graphs,
         )
         self._tau = torch.zeros((0, 1), dtype=torch.float32, device=self.device)
         self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
@@ -773,3 +784,17 @@ def _host_values(result: StepResult) -> list[tuple[int, float, bool, float]]:
     gates = (result.action.gate.squeeze(-1) > 0.5).tolist()
     logprobs = result.token_logprobs.tolist()
     return list(zip(tokens, taus, gates, logprobs, strict=True))
+
+
+def graph_parts(model: PreTrainedModel, head: TemperatureHead, slots: int, max_len: int) -> dict:
+    """What the compiled step and prefill specialize on besides the code (`graphs.GraphCache`'s key): the
+    model's and the head's configurations (every static size), the weights' dtype and device, the slots."""
+    parameter = next(model.parameters())
+    return {
+        "model": model.config.to_dict(),
+        "head": asdict(head.config),
+        "dtype": str(parameter.dtype),
+        "device": str(parameter.device),
+        "slots": slots,
+        "max_len": max_len,
+    }

@@ -32,6 +32,7 @@ decoder; other models prefill through their own forward, whole.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Literal
@@ -42,6 +43,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from model import AttentionLayout, StepOutput, UnsupportedModelError, attention_layout, forward, new_cache, prefill
 from model.native_decoder import NativeDecoder, prefill_chunk, unsupported_reason
+from service.engine.graphs import GraphCache
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,43 @@ def _native_decoder(model: PreTrainedModel, max_len: int, native: bool | Literal
     return None
 
 
+def _native_step_then(
+    decoder: NativeDecoder, key_stores: list[torch.Tensor], value_stores: list[torch.Tensor], tokens: torch.Tensor,
+    positions: torch.Tensor, write_index: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], slots: int,
+    width: int, then: Callable | None, args: tuple,
+) -> tuple[torch.Tensor, ...]:
+    """`NativeDecoder.step`, then then(logits, hidden, *args) when given: the function compiled as the decode
+    step, every input an argument (nothing read from an object that `graphs` would have to save)."""
+    logits, hidden = decoder.step(key_stores, value_stores, tokens, positions, write_index, slots, width, rope)
+    if then is None:
+        return logits, hidden
+    return (logits, hidden, *then(logits, hidden, *args))
+
+
+def _native_prefill(
+    decoder: NativeDecoder, key_stores: list[torch.Tensor], value_stores: list[torch.Tensor], tokens: torch.Tensor,
+    positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor, grid_positions: torch.Tensor,
+    last: torch.Tensor, width: int, slots: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`NativeDecoder.prefill`, as the compiled prefill (see `_native_step_then`)."""
+    return decoder.prefill(key_stores, value_stores, tokens, positions, write_index, cells, grid_positions, last,
+                           slots, width)
+
+
+def _graph_name(kind: str, args: tuple) -> str:
+    """A graph per kind and per structure of its inputs: which `then` function, None or a tensor in each
+    argument (a draft or none), and the number of layers' stores. Sizes are dynamic, so not part of it."""
+    leaves, structure = torch.utils._pytree.tree_flatten(args)
+    shape = [
+        f"{leaf.dtype}:{leaf.dim()}" if isinstance(leaf, torch.Tensor)
+        else f"{leaf.__module__}.{leaf.__qualname__}" if callable(leaf) and hasattr(leaf, "__qualname__")
+        else type(leaf).__name__
+        for leaf in leaves
+    ]
+    digest = hashlib.sha256(f"{structure}{shape}".encode()).hexdigest()[:12]
+    return f"{kind}-{digest}"
+
+
 class _SlotLayer(CacheLayerMixin):
     """One decoder layer's slots: keys and values stored (slots * capacity, kv_heads, head_dim).
 
@@ -235,10 +274,13 @@ class SlotBatch:
         device: torch.device,
         compile: bool = False,
         native: bool | Literal["auto"] = "auto",
+        graphs: GraphCache | None = None,
     ) -> None:
         """native: run the decode step through `model.native_decoder` (True; refused for a model it cannot
         run), through the model's own forward (False), or the first when it can ("auto", with one log line
-        when it cannot)."""
+        when it cannot). graphs: with `compile` and the native decoder, where the compiled step and prefill
+        are saved and loaded across starts (`graphs.GraphCache`, keyed by the caller on everything they
+        specialize on); without it they are traced at each start."""
         if slots < 1 or max_len < 2:
             raise ValueError("need slots >= 1 and max_len >= 2")
         self.layout = check_supported(model, max_len)
@@ -281,15 +323,23 @@ class SlotBatch:
         # bucket and width), which is where a GPU's per-step time goes at small
         # batch. Not yet run on a GPU in this repository's tests.
         mode = "reduce-overhead" if device.type == "cuda" else None
-        self._step = torch.compile(self._forward_then, dynamic=True, mode=mode) if compile else self._forward_then
-        # Prefill shapes (rows, chunk, width) vary more than a step's: no CUDA graphs for them.
-        self._prefill_step = (
-            torch.compile(self._native_prefill, dynamic=True) if compile and self.native is not None
-            else self._native_prefill
-        )
+        # The native step and prefill are module-level functions of their inputs alone, so `graphs` can save
+        # them (see graphs.py); the model's own forward stays a method compiled at each start.
+        step = _native_step_then if self.native is not None else self._forward_then
+        self._functions: dict[str, tuple[Callable, Callable]] = {
+            "step": (step, _float_constants), "prefill": (_native_prefill, _prefill_tracing),
+        }
+        self._graphs = graphs if compile and self.native is not None else None
+        self._compiled: dict[str, Callable] = {}  # graph name (see `_graph_name`) -> compiled function
+        if compile and self._graphs is None:
+            self._compiled = {
+                "step": torch.compile(step, dynamic=True, mode=mode),
+                # Prefill shapes (rows, chunk, width) vary more than a step's: no CUDA graphs for them.
+                "prefill": torch.compile(_native_prefill, dynamic=True),
+            }
         self._region_start = self.store_slots  # first slot of the rows `prefill` left (none yet)
         self._region_lengths: list[int] = []
-        self._warm = False  # after warm_up: skip dynamo's guard evaluation (see `_run_step`)
+        self._warm = False  # after warm_up: skip dynamo's guard evaluation (see `_run_traced`)
 
     @property
     def size(self) -> int:
@@ -454,19 +504,36 @@ class SlotBatch:
     def _run_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
     ) -> tuple[torch.Tensor, ...]:
-        return self._run_compiled(self._step, (tokens, positions, then, args), "decode step", _float_constants)
+        if self.native is None:
+            return self._run("step", (tokens, positions, then, args))
+        return self._run("step", (self.native, self._key_stores, self._value_stores, tokens, positions,
+                                  self.write_index, self._rope, self.store_slots, self.width, then, args))
 
     def _run_prefill(self, *args) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run_compiled(self._prefill_step, args, "prefill", _prefill_tracing)
+        return self._run("prefill", (self.native, self._key_stores, self._value_stores, *args, self.store_slots))
 
-    def _run_compiled(self, function: Callable, args: tuple, name: str, tracing: Callable):
-        """function(*args), traced (when it must be) under the `tracing()` config patches.
+    def _run(self, name: str, args: tuple):
+        """The function `name` ("step" or "prefill") on args: eager, compiled at this start, or (with
+        `graphs`) loaded or compiled once and saved, one graph per kind of call (`_graph_name`)."""
+        function, tracing = self._functions[name]
+        if not self.compile:
+            return function(*args)
+        if self._graphs is not None:
+            key = _graph_name(name, args)
+            graph = self._compiled.get(key)
+            if graph is None:
+                graph = self._compiled[key] = self._graphs.graph(key, function, args, tracing)
+            return graph(*args)
+        return self._run_traced(self._compiled[name], args, name, tracing)
+
+    def _run_traced(self, function: Callable, args: tuple, name: str, tracing: Callable):
+        """function(*args), traced by dynamo (when it must be) under the `tracing()` config patches.
 
         Once a dynamic-shape graph exists, nothing it reads can call for another one (dtypes, devices and
         buffers are fixed; sizes are dynamic and never 0 or 1), so dynamo's guards are skipped with
         skip_guard_eval_unsafe: checking all of them (every parameter) cost ~0.5 ms per step on CPU. If
         dynamo does find it must recompile, it raises under this stance: then compile normally."""
-        if not (self.compile and self._warm):
+        if not self._warm:
             with tracing():
                 return function(*args)
         try:
@@ -478,14 +545,6 @@ class SlotBatch:
             log.warning("%s recompiling after warm-up", name)
             with tracing():
                 return function(*args)
-
-    def _native_prefill(
-        self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor,
-        grid_positions: torch.Tensor, last: torch.Tensor, width: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.native is not None
-        return self.native.prefill(self._key_stores, self._value_stores, tokens, positions, write_index, cells,
-                                   grid_positions, last, self.store_slots, width)
 
     def _forward_then(
         self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 import msgspec
 
 from service.engine.engine import Engine
+from service.engine.graphs import default_folder as default_graph_folder
 from service.messages import (
     Add,
     Cancel,
@@ -164,6 +165,7 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
             prefill_token_budget=spec.prefill_token_budget,
             compile=compile,
             native_decode=spec.native_decode,
+            graph_folder=default_graph_folder() if compile else None,
             observer=outbox,
             after_iteration=outbox.flush,
         )

@@ -5,6 +5,7 @@ bounds and failure handling."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ LONG = 300  # a budget the request does not reach in these tests
 
 @contextmanager
 def running_engine(
-    checkpoint, *, max_running=8, max_waiting=32, prefill_token_budget=2048, compile=False
+    checkpoint, *, max_running=8, max_waiting=32, prefill_token_budget=2048, compile=False, graph_folder=None
 ) -> Iterator[Scheduler]:
     metrics = ServiceMetrics("test")
     engine = Engine(
@@ -42,6 +43,7 @@ def running_engine(
         max_sequence_length=512,
         prefill_token_budget=prefill_token_budget,
         compile=compile,
+        graph_folder=graph_folder,
         observer=metrics,
     )
     config = checkpoint.head.config
@@ -162,6 +164,39 @@ def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its
         assert token_ids(result) == reference_tokens(expected), request.prompt
         torch.testing.assert_close(taus(result), expected.taus[0])
         torch.testing.assert_close(torch.tensor([t.logprob for t in result.tokens]), expected.token_logprobs[0])
+
+
+def test_an_engine_started_from_saved_graphs_samples_the_seeded_tokens_and_temperatures_of_eager(
+    checkpoint, tmp_path, monkeypatch
+):
+    """A start loads the step (sampling and head included) and the prefill that an earlier start saved for a
+    model and head of the same configuration with other weights, traces nothing, and gives what the eager
+    engine gives for its own weights: tokens, tau and log-probs of every seeded row."""
+    requests = [
+        GenerationInput(prompt=p, max_new_tokens=12, seed=i, ignore_eos=True, temperature=0.7 if i % 3 == 2 else None)
+        for i, p in enumerate(staggered_prompts(6))
+    ]
+    other = replace(checkpoint, model=copy.deepcopy(checkpoint.model), head=copy.deepcopy(checkpoint.head))
+    with torch.no_grad():
+        for parameter in [*other.model.parameters(), *other.head.parameters()]:
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    with running_engine(other, max_running=4, compile=True, graph_folder=tmp_path):
+        pass  # compiled at warm-up and saved
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("traced again instead of loading the saved graph")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "compile", no_tracing)
+        with running_engine(checkpoint, max_running=4, compile=True, graph_folder=tmp_path) as scheduler:
+            loaded = asyncio.run(run_all(scheduler, requests))
+    with running_engine(checkpoint, max_running=4) as scheduler:
+        eager = asyncio.run(run_all(scheduler, requests))
+    for got, expected in zip(loaded, eager, strict=True):
+        assert token_ids(got) == token_ids(expected)
+        torch.testing.assert_close(taus(got), taus(expected))
+        torch.testing.assert_close(torch.tensor([t.logprob for t in got.tokens]),
+                                   torch.tensor([t.logprob for t in expected.tokens]))
 
 
 def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone_in_the_reference(checkpoint):

@@ -39,13 +39,15 @@ def test_rows_joining_and_leaving_the_slots_get_the_logits_of_solo_decoding(chec
 def test_prompts_prefilled_in_the_slots_in_chunks_get_the_logits_of_solo_decoding(checkpoint, compile):
     """The native prefill, several prompts at once in chunks of 8 tokens, beside running rows; compiled,
     nothing compiles after warm-up whatever the number of prompts, chunk or width."""
-    with torch.compiler.set_stance("fail_on_recompile" if compile else "default"):
-        batch = _check_joins_and_leaves(checkpoint.model, checkpoint.tokenizer, compile, prefill_chunk=8)
+    batch = _check_joins_and_leaves(checkpoint.model, checkpoint.tokenizer, compile, prefill_chunk=8,
+                                    no_recompile=compile)
     assert batch.prefills_in_slots
 
 
 @torch.no_grad()
-def _check_joins_and_leaves(model, tokenizer, compile: bool, prefill_chunk: int | None = None) -> SlotBatch:
+def _check_joins_and_leaves(
+    model, tokenizer, compile: bool, prefill_chunk: int | None = None, no_recompile: bool = False
+) -> SlotBatch:
     """Five rows join at different steps and leave after different numbers of tokens; each row's logits
     at every step equal those of decoding it alone. Returns the batch. prefill_chunk: join through
     `SlotBatch.prefill` in chunks of that many tokens (the rows joining at a step together), not from a
@@ -56,6 +58,18 @@ def _check_joins_and_leaves(model, tokenizer, compile: bool, prefill_chunk: int 
     leaves = [12, 6, 9, 12, 7]  # the number of tokens each row is fed before it leaves
     batch = SlotBatch(model, slots=8, max_len=128, device=torch.device("cpu"), compile=compile)
     batch.warm_up(prompts[0])  # as the engine does: compiles, then skips guard evaluation
+    with torch.compiler.set_stance("fail_on_recompile" if no_recompile else "default"):
+        seen = _feed(batch, model, prompts, fed, joins, leaves, prefill_chunk)
+    for r in range(len(prompts)):
+        solo = _solo_logits(model, prompts[r], fed[r][: leaves[r]])
+        assert len(seen[r]) == len(solo) == leaves[r] + 1
+        for got, expected in zip(seen[r], solo, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    return batch
+
+
+def _feed(batch: SlotBatch, model, prompts, fed, joins, leaves, prefill_chunk) -> dict[int, list[torch.Tensor]]:
+    """Rows join, decode and leave as `_check_joins_and_leaves` says; returns each row's logits per step."""
     rows: list[int] = []
     seen: dict[int, list[torch.Tensor]] = {r: [] for r in range(len(prompts))}
     for step in range(20):
@@ -80,12 +94,7 @@ def _check_joins_and_leaves(model, tokenizer, compile: bool, prefill_chunk: int 
         out = batch.decode(tokens)
         for i, r in enumerate(rows):
             seen[r].append(out.logits[i])
-    for r in range(len(prompts)):
-        solo = _solo_logits(model, prompts[r], fed[r][: leaves[r]])
-        assert len(seen[r]) == len(solo) == leaves[r] + 1
-        for got, expected in zip(seen[r], solo, strict=True):
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    return batch
+    return seen
 
 
 LAYOUTS = {
