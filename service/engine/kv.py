@@ -42,7 +42,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from model import AttentionLayout, StepOutput, UnsupportedModelError, attention_layout, forward, new_cache, prefill
-from model.native_decoder import NativeDecoder, prefill_chunk, unsupported_reason
+from model.native_decoder import NativeDecoder, prefill_chunk, prefill_layer, unsupported_reason
 from service.engine.graphs import GraphCache
 
 log = logging.getLogger(__name__)
@@ -189,16 +189,6 @@ def _native_step_then(
     return (logits, hidden, *then(logits, hidden, *args))
 
 
-def _native_prefill(
-    decoder: NativeDecoder, key_stores: list[torch.Tensor], value_stores: list[torch.Tensor], tokens: torch.Tensor,
-    positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor, grid_positions: torch.Tensor,
-    last: torch.Tensor, width: int, slots: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`NativeDecoder.prefill`, as the compiled prefill (see `_native_step_then`)."""
-    return decoder.prefill(key_stores, value_stores, tokens, positions, write_index, cells, grid_positions, last,
-                           slots, width)
-
-
 def _graph_name(kind: str, args: tuple) -> str:
     """A graph per kind and per structure of its inputs: which `then` function, None or a tensor in each
     argument (a draft or none), and the number of layers' stores. Sizes are dynamic, so not part of it."""
@@ -210,7 +200,7 @@ def _graph_name(kind: str, args: tuple) -> str:
         for leaf in leaves
     ]
     digest = hashlib.sha256(f"{structure}{shape}".encode()).hexdigest()[:12]
-    return f"{kind}-{digest}"
+    return f"{kind.replace(' ', '-')}-{digest}"
 
 
 class _SlotLayer(CacheLayerMixin):
@@ -327,7 +317,7 @@ class SlotBatch:
         # them (see graphs.py); the model's own forward stays a method compiled at each start.
         step = _native_step_then if self.native is not None else self._forward_then
         self._functions: dict[str, tuple[Callable, Callable]] = {
-            "step": (step, _float_constants), "prefill": (_native_prefill, _prefill_tracing),
+            "step": (step, _float_constants), "prefill layer": (prefill_layer, _prefill_tracing),
         }
         self._graphs = graphs if compile and self.native is not None else None
         self._compiled: dict[str, Callable] = {}  # graph name (see `_graph_name`) -> compiled function
@@ -335,7 +325,7 @@ class SlotBatch:
             self._compiled = {
                 "step": torch.compile(step, dynamic=True, mode=mode),
                 # Prefill shapes (rows, chunk, width) vary more than a step's: no CUDA graphs for them.
-                "prefill": torch.compile(_native_prefill, dynamic=True),
+                "prefill layer": torch.compile(prefill_layer, dynamic=True),
             }
         self._region_start = self.store_slots  # first slot of the rows `prefill` left (none yet)
         self._region_lengths: list[int] = []
@@ -509,11 +499,22 @@ class SlotBatch:
         return self._run("step", (self.native, self._key_stores, self._value_stores, tokens, positions,
                                   self.write_index, self._rope, self.store_slots, self.width, then, args))
 
-    def _run_prefill(self, *args) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run("prefill", (self.native, self._key_stores, self._value_stores, *args, self.store_slots))
+    def _run_prefill(
+        self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor,
+        grid_positions: torch.Tensor, last: torch.Tensor, width: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.native is not None
+        return self.native.prefill(self._key_stores, self._value_stores, tokens, positions, write_index, cells,
+                                   grid_positions, last, self.store_slots, width, self._prefill_layer)
+
+    def _prefill_layer(self, decoder: NativeDecoder, layer, keys, values, x: torch.Tensor, *args) -> torch.Tensor:
+        # x (N, d): d static, as it is in the graph of a whole forward (then it comes from a Parameter's size),
+        # so the graph's loops know the hidden size.
+        torch._dynamo.mark_static(x, 1)
+        return self._run("prefill layer", (decoder, layer, keys, values, x, *args))
 
     def _run(self, name: str, args: tuple):
-        """The function `name` ("step" or "prefill") on args: eager, compiled at this start, or (with
+        """The function `name` ("step" or "prefill layer") on args: eager, compiled at this start, or (with
         `graphs`) loaded or compiled once and saved, one graph per kind of call (`_graph_name`)."""
         function, tracing = self._functions[name]
         if not self.compile:
