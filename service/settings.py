@@ -103,7 +103,9 @@ class Settings(BaseSettings):
     )
     compile_cache_dir: Path = Field(
         Path.home() / ".cache" / "introllm" / "torch-compile",
-        description="where compiled code is kept across restarts (TORCHINDUCTOR_CACHE_DIR wins when set)",
+        description="where compiled code is kept across restarts: inductor's kernels, and the decode step's and "
+        "prefill's graphs (service/engine/graphs.py), which a restart loads instead of tracing again "
+        "(TORCHINDUCTOR_CACHE_DIR wins when set)",
     )
     prefill_token_budget: int = Field(
         2048, ge=1, description="prompt tokens prefilled between two decode steps (at least one request)"

@@ -320,7 +320,8 @@ class SlotBatch:
             "step": (step, _float_constants), "prefill layer": (prefill_layer, _prefill_tracing),
         }
         self._graphs = graphs if compile and self.native is not None else None
-        self._compiled: dict[str, Callable] = {}  # graph name (see `_graph_name`) -> compiled function
+        self._compiled: dict[str, Callable] = {}  # function name -> torch.compile'd (without `graphs`)
+        self._saved: dict[tuple, Callable] = {}  # (function name, variant) -> graph from `graphs` (see `_run`)
         if compile and self._graphs is None:
             self._compiled = {
                 "step": torch.compile(step, dynamic=True, mode=mode),
@@ -494,10 +495,12 @@ class SlotBatch:
     def _run_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
     ) -> tuple[torch.Tensor, ...]:
+        # A graph per `then` and per argument of its that is None or not (a draft or none).
+        variant = (then, tuple(arg is None for arg in args))
         if self.native is None:
-            return self._run("step", (tokens, positions, then, args))
+            return self._run("step", (tokens, positions, then, args), variant)
         return self._run("step", (self.native, self._key_stores, self._value_stores, tokens, positions,
-                                  self.write_index, self._rope, self.store_slots, self.width, then, args))
+                                  self.write_index, self._rope, self.store_slots, self.width, then, args), variant)
 
     def _run_prefill(
         self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor,
@@ -513,17 +516,19 @@ class SlotBatch:
         torch._dynamo.mark_static(x, 1)
         return self._run("prefill layer", (decoder, layer, keys, values, x, *args))
 
-    def _run(self, name: str, args: tuple):
+    def _run(self, name: str, args: tuple, variant: tuple = ()):
         """The function `name` ("step" or "prefill layer") on args: eager, compiled at this start, or (with
-        `graphs`) loaded or compiled once and saved, one graph per kind of call (`_graph_name`)."""
+        `graphs`) loaded or compiled once and saved, one graph per `variant` of the call (what, besides
+        sizes, differs between calls: see `_run_step`). Its saved name (`_graph_name`) is worked out once per
+        variant: hashing every call's arguments cost ~50 us."""
         function, tracing = self._functions[name]
         if not self.compile:
             return function(*args)
         if self._graphs is not None:
-            key = _graph_name(name, args)
-            graph = self._compiled.get(key)
+            graph = self._saved.get((name, variant))
             if graph is None:
-                graph = self._compiled[key] = self._graphs.graph(key, function, args, tracing)
+                saved_name = _graph_name(name, args)
+                graph = self._saved[name, variant] = self._graphs.graph(saved_name, function, args, tracing)
             return graph(*args)
         return self._run_traced(self._compiled[name], args, name, tracing)
 
