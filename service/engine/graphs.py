@@ -2,7 +2,7 @@
 
 What it does: `GraphCache(folder, parts)` names a folder for one configuration
 (a digest of `parts`, this package's and `model`'s source, torch, Python and
-the CPU's vector instruction set). `graph(name, function, example_args,
+the CPU's instruction sets). `graph(name, function, example_args,
 tracing)` returns `function` compiled by `torch.compile(fullgraph=True,
 dynamic=True)`: loaded from the folder when an earlier start saved it, else
 compiled through torch's AOT precompile (`aot_compile`, traced once on
@@ -69,10 +69,19 @@ def source_digest(packages: Iterable[ModuleType]) -> str:
     return digest.hexdigest()
 
 
-def _vector_isa() -> str:
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    return str(pick_vec_isa())
+def cpu_identity() -> str:
+    """The CPU's kind as far as generated code is concerned: ATen's vector capability and a digest of the
+    instruction-set flags (/proc/cpuinfo), so a cache folder shared by machines of different CPUs keeps
+    their graphs apart. Not inductor's `pick_vec_isa`: that builds and runs a probe per instruction set
+    (3.4 s of a warm start, measured)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = platform.processor()
+    digest = hashlib.sha256(" ".join(sorted(flags.split(":")[-1].split())).encode()).hexdigest()[:16]
+    return f"{torch.backends.cpu.get_cpu_capability()}-{digest}"
 
 
 class GraphCache:
@@ -87,7 +96,7 @@ class GraphCache:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
-            "isa": _vector_isa(),
+            "cpu": cpu_identity(),
         }
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
         self.folder = Path(folder) / key
