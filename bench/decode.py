@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
 
 from model import HeadConfig, TemperatureHead, forward, load_checkpoint, new_cache  # noqa: E402
 from service.engine.engine import Engine  # noqa: E402
+from service.engine.graphs import default_folder as default_graph_folder  # noqa: E402
 from service.messages import (  # noqa: E402
     ControllerSpec,  # noqa: E402
     DecodeParams,
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
             model, head, eos_token_ids=eos, max_running=max_batch, max_waiting=max_batch,
             max_sequence_length=args.prompt_tokens + args.new_tokens, compile=compiled,
             native_decode="auto" if args.native_decode == "auto" else False,
+            # As the server does (service/engine/process.py): compiled graphs saved in the compile cache.
+            graph_folder=default_graph_folder() if compiled else None,
         )
         start = time.perf_counter()
         engine.warm_up(list(range(3, 3 + args.prompt_tokens)))

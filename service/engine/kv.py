@@ -16,7 +16,8 @@ new keys and values in place and returns the next logits and hidden states.
 Why this design: the decode step has static shapes. Its tensors are views of
 buffers that never move, the batch is padded to a power of two and the
 attention width to a multiple of `WIDTH_STEP`, so `torch.compile` compiles the
-step once (shapes dynamic) and CUDA graphs on a GPU can capture each bucket. Joins and leaves cost
+step once (shapes dynamic) and CUDA graphs on a GPU can capture each bucket; on a CPU, with `graphs`,
+the compiled step and prefill are saved and a later start loads them (graphs.py). Joins and leaves cost
 a copy of one row instead of re-padding the whole batch (ENGINE-NOTES measured
 0.1 ms against 2 ms at batch 16), and nothing is concatenated per step. Each
 row attends only to its own positions through a 4D mask built from the

@@ -149,6 +149,8 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
     configure_handler(spec.log_format, spec.log_level)
     torch.set_num_threads(spec.torch_threads)
     device = resolve_device(spec.device)
+    if spec.compile and device.type == "cpu":
+        _probe_vector_isa_meanwhile()
     checkpoint = load_checkpoint(
         spec.checkpoint, device, resolve_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code,
     )
@@ -187,6 +189,23 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
         engine = build(False)
     dtype = str(next(checkpoint.model.parameters()).dtype).removeprefix("torch.")
     return engine, outbox, Ready(str(engine.device), dtype, torch.get_num_threads(), os.getpid())
+
+
+def _probe_vector_isa_meanwhile() -> None:
+    """Start inductor's choice of vector instruction set in a thread of its own: it builds and runs a probe
+    per instruction set (C++ compiles and child processes: ~20 s on a first start, ~3 s later), which the
+    first compile or graph load needs; meanwhile this thread loads the checkpoint and traces. Its result is
+    cached in the process (functools.cache), so the compile finds it made."""
+    import torch._inductor.codecache  # noqa: F401 - imported here, not concurrently with this thread's imports
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    def probe() -> None:
+        try:
+            pick_vec_isa()
+        except Exception:  # noqa: BLE001 - the compile asks again and reports its own failure
+            log.debug("probing the vector instruction set failed", exc_info=True)
+
+    threading.Thread(target=probe, name="introllm-isa-probe", daemon=True).start()
 
 
 def eos_token_ids(checkpoint) -> set[int]:
