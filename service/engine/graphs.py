@@ -12,7 +12,7 @@ per call.
 
 Why: a warm start of the bundled model spent about 15 s of its 24 s tracing the
 decode step and the prefill again with dynamo (inductor's cache skips only the
-C++ compile); loading a saved graph takes about a second. The saved graph calls
+C++ compile); loading both saved graphs takes about two seconds. The saved graph calls
 the kernels inductor keeps in its own cache (`TORCHINDUCTOR_CACHE_DIR`); without
 them, loading compiles them again.
 
@@ -72,8 +72,8 @@ def source_digest(packages: Iterable[ModuleType]) -> str:
 def cpu_identity() -> str:
     """The CPU's kind as far as generated code is concerned: ATen's vector capability and a digest of the
     instruction-set flags (/proc/cpuinfo), so a cache folder shared by machines of different CPUs keeps
-    their graphs apart. Not inductor's `pick_vec_isa`: that builds and runs a probe per instruction set
-    (3.4 s of a warm start, measured)."""
+    their graphs apart. Not inductor's `pick_vec_isa`: that needs a compiler and builds and runs a probe
+    per instruction set (~20 s cold, ~3 s after)."""
     flags = ""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -120,7 +120,7 @@ class GraphCache:
             compiled.save_compiled_function(str(self.path(name)))
         except Exception as exc:  # noqa: BLE001 - a graph that cannot be saved still serves this start
             log.warning("compiled %s could not be saved (%s: %s); the next start compiles it again",
-                        name, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                        name, type(exc).__name__, _first_line(exc))
         else:
             log.info("compiled %s in %.1f s, saved in %s", name, time.perf_counter() - started, self.folder)
         return compiled
@@ -136,8 +136,12 @@ class GraphCache:
                 loaded = torch.compiler.load_compiled_function(file, f_globals=function.__globals__)
         except Exception as exc:  # noqa: BLE001 - a stale or broken file: compile again and overwrite it
             log.warning("saved %s could not be loaded (%s: %s); compiling it again", name, type(exc).__name__,
-                        (str(exc).splitlines() or [""])[0][:200])
+                        _first_line(exc))
             return None
         loaded.disable_guard_check()
         log.info("loaded compiled %s in %.1f s from %s", name, time.perf_counter() - started, self.folder)
         return loaded
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
