@@ -152,7 +152,9 @@ class GRPOConfig:
     # tau_advantage's objective (mean reward, pass@k estimate or their sum), and the head maximises the
     # likelihood of the update-to-that-rung action (z clipped into [0.05, 0.95]) on the tokens of its own
     # rows, weighted by the rung's score
-    # above the rungs' mean; needs tau_ladder, ladder_samples rows per problem over its rungs).
+    # above the rungs' mean; needs tau_ladder, ladder_samples rows per problem over its rungs), or
+    # "rung-value" (scored the same way, on a ladder of exactly the head's tau_min and tau_max: the head
+    # maximises each problem's hot-minus-cold score times its expected tau's position between them).
     tau_objective: str = "grpo"
     tau_entropy_coef: float = 0.0  # bonus on the head's action entropy in its updates (exploration)
     # Start the head afresh from `head` instead of the warm start's (a resumed run keeps its own).

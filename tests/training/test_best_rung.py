@@ -16,7 +16,16 @@ import torch
 from model import HeadConfig, LearnedTemperature, TemperatureHead, draft_summary_size, load_checkpoint
 from training import grpo
 from training.config import GRPOConfig, HeadPrior
-from training.grpo import best_rung_update, rung_scores, rung_weights, set_phase, train_grpo
+from training.grpo import (
+    best_rung_update,
+    gains_as_weights,
+    rung_scores,
+    rung_value_update,
+    rung_weights,
+    set_phase,
+    train_grpo,
+    two_rung_gains,
+)
 from training.rollout import LadderTemperature, draft_completions, head_states, sample_completions
 from training.tasks.countdown import CountdownConfig, Problem, Verdict
 
@@ -143,4 +152,82 @@ def test_the_option_off_never_takes_the_best_rung_step_and_on_it_logs_its_signal
 def test_best_rung_without_a_ladder_to_compare_fails_before_training(overrides, micro_checkpoint, tmp_path):
     settings = {"tau_objective": "best-rung", **overrides}
     with pytest.raises(ValueError, match="tau_objective"):
+        train_grpo(_micro(micro_checkpoint, tmp_path / "bad", **settings), score=digit_fraction)
+
+
+# --- the rungs' value (`--tau-objective rung-value`) -------------------------------------------------
+
+
+def _two_rung_head(hidden_size: int) -> TemperatureHead:
+    """A draft-reading head whose range is the ladder's two rungs, its prior halfway between them."""
+    torch.manual_seed(0)
+    return TemperatureHead(HeadConfig(hidden_size=hidden_size, inputs=("hidden", "tau_prev", "draft"),
+                                      draft_size=draft_summary_size(hidden_size), draft_linear=8, tau_min=0.2,
+                                      tau_max=1.0, tau_init=0.6))
+
+
+def test_two_rung_gains_are_the_hot_rungs_score_minus_the_cold_ones_whatever_the_ladders_order():
+    scores = torch.tensor([[0.0, 1.5], [2.0, 1.5], [0.0, 0.0]])  # columns in the ladder's order
+    torch.testing.assert_close(two_rung_gains(scores, [0.1, 1.0]), torch.tensor([1.5, -0.5, 0.0]))
+    torch.testing.assert_close(two_rung_gains(scores, [1.0, 0.1]), torch.tensor([-1.5, 0.5, 0.0]))
+    # As weights, the winner gets half the gap (as rung_weights gives it for two rungs), ties nothing.
+    torch.testing.assert_close(gains_as_weights(two_rung_gains(scores, [0.1, 1.0]), [0.1, 1.0]),
+                               rung_weights(scores))
+
+
+def test_rung_value_updates_send_the_head_decisively_to_the_rung_that_wins_each_problem(micro_checkpoint,
+                                                                                       countdown_problems):
+    start = load_checkpoint(micro_checkpoint)
+    model, tokenizer = start.model, start.tokenizer
+    head = _two_rung_head(model.config.hidden_size)
+    problems = countdown_problems[:6]
+    _, summaries = draft_completions(model, tokenizer, problems, task=TASK, max_new_tokens=8)
+    head.set_draft_scale(summaries)
+    own = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=3, first_sample=1,
+                             drafts=summaries, task=TASK, max_new_tokens=8, seed=0)
+    ladder = LadderTemperature([0.2, 1.0], head, 4)
+    rows = sample_completions(model, tokenizer, ladder, problems, samples=4, first_sample=4, drafts=summaries,
+                              task=TASK, max_new_tokens=8, seed=0)
+    hot, cold = {0, 1, 2}, {3, 4, 5}
+    for b in rows:  # the hot rung (odd samples) solves problems 0-2, the cold rung (even) problems 3-5
+        rows_of = zip(b.problem_index, b.sample_index, strict=True)
+        b.rewards = torch.tensor([float((s % 2 == 1) == (i in hot)) for i, s in rows_of])
+    gains = two_rung_gains(rung_scores(rows, len(problems), ladder, "mean+pass@k", k=2), ladder.ladder)
+    assert (gains[:3] > 0).all() and (gains[3:] < 0).all()
+    before_hot, before_cold = _mean_tau(model, head, own, hot), _mean_tau(model, head, own, cold)
+    lm_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = GRPOConfig(head_lr=1e-2)
+    params = set_phase(model, head, "tau")
+    draft = list(head.draft_linear.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if all(p is not q for q in draft)]},
+                                   {"params": draft, "lr": cfg.head_lr * cfg.draft_lr_scale}], lr=cfg.head_lr)
+    for _ in range(24):
+        stats = rung_value_update(model, head, own, gains, cfg, optimizer, params, torch.device("cpu"))
+        assert math.isfinite(stats["loss"]) and math.isfinite(stats["tau_entropy"])
+    after_hot, after_cold = _mean_tau(model, head, own, hot), _mean_tau(model, head, own, cold)
+    # From about 0.6 on both, to a gap of more than half the range (the micro LM's drafts of some problems
+    # are too alike for every problem to reach its rung).
+    assert after_hot > before_hot + 0.05 and after_cold < before_cold - 0.2
+    assert after_hot - after_cold > 0.4, (before_hot, before_cold, after_hot, after_cold)
+    assert all(torch.equal(p, lm_before[n]) for n, p in model.named_parameters())  # the LM stays frozen
+
+
+def test_a_rung_value_run_logs_its_signal_and_records_the_objective(micro_checkpoint, tmp_path):
+    head = HeadPrior(inputs="hidden,tau_prev,draft", tau_min=0.1, tau_max=1.0, tau_init=0.55)
+    train_grpo(_micro(micro_checkpoint, tmp_path / "run", tau_objective="rung-value", head=head),
+               score=digit_fraction)
+    for r in _steps(tmp_path / "run" / "grpo_log.jsonl"):
+        assert 0 <= r["rung_hot_share"] <= 1 and math.isfinite(r["rung_tau_gap"]) and math.isfinite(r["tau_loss"])
+    manifest = json.loads((tmp_path / "run" / "introllm.json").read_text())
+    assert manifest["training"]["stages"][-1]["config"]["tau_objective"] == "rung-value"
+    assert (manifest["head"]["tau_min"], manifest["head"]["tau_max"]) == (0.1, 1.0)
+
+
+@pytest.mark.parametrize("overrides", [dict(tau_ladder="0.1,1.0"), dict(tau_ladder="0.1,0.5,1.0"),
+                                       dict(tau_ladder="0.1,1.0", head=HeadPrior(inputs="hidden,tau_prev,draft",
+                                                                                 tau_max=1.0), ladder_samples=1)])
+def test_rung_value_needs_the_two_rungs_at_the_heads_ends_before_training(overrides, micro_checkpoint, tmp_path):
+    # The default head's range is 0.1 to 2.0: a 0.1/1.0 ladder is not its ends.
+    settings = {"tau_objective": "rung-value", **overrides}
+    with pytest.raises(ValueError, match="tau_objective rung-value"):
         train_grpo(_micro(micro_checkpoint, tmp_path / "bad", **settings), score=digit_fraction)
