@@ -83,7 +83,7 @@ def load_report(name: str, checkpoint: str) -> ModelReport:
         raise ValueError(f"{path} has no per-problem results (written by an older `eval`): evaluate again")
     manifest = json.loads((Path(checkpoint) / "introllm.json").read_text())
     stages = manifest.get("training", {}).get("stages", [])
-    grpo = next((s for s in stages if s.get("stage") == "grpo"), {})
+    grpo = next((s for s in reversed(stages) if s.get("stage") == "grpo"), {})
     rollout = grpo.get("config", {}).get("rollout_temperature", "learned" if grpo else "none")
     return ModelReport(name=name, checkpoint=str(checkpoint), rollout=rollout, samples=int(rows[0]["samples"]),
                        rows=rows, token_classes=data.get("token_classes", {}))

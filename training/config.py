@@ -161,6 +161,9 @@ class GRPOConfig:
     # A low init_gate_prob makes each sample's tau persist, so a group holds hot and cold samples
     # of the same problem for GRPO to compare.
     reinit_head: bool = False
+    # Continue from the GRPO step the init checkpoint records (a resume). False: a new run from its weights,
+    # step 0 (a head-only run on top of a finished joint run, such as the bundled model).
+    resume: bool = True
     head: HeadPrior = field(default_factory=HeadPrior)
     lm_lr: float = 3e-5  # the LM's learning rate
     head_lr: float = 3e-4  # the head's learning rate

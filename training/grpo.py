@@ -556,7 +556,7 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
     # Resuming: a GRPO checkpoint of the same task records how far it got.
     same_task = (previous.get("task") == task_fields["task"]
                  and previous.get("task_name", "countdown") == task_fields["task_name"])
-    first_step = int(previous.get("grpo_step", 0)) if same_task else 0
+    first_step = int(previous.get("grpo_step", 0)) if same_task and cfg.resume else 0
     fresh_head = cfg.head.head_config(lm_hidden_size(model))
     new_inputs = bool(cfg.head.inputs) and fresh_head.inputs != head.config.inputs
     fresh = (cfg.reinit_head or new_inputs) and first_step == 0
@@ -632,7 +632,8 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         stage = {"stage": "grpo", "config": config_to_dict(cfg), "seed": cfg.seed, "code_version": version,
                  "steps": step, "seconds": round(time.time() - started, 1), "world_size": world,
                  "final": history[-1] if history else {}}
-        stages = [s for s in previous.get("stages", []) if s.get("stage") != "grpo"] + [stage]
+        # A resumed run replaces its own record; a new run on top of a GRPO checkpoint (resume off) keeps it.
+        stages = [s for s in previous.get("stages", []) if not cfg.resume or s.get("stage") != "grpo"] + [stage]
         training = {**previous, "stages": stages, **task_fields, "grpo_step": step}
         training.pop("evaluation", None)  # stale once the weights move
         saved = lm_to_save(model, getattr(torch, cfg.save_dtype))

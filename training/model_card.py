@@ -67,16 +67,22 @@ def trials_section(path: Path) -> list[str]:
     for folder in sorted(p for p in (path / "eval" / "trials").glob("*") if (p / "eval" / "report.json").is_file()):
         report = json.loads((folder / "eval" / "report.json").read_text())
         manifest = json.loads((folder / "introllm.json").read_text())
-        grpo = next((s for s in manifest["training"].get("stages", []) if s.get("stage") == "grpo"), {})
+        stages = manifest["training"].get("stages", [])
+        grpo = next((s for s in reversed(stages) if s.get("stage") == "grpo"), {})  # the run that trained the head
         c = grpo.get("config", {})
         by_name = {r["name"]: r for r in report["results"]}
         inputs = ",".join(manifest["head"].get("inputs", ["hidden"]))
-        best_rung = c.get("tau_objective") == "best-rung"
+        objective = {"best-rung": "to the best rung", "rung-value": "by the rungs' value"}.get(c.get("tau_objective"))
         ladder_rows = c.get("ladder_samples") or len([t for t in (c.get("tau_ladder") or "").split(",") if t.strip()])
-        recipe = (f"inputs `{inputs}`, ladder `{c.get('tau_ladder') or '-'}`"
-                  + (f" ({ladder_rows} rows a problem; head off-policy to the best rung, LM frozen)" if best_rung
+        on_top = sum(s.get("stage") == "grpo" for s in stages) > 1  # a head-only run on a finished joint run
+        head = manifest["head"]
+        recipe = (f"inputs `{inputs}`, "
+                  + (f"tau range [{head['tau_min']:g}, {head['tau_max']:g}], " if "tau_max" in head else "")
+                  + f"ladder `{c.get('tau_ladder') or '-'}`"
+                  + (f" ({ladder_rows} rows a problem; head off-policy {objective}, LM frozen)" if objective
                      else f" ({c.get('ladder_weights')} weights)" if c.get("tau_ladder") else "")
-                  + f"; {grpo.get('steps', '?')} steps, the last with schedule `{c.get('schedule', '?')}`")
+                  + f"; {grpo.get('steps', '?')} steps, the last with schedule `{c.get('schedule', '?')}`"
+                  + (" on top of the bundled model's joint run" if on_top else ""))
         rows.append(f"| [{folder.name}](eval/trials/{folder.name}/eval/report.md) | {recipe} | "
                     f"{_point(by_name.get('learned'))} | {_point(by_name.get('learned (deterministic)'))} | "
                     f"{_verdict(report, '(a) above the fixed')} | {_verdict(report, '(c)')} |")
@@ -92,7 +98,8 @@ def trials_section(path: Path) -> list[str]:
                else "None lands above its LM's fixed-tau curve (target (a)).")
     return ["", "## Trials of a draft-reading head", "",
             "Heads that also read tau_{t-1} and the prompt's greedy draft, trained from the same warm start with the "
-            "same GRPO flags (`make draft-model`, or as the folder's README.md says); each folder holds the run's "
+            "same GRPO flags (`make draft-model`), or head-only on the bundled model's LM (`make draft-rung-value`), "
+            "or as the folder's README.md says; each folder holds the run's "
             "manifest, log and full evaluation. "
             + verdict, "",
             "| trial | head and ladder | learned avg@8 / pass@8 | deterministic | (a) vs fixed, avg@8 [95% CI] | "
@@ -288,7 +295,7 @@ def render(checkpoint: str | Path, command: str) -> str:
     for stage in training.get("stages", []):
         lines.append(f"| {stage['stage']} | {stage['steps']} | {stage.get('seconds', '')} | {stage['seed']} | "
                      f"`{stage['code_version']}` | {stage.get('world_size', 1)} |")
-    grpo = next((s for s in training.get("stages", []) if s.get("stage") == "grpo"), None)
+    grpo = next((s for s in reversed(training.get("stages", [])) if s.get("stage") == "grpo"), None)
     if grpo:
         c = grpo["config"]
         lines += ["", f"GRPO recipe: rollout temperature `{c.get('rollout_temperature', 'learned')}`, schedule "

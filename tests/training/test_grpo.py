@@ -642,6 +642,21 @@ def test_resumed_run_continues_from_the_saved_step(micro_checkpoint, tmp_path):
         assert new[0][key] == step2[key]
 
 
+def test_a_run_with_resume_off_starts_at_step_zero_on_top_of_a_finished_run_and_keeps_its_record(micro_checkpoint,
+                                                                                                  tmp_path):
+    first = tmp_path / "joint"
+    train_grpo(micro_grpo(micro_checkpoint, first, steps=2), score=digit_fraction)
+    second = tmp_path / "head-only"
+    train_grpo(micro_grpo(first, second, steps=2, schedule="tau:1", resume=False), score=digit_fraction)
+    assert [r["step"] for r in step_records(read_log(second / "grpo_log.jsonl"))] == [0, 1]
+    training = load_checkpoint(second).manifest.training
+    assert training["grpo_step"] == 2
+    assert [(s["stage"], s["config"]["schedule"]) for s in training["stages"] if s["stage"] == "grpo"] == [
+        ("grpo", "lm:1,tau:1"), ("grpo", "tau:1")]
+    # The head-only run moved the head only: the LM is the first run's.
+    assert weights_digest([load_checkpoint(second).model]) == weights_digest([load_checkpoint(first).model])
+
+
 def test_grpo_told_to_change_the_recorded_task_starts_at_step_zero(micro_checkpoint, tmp_path):
     first = tmp_path / "first"
     train_grpo(micro_grpo(micro_checkpoint, first, steps=1), score=digit_fraction)
