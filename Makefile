@@ -107,3 +107,26 @@ draft-model: install $(WARM_START)/introllm.json
 BEST_RUNG_FLAGS := --tau-ladder 0.2,1.0 --ladder-samples 8 --tau-objective best-rung
 draft-best-rung:
 	$(MAKE) draft-model DRAFT_NAME=draft-best-rung LADDER_FLAGS="$(BEST_RUNG_FLAGS)"
+
+# Issue 20: a draft-reading head trained head-only on the bundled model's LM, frozen (schedule tau:1, a new run
+# on top of its joint run: --resume false), off-policy from a 0.1/1.0 ladder (4 rows at each rung a problem) by
+# the rungs' value, the head's tau range being the two rungs (training/grpo.py, `--tau-objective rung-value`).
+# About 12 minutes of training and 7 of evaluation on one thread. RUNG_VALUE_SCORE=mean scores a rung by its
+# mean reward alone (a colder head) instead of mean + pass@4.
+RUNG_VALUE_NAME ?= draft-rung-value
+RUNG_VALUE_SCORE ?= mean+pass@k
+RUNG_VALUE_MODEL := runs/$(RUNG_VALUE_NAME)
+RUNG_VALUE_TRIAL := $(DEFAULT_MODEL)/eval/trials/$(RUNG_VALUE_NAME)
+RUNG_VALUE_FLAGS := --resume false --schedule tau:1 --steps 120 --prompts-per-step 32 --group-size 4 \
+	--tau-ladder 0.1,1.0 --ladder-samples 8 --tau-objective rung-value --tau-advantage $(RUNG_VALUE_SCORE) \
+	--pass-k 4 --head-lr 1e-3 --draft-lr-scale 100 --head-inputs hidden,tau_prev,draft --head-tau-min 0.1 \
+	--head-tau-max 1.0 --head-tau-init 0.55 --eval-every 40 --eval-problems 200 --save-every 40 \
+	--save-dtype bfloat16 --threads 1 --seed 0
+.PHONY: draft-rung-value
+draft-rung-value: install
+	rm -rf $(RUNG_VALUE_MODEL) $(RUNG_VALUE_TRIAL)
+	$(TRAIN) grpo --init $(DEFAULT_MODEL) --out $(RUNG_VALUE_MODEL) $(RUNG_VALUE_FLAGS)
+	$(TRAIN) eval --checkpoint $(RUNG_VALUE_MODEL) $(EVAL_FLAGS)
+	mkdir -p $(RUNG_VALUE_TRIAL)
+	cp -r $(RUNG_VALUE_MODEL)/grpo_log.jsonl $(RUNG_VALUE_MODEL)/introllm.json $(RUNG_VALUE_MODEL)/eval $(RUNG_VALUE_TRIAL)/
+	$(TRAIN) card --checkpoint $(DEFAULT_MODEL) --command "make default-model && make baselines"

@@ -1,8 +1,8 @@
 """Compiled graphs of the engine's hot functions, kept on disk so that a restart loads them instead of tracing.
 
 What it does: `GraphCache(folder, parts)` names a folder for one configuration
-(a digest of `parts`, this package's and `model`'s source, torch, Python and
-the CPU's instruction sets). `graph(name, function, example_args,
+(a digest of `parts`, this package's and `model`'s source, torch, Python,
+the CPU's instruction sets and the thread count C++ kernels are built for). `graph(name, function, example_args,
 tracing)` returns `function` compiled by `torch.compile(fullgraph=True,
 dynamic=True)`: loaded from the folder when an earlier start saved it, else
 compiled through torch's AOT precompile (`aot_compile`, traced once on
@@ -84,6 +84,17 @@ def cpu_identity() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}-{digest}"
 
 
+def cpp_threads() -> tuple[int, bool]:
+    """The thread count inductor's C++ kernels are generated for (its `cpp.threads`, else torch's threads now)
+    and whether they pick it at run time instead: a kernel compiled for one thread runs on one thread (and one
+    compiled for two on two) whatever the engine's threads when it is loaded, so the count is part of the key,
+    as it is of inductor's own cache key."""
+    from torch._inductor import config as inductor_config
+
+    threads = inductor_config.cpp.threads if inductor_config.cpp.threads >= 1 else torch.get_num_threads()
+    return threads, bool(inductor_config.cpp.dynamic_threads)
+
+
 class GraphCache:
     """Saved graphs for one configuration; see the module docstring."""
 
@@ -97,6 +108,7 @@ class GraphCache:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "cpu": cpu_identity(),
+            "cpp_threads": cpp_threads(),
         }
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
         self.folder = Path(folder) / key

@@ -30,6 +30,18 @@ def test_the_key_changes_with_the_configuration_and_with_the_code(tmp_path):
     assert GraphCache(tmp_path, {"slots": 8}, packages=[model_package, engine_package]).folder != base.folder
 
 
+def test_the_key_changes_with_the_thread_count_the_kernels_are_built_for(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = GraphCache(tmp_path, {"slots": 8}, packages=[model_package]).folder
+        torch.set_num_threads(2)
+        two = GraphCache(tmp_path, {"slots": 8}, packages=[model_package]).folder
+    finally:
+        torch.set_num_threads(threads)
+    assert one != two
+
+
 def test_a_saved_graph_is_loaded_without_tracing_and_serves_other_sizes(tmp_path, monkeypatch):
     x = torch.randn(4, 8)
     first = GraphCache(tmp_path, {}, packages=[model_package]).graph("sine", scaled_sine, (x, 2.0),
