@@ -32,9 +32,11 @@ names a path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import platform
 import re
 import time
@@ -127,10 +129,16 @@ class GraphCache:
         with tracing(), torch._dynamo.config.patch(enable_aot_compile=True):
             compiled = torch.compile(function, fullgraph=True, dynamic=True).aot_compile((example_args, {}))
         compiled.disable_guard_check()
+        partial = self.path(name).with_suffix(f".{os.getpid()}.partial")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            compiled.save_compiled_function(str(self.path(name)))
+            # Written aside, then renamed into place: engines sharing the folder (replicas on one cache
+            # volume) never load a half-written file.
+            compiled.save_compiled_function(str(partial))
+            os.replace(partial, self.path(name))
         except Exception as exc:  # noqa: BLE001 - a graph that cannot be saved still serves this start
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
             log.warning("compiled %s could not be saved (%s: %s); the next start compiles it again",
                         name, type(exc).__name__, _first_line(exc))
         else:

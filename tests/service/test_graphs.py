@@ -47,6 +47,8 @@ def test_a_saved_graph_is_loaded_without_tracing_and_serves_other_sizes(tmp_path
     first = GraphCache(tmp_path, {}, packages=[model_package]).graph("sine", scaled_sine, (x, 2.0),
                                                                      contextlib.nullcontext)
     torch.testing.assert_close(first(x, 2.0), scaled_sine(x, 2.0))
+    # Saved under its name, renamed into place whole: nothing half-written is left beside it.
+    assert [p.name for p in GraphCache(tmp_path, {}, packages=[model_package]).folder.iterdir()] == ["sine.graph"]
     monkeypatch.setattr(torch, "compile", _no_tracing)
     loaded = GraphCache(tmp_path, {}, packages=[model_package]).graph("sine", scaled_sine, (x, 2.0),
                                                                       contextlib.nullcontext)
