@@ -440,7 +440,7 @@ def rung_value_update(
     n_tokens = distributed.all_reduce_sum(local_tokens, device)
     world = distributed.world_size()
     optimizer.zero_grad(set_to_none=True)
-    totals = {"loss": 0.0, "tau_entropy": 0.0, "hotness": 0.0}
+    totals = {"loss": 0.0, "tau_entropy": 0.0, "tau_variance": 0.0}
     for batch in batches:
         mask = batch.generation.mask.float()
         states = head_states(model, head, batch)
@@ -448,17 +448,23 @@ def rung_value_update(
         expected_tau = dist.gate_prob * hc.z_to_tau(dist.beta_mean) + (1 - dist.gate_prob) * states.tau_prev
         hotness = ((expected_tau - hc.tau_min) / (hc.tau_max - hc.tau_min)).squeeze(-1)  # (R, N)
         gain = gains.to(mask.device)[batch.problem_index].unsqueeze(1)  # (R, 1)
-        loss = -(gain * hotness * mask).sum() / (n_tokens / world)
+        # Var[z_t]: a Beta draw with probability p, else z_{t-1}: p Var(Beta) + p (1 - p) (mean - z_{t-1})^2.
+        p, mean, z_prev = dist.gate_prob, dist.beta_mean, hc.tau_to_z(states.tau_prev)
+        beta_var = dist.alpha * dist.beta / ((dist.alpha + dist.beta) ** 2 * (dist.alpha + dist.beta + 1))
+        variance = (p * beta_var + p * (1 - p) * (mean - z_prev) ** 2).squeeze(-1)  # (R, N)
+        objective = gain * hotness - cfg.tau_variance_coef * variance
+        loss = -(objective * mask).sum() / (n_tokens / world)
         loss.backward()
         with torch.no_grad():
             entropy = head.action_entropy(states.hidden, states.tau_prev, batch.draft).squeeze(-1)
         totals["tau_entropy"] += float((entropy * mask).sum())
-        totals["hotness"] += float((hotness.detach() * mask).sum())
+        totals["tau_variance"] += float((variance.detach() * mask).sum())
         totals["loss"] += float(loss.detach())
     distributed.average_gradients(params)
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
-    return {"loss": totals["loss"], "tau_entropy": totals["tau_entropy"] / max(local_tokens, 1.0)}
+    return {"loss": totals["loss"], "tau_entropy": totals["tau_entropy"] / max(local_tokens, 1.0),
+            "tau_variance": totals["tau_variance"] / max(local_tokens, 1.0)}
 
 
 def two_rung_gains(scores: torch.Tensor, ladder: Sequence[float]) -> torch.Tensor:
@@ -674,7 +680,8 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                                                    device)
                 stats.update(rung_metrics(batches, gains_as_weights(gains, ladder), ladder, device))
                 stats.update(part_stats if phase == "tau"
-                             else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"]})
+                             else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"],
+                                   "tau_variance": part_stats["tau_variance"]})
                 continue
             if part == "tau" and best_rung:
                 # The head learns which rung wins each problem, on its own rows' tokens; the LM is frozen.

@@ -6,6 +6,7 @@ problem) or come from a trivial `score`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -210,6 +211,30 @@ def test_rung_value_updates_send_the_head_decisively_to_the_rung_that_wins_each_
     assert after_hot > before_hot + 0.05 and after_cold < before_cold - 0.2
     assert after_hot - after_cold > 0.4, (before_hot, before_cold, after_hot, after_cold)
     assert all(torch.equal(p, lm_before[n]) for n, p in model.named_parameters())  # the LM stays frozen
+
+
+def test_the_variance_penalty_narrows_the_heads_tau_where_no_rung_wins(micro_checkpoint, countdown_problems):
+    start = load_checkpoint(micro_checkpoint)
+    model, tokenizer = start.model, start.tokenizer
+    head = _two_rung_head(model.config.hidden_size)
+    problems = countdown_problems[:4]
+    _, summaries = draft_completions(model, tokenizer, problems, task=TASK, max_new_tokens=8)
+    head.set_draft_scale(summaries)
+    own = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=3, first_sample=1,
+                             drafts=summaries, task=TASK, max_new_tokens=8, seed=0)
+    ties = torch.zeros(len(problems))  # no value either way: only the penalty moves the head
+    variances = {}
+    for coef in (0.0, 1.0):
+        trained = copy.deepcopy(head)
+        cfg = GRPOConfig(head_lr=1e-2, tau_variance_coef=coef)
+        params = set_phase(model, trained, "tau")
+        optimizer = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=0.0)  # as the trainer's
+        first = rung_value_update(model, trained, own, ties, cfg, optimizer, params, torch.device("cpu"))
+        for _ in range(10):
+            last = rung_value_update(model, trained, own, ties, cfg, optimizer, params, torch.device("cpu"))
+        variances[coef] = (first["tau_variance"], last["tau_variance"])
+    assert variances[0.0][1] == pytest.approx(variances[0.0][0])  # no value, no penalty: nothing moves
+    assert variances[1.0][1] < 0.5 * variances[1.0][0]
 
 
 def test_a_rung_value_run_logs_its_signal_and_records_the_objective(micro_checkpoint, tmp_path):
