@@ -157,8 +157,8 @@ class GRPOConfig:
     # maximises each problem's hot-minus-cold score times its expected tau's position between them).
     tau_objective: str = "grpo"
     tau_entropy_coef: float = 0.0  # bonus on the head's action entropy in its updates (exploration)
-    # rung-value only: penalty on the variance of the head's tau at each token (z units: the Beta's, and the
-    # gate's between a new draw and tau_{t-1}); the value alone is linear in tau, blind to per-token noise.
+    # rung-value only: penalty on the variance of the head's Beta at each token (z units); the value alone is
+    # linear in tau, blind to per-token noise.
     tau_variance_coef: float = 0.0
     # Start the head afresh from `head` instead of the warm start's (a resumed run keeps its own).
     # A low init_gate_prob makes each sample's tau persist, so a group holds hot and cold samples
