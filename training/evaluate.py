@@ -104,6 +104,8 @@ class EvalReport:
     targets: list[dict] = field(default_factory=list)
     draft_rule: dict = field(default_factory=dict)
     frontier_plot: str = ""
+    # The same targets for the head's noise-free choice (the server's `deterministic_temperature`).
+    deterministic_targets: list[dict] = field(default_factory=list)
 
     def to_dict(self, per_problem: bool = False) -> dict:
         """The report as JSON; `per_problem` adds each controller's correct count per problem, which
@@ -118,7 +120,8 @@ class EvalReport:
             rows.append(row)
         return {"results": rows, "token_classes": self.token_classes, "problem_outcomes": self.problem_outcomes,
                 "learned_vs_best_fixed": self.learned_vs_best_fixed, "plot": self.plot, "targets": self.targets,
-                "draft_rule": self.draft_rule, "frontier_plot": self.frontier_plot}
+                "draft_rule": self.draft_rule, "frontier_plot": self.frontier_plot,
+                "deterministic_targets": self.deterministic_targets}
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
@@ -347,6 +350,10 @@ def to_markdown(report: EvalReport, n: int, k: int) -> str:
     if report.targets:
         lines += ["", "Targets (paired 95% intervals over problems; (a) compares with each family's setting of "
                   f"the highest pass@{k} not above the learned one):", ""] + targets_markdown(report.targets, k)
+    if report.deterministic_targets:
+        lines += ["", "The same targets for the head's noise-free choice, `learned (deterministic)` (update where "
+                  "P(update) > 0.5, to the Beta mean; the server's `deterministic_temperature`):", ""]
+        lines += targets_markdown(report.deterministic_targets, k)
     if report.frontier_plot:
         lines += ["", f"![avg@{k} against pass@{k}](frontier.png)"]
     d = report.learned_vs_best_fixed
@@ -477,19 +484,27 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
                                         out / "tau_along_solutions.png", task, shown or None)
     outcomes = tau_by_problem_outcome(results, learned)
     target_rows: list[dict] = []
+    deterministic_rows: list[dict] = []
     fixed_results = [r for r in results if r.name.startswith("fixed ")]
     if learned is not None and fixed_results:
         families = {"fixed": fixed_results,
                     "hedge": [r for r in results if r.name.startswith("hedge ")],
                     "draft rule": [r for r in results if r.name.startswith("draft rule ")]}
+        families = {k: v for k, v in families.items() if v}
         cold_name, hot_name, groups = problem_groups(results)
-        tau_groups = {name: {"taus": [learned.per_problem_tau[i] for i in ids]} for name, ids in groups.items()}
-        target_rows = targets(learned, {k: v for k, v in families.items() if v}, fixed_results, tau_groups,
-                              cold_name, hot_name)
+
+        def targets_of(result: ControllerResult) -> list[dict]:
+            tau_groups = {name: {"taus": [result.per_problem_tau[i] for i in ids]} for name, ids in groups.items()}
+            return targets(result, families, fixed_results, tau_groups, cold_name, hot_name)
+
+        target_rows = targets_of(learned)
+        deterministic = next((r for r in results if r.name == "learned (deterministic)"), None)
+        if deterministic is not None:
+            deterministic_rows = targets_of(deterministic)
     frontier = plot_frontier(results, out / "frontier.png", cfg.samples) if fixed_results else ""
     report = EvalReport(results=results, token_classes=classes, learned_vs_best_fixed=paired_comparison(results),
                         plot=plot, markdown="", problem_outcomes=outcomes, targets=target_rows,
-                        draft_rule=draft_rule, frontier_plot=frontier)
+                        draft_rule=draft_rule, frontier_plot=frontier, deterministic_targets=deterministic_rows)
     report.markdown = to_markdown(report, len(problems), cfg.samples)
     # One line of JSON: the per-problem counts make an indented file needlessly long.
     full = {"config": config_to_dict(cfg), **report.to_dict(per_problem=True)}

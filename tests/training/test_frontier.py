@@ -121,11 +121,12 @@ def test_a_draft_heads_learned_result_is_the_draft_plus_k_minus_1_head_samples(m
     head = TemperatureHead(HeadConfig(hidden_size=d, inputs=("hidden", "tau_prev", "draft"),
                                       draft_size=draft_summary_size(d)))
     checkpoint = save_checkpoint(tmp_path / "draft", start.model, start.tokenizer, head, base_model="micro-test")
-    cfg = EvalConfig(checkpoint=str(checkpoint), problems=5, samples=3, controllers="fixed:0.1,fixed:1.0,learned",
-                     plot_samples=2, threads=1, draft_rule_problems=20, draft_rule_samples=2)
+    cfg = EvalConfig(checkpoint=str(checkpoint), problems=5, samples=3,
+                     controllers="fixed:0.1,fixed:1.0,learned,learned-deterministic", plot_samples=2, threads=1,
+                     draft_rule_problems=20, draft_rule_samples=2)
     report = run_evaluation(cfg)
     names = [r.name for r in report.results]
-    assert names == ["fixed 0.1", "fixed 1.0", "learned", "hedge 0.1", "hedge 1.0"]
+    assert names == ["fixed 0.1", "fixed 1.0", "learned", "learned (deterministic)", "hedge 0.1", "hedge 1.0"]
     # The random micro model solves nothing, so no train problem says which tau wins: the rule is skipped, said so.
     assert "not_fitted" in report.draft_rule and "Draft rule: not fitted" in report.markdown
     data = json.loads((checkpoint / "eval" / "report.json").read_text(), parse_constant=_refuse)  # strict JSON
@@ -133,6 +134,13 @@ def test_a_draft_heads_learned_result_is_the_draft_plus_k_minus_1_head_samples(m
     learned = next(r for r in data["results"] if r["name"] == "learned")
     assert learned["samples"] == 3 and 0.1 <= learned["mean_tau"] <= 2.0
     assert [t["target"][:3] for t in data["targets"]][:3] == ["(a)", "(a)", "(b)"]
+    # The deterministic head gets the same targets, against the same baselines, from its own samples.
+    deterministic = next(r for r in data["results"] if r["name"] == "learned (deterministic)")
+    assert [t["target"] for t in data["deterministic_targets"]] == [t["target"] for t in data["targets"]]
+    for row in data["deterministic_targets"]:
+        if "learned" in row:
+            assert row["learned"] == [deterministic["avg_at_k"], deterministic["pass_at_k"]]
+    assert "The same targets for the head's noise-free choice" in report.markdown
     assert (checkpoint / "eval" / "frontier.png").stat().st_size > 0
     assert (checkpoint / "eval" / "tau_along_solutions.png").stat().st_size > 0
     assert "![avg@3 against pass@3](frontier.png)" in report.markdown
