@@ -65,6 +65,36 @@ def test_rung_scores_and_weights_pick_the_rung_that_wins_each_problem(micro_chec
     torch.testing.assert_close(rung_weights(scores), torch.tensor([[0.0, 0.75], [0.25, 0.0], [0.0, 0.0]]))
 
 
+HOT, COLD = {0, 1, 2}, {3, 4, 5}
+
+
+def _hot_and_cold_rollouts(micro_checkpoint, countdown_problems, make_head):
+    """Six problems, the head's own rows of each (after the draft) and a 0.2/1.0 ladder's rows, rewarded so that
+    the hot rung (odd samples) solves problems HOT and the cold rung (even samples) problems COLD."""
+    start = load_checkpoint(micro_checkpoint)
+    model, tokenizer = start.model, start.tokenizer
+    head = make_head(model.config.hidden_size)
+    problems = countdown_problems[:6]
+    _, summaries = draft_completions(model, tokenizer, problems, task=TASK, max_new_tokens=8)
+    head.set_draft_scale(summaries)
+    own = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=3, first_sample=1,
+                             drafts=summaries, task=TASK, max_new_tokens=8, seed=0)
+    ladder = LadderTemperature([0.2, 1.0], head, 4)
+    rows = sample_completions(model, tokenizer, ladder, problems, samples=4, first_sample=4, drafts=summaries,
+                              task=TASK, max_new_tokens=8, seed=0)
+    for b in rows:
+        rows_of = zip(b.problem_index, b.sample_index, strict=True)
+        b.rewards = torch.tensor([float((s % 2 == 1) == (i in HOT)) for i, s in rows_of])
+    return model, head, own, ladder, rows
+
+
+def _head_optimizer(head: TemperatureHead, params, cfg: GRPOConfig) -> torch.optim.Optimizer:
+    """As the trainer's: the draft statistics' linear path (a per-problem shift) learns at draft_lr_scale x."""
+    draft = list(head.draft_linear.parameters())
+    return torch.optim.AdamW([{"params": [p for p in params if all(p is not q for q in draft)]},
+                              {"params": draft, "lr": cfg.head_lr * cfg.draft_lr_scale}], lr=cfg.head_lr)
+
+
 def _mean_tau(model, head, batches, problems: set[int]) -> float:
     """The head's expected tau (gate-weighted Beta mean, else tau_{t-1}) over its own rows' tokens of `problems`."""
     total, tokens = 0.0, 0.0
@@ -82,31 +112,15 @@ def _mean_tau(model, head, batches, problems: set[int]) -> float:
 
 def test_best_rung_updates_warm_the_head_where_the_hot_rung_wins_and_cool_it_elsewhere(micro_checkpoint,
                                                                                      countdown_problems):
-    start = load_checkpoint(micro_checkpoint)
-    model, tokenizer = start.model, start.tokenizer
-    head = _draft_head(model.config.hidden_size)
-    problems = countdown_problems[:6]
-    _, summaries = draft_completions(model, tokenizer, problems, task=TASK, max_new_tokens=8)
-    head.set_draft_scale(summaries)
-    own = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=3, first_sample=1,
-                             drafts=summaries, task=TASK, max_new_tokens=8, seed=0)
-    ladder = LadderTemperature([0.2, 1.0], head, 4)
-    rows = sample_completions(model, tokenizer, ladder, problems, samples=4, first_sample=4, drafts=summaries,
-                              task=TASK, max_new_tokens=8, seed=0)
-    hot, cold = {0, 1, 2}, {3, 4, 5}
-    for b in rows:  # the hot rung (odd samples) solves problems 0-2, the cold rung (even) problems 3-5
-        rows_of = zip(b.problem_index, b.sample_index, strict=True)
-        b.rewards = torch.tensor([float((s % 2 == 1) == (i in hot)) for i, s in rows_of])
-    weights = rung_weights(rung_scores(rows, len(problems), ladder, "mean+pass@k", k=2))
+    model, head, own, ladder, rows = _hot_and_cold_rollouts(micro_checkpoint, countdown_problems, _draft_head)
+    hot, cold = HOT, COLD
+    weights = rung_weights(rung_scores(rows, 6, ladder, "mean+pass@k", k=2))
     assert (weights[:3, 1] > 0).all() and (weights[3:, 0] > 0).all()
     before_hot, before_cold = _mean_tau(model, head, own, hot), _mean_tau(model, head, own, cold)
     lm_before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = GRPOConfig(head_lr=1e-2)
     params = set_phase(model, head, "tau")
-    # As the trainer does: the draft statistics' linear path (a per-problem shift) learns at draft_lr_scale x.
-    draft = list(head.draft_linear.parameters())
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if all(p is not q for q in draft)]},
-                                   {"params": draft, "lr": cfg.head_lr * cfg.draft_lr_scale}], lr=cfg.head_lr)
+    optimizer = _head_optimizer(head, params, cfg)
     for _ in range(8):
         stats = best_rung_update(model, head, own, weights, ladder, cfg, optimizer, params, torch.device("cpu"))
         assert math.isfinite(stats["loss"]) and math.isfinite(stats["ladder_logprob"])
@@ -178,30 +192,15 @@ def test_two_rung_gains_are_the_hot_rungs_score_minus_the_cold_ones_whatever_the
 
 def test_rung_value_updates_send_the_head_decisively_to_the_rung_that_wins_each_problem(micro_checkpoint,
                                                                                        countdown_problems):
-    start = load_checkpoint(micro_checkpoint)
-    model, tokenizer = start.model, start.tokenizer
-    head = _two_rung_head(model.config.hidden_size)
-    problems = countdown_problems[:6]
-    _, summaries = draft_completions(model, tokenizer, problems, task=TASK, max_new_tokens=8)
-    head.set_draft_scale(summaries)
-    own = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=3, first_sample=1,
-                             drafts=summaries, task=TASK, max_new_tokens=8, seed=0)
-    ladder = LadderTemperature([0.2, 1.0], head, 4)
-    rows = sample_completions(model, tokenizer, ladder, problems, samples=4, first_sample=4, drafts=summaries,
-                              task=TASK, max_new_tokens=8, seed=0)
-    hot, cold = {0, 1, 2}, {3, 4, 5}
-    for b in rows:  # the hot rung (odd samples) solves problems 0-2, the cold rung (even) problems 3-5
-        rows_of = zip(b.problem_index, b.sample_index, strict=True)
-        b.rewards = torch.tensor([float((s % 2 == 1) == (i in hot)) for i, s in rows_of])
-    gains = two_rung_gains(rung_scores(rows, len(problems), ladder, "mean+pass@k", k=2), ladder.ladder)
+    model, head, own, ladder, rows = _hot_and_cold_rollouts(micro_checkpoint, countdown_problems, _two_rung_head)
+    hot, cold = HOT, COLD
+    gains = two_rung_gains(rung_scores(rows, 6, ladder, "mean+pass@k", k=2), ladder.ladder)
     assert (gains[:3] > 0).all() and (gains[3:] < 0).all()
     before_hot, before_cold = _mean_tau(model, head, own, hot), _mean_tau(model, head, own, cold)
     lm_before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = GRPOConfig(head_lr=1e-2)
     params = set_phase(model, head, "tau")
-    draft = list(head.draft_linear.parameters())
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if all(p is not q for q in draft)]},
-                                   {"params": draft, "lr": cfg.head_lr * cfg.draft_lr_scale}], lr=cfg.head_lr)
+    optimizer = _head_optimizer(head, params, cfg)
     for _ in range(24):
         stats = rung_value_update(model, head, own, gains, cfg, optimizer, params, torch.device("cpu"))
         assert math.isfinite(stats["loss"]) and math.isfinite(stats["tau_entropy"])
@@ -214,15 +213,8 @@ def test_rung_value_updates_send_the_head_decisively_to_the_rung_that_wins_each_
 
 
 def test_the_variance_penalty_narrows_the_heads_tau_where_no_rung_wins(micro_checkpoint, countdown_problems):
-    start = load_checkpoint(micro_checkpoint)
-    model, tokenizer = start.model, start.tokenizer
-    head = _two_rung_head(model.config.hidden_size)
-    problems = countdown_problems[:4]
-    _, summaries = draft_completions(model, tokenizer, problems, task=TASK, max_new_tokens=8)
-    head.set_draft_scale(summaries)
-    own = sample_completions(model, tokenizer, LearnedTemperature(head), problems, samples=3, first_sample=1,
-                             drafts=summaries, task=TASK, max_new_tokens=8, seed=0)
-    ties = torch.zeros(len(problems))  # no value either way: only the penalty moves the head
+    model, head, own, _, _ = _hot_and_cold_rollouts(micro_checkpoint, countdown_problems, _two_rung_head)
+    ties = torch.zeros(6)  # no value either way: only the penalty moves the head
     variances = {}
     for coef in (0.0, 1.0):
         trained = copy.deepcopy(head)
