@@ -504,6 +504,15 @@ def rung_metrics(batches: list[RolloutBatch], weights: torch.Tensor, ladder: Seq
     return {"rung_hot_share": sums["hot"] / max(sums["won"], 1.0), "rung_tau_gap": gap}
 
 
+def head_stats(part_stats: dict[str, float], phase: str) -> dict[str, float]:
+    """A head update's stats for the step's log: as they are in a head-only step; in a step that also updates
+    the LM, which keeps the plain names (loss, entropy, KL), its loss as tau_loss and its head-only signals."""
+    if phase == "tau":
+        return part_stats
+    signals = ("tau_entropy", "ladder_logprob", "tau_variance")
+    return {"tau_loss": part_stats["loss"], **{k: part_stats[k] for k in signals if k in part_stats}}
+
+
 def rollout_metrics(batches: list[RolloutBatch], device: torch.device) -> dict[str, float]:
     """Reward, accuracy, mean tau, gate rate and length over every rank's rollouts."""
     mask = torch.cat([b.generation.mask.flatten() for b in batches]).float()
@@ -679,9 +688,7 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                     part_stats = rung_value_update(model, head, batches, gains, cfg, optimizers[part], params,
                                                    device)
                 stats.update(rung_metrics(batches, gains_as_weights(gains, ladder), ladder, device))
-                stats.update(part_stats if phase == "tau"
-                             else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"],
-                                   "tau_variance": part_stats["tau_variance"]})
+                stats.update(head_stats(part_stats, phase))
                 continue
             if part == "tau" and best_rung:
                 # The head learns which rung wins each problem, on its own rows' tokens; the LM is frozen.
@@ -691,10 +698,7 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                     part_stats = best_rung_update(model, head, batches, weights, ladder_controller, cfg,
                                                   optimizers[part], params, device)
                 stats.update(rung_metrics(batches, weights, ladder, device))
-                stats.update(part_stats if phase == "tau"
-                             else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"],
-                                   **({"ladder_logprob": part_stats["ladder_logprob"]}
-                                      if "ladder_logprob" in part_stats else {})})
+                stats.update(head_stats(part_stats, phase))
                 continue
             if part == "tau" and explore:
                 # The head learns from the ladder, with or without its own rows (tau_rows); the LM from its own.
@@ -708,10 +712,7 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                 part_stats = update(model, head, ref_model, rows, advantages, part, cfg, optimizers[part], params,
                                     device)
             # One step may update both policies: the LM's loss, entropy and KL keep the plain names.
-            stats.update(part_stats if part == "lm" or phase == "tau"
-                         else {"tau_loss": part_stats["loss"], "tau_entropy": part_stats["tau_entropy"],
-                               **({"ladder_logprob": part_stats["ladder_logprob"]}
-                                  if "ladder_logprob" in part_stats else {})})
+            stats.update(part_stats if part == "lm" else head_stats(part_stats, phase))
         set_phase(model, head, "none")
         record = {"stage": "grpo", "step": step, "phase": phase, **rollout_metrics(batches, device), **stats,
                   "seconds": round(time.time() - t0, 3)}
