@@ -24,9 +24,10 @@ install: $(VENV)/.installed
 system-deps:
 	bash scripts/system-deps.sh
 
-# One pytest worker per CPU, each taking whole test files (module-scoped servers stay whole).
+# One pytest worker per CPU, each taking whole test files (module-scoped servers stay whole), and the tests
+# that compile the engine's step together in one worker (tests/conftest.py: groups).
 test: install system-deps
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -11,6 +11,16 @@ from model import HeadConfig, TemperatureHead, TinyLMConfig, build_char_tokenize
 TEST_LM = TinyLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `make test` (pytest-xdist, `--dist loadgroup`) a worker takes a whole group: each test file is
+    the group of its tests (module-scoped servers stay in one worker), unless a test names a group of its own
+    (`xdist_group`, e.g. tests.service.support.COMPILED_ENGINE): tests that compile the same graph then share
+    one worker, where the first compiles it and the others reuse it, instead of each paying a cold compile."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     # Tiny models gain nothing from a second thread, and one thread keeps the

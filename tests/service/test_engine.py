@@ -24,9 +24,14 @@ from service.engine.kv import SlotBatch
 from service.engine.sampling import build_controller
 from service.errors import ServiceError
 from service.messages import ControllerSpec
-from tests.service.support import PROMPTS, decode_paused, reference, reference_tokens
+from tests.service.support import COMPILED_ENGINE, PROMPTS, decode_paused, reference, reference_tokens
 
 LONG = 300  # a budget the request does not reach in these tests
+# Compiled, every engine of these tests has the same step graph (running_engine's 8 slots of 512 tokens):
+# one worker compiles it once (tests/service/support.py, COMPILED_ENGINE).
+EAGER_AND_COMPILED = pytest.mark.parametrize(
+    "compile", [False, pytest.param(True, marks=COMPILED_ENGINE)], ids=["eager", "compiled"]
+)
 
 
 @contextmanager
@@ -122,7 +127,7 @@ def test_seeded_learned_sampling_gives_the_same_tokens_and_temperatures_alone_am
     torch.testing.assert_close(torch.tensor([t.logprob for t in alone.tokens]), expected.token_logprobs[0])
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@EAGER_AND_COMPILED
 def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its_solo_reference(
     checkpoint, monkeypatch, compile
 ):
@@ -199,7 +204,10 @@ def test_an_engine_started_from_saved_graphs_samples_the_seeded_tokens_and_tempe
                                    torch.tensor([t.logprob for t in expected.tokens]))
 
 
-def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone_in_the_reference(checkpoint):
+@EAGER_AND_COMPILED
+def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone_in_the_reference(checkpoint, compile):
+    """Compiled, the rows the in-step sampler takes (learned, deterministic, narrowed, fixed) are drawn in the step's
+    graph and the others (filters, greedy, entropy) again from its logits: each must still get its own kind's draw."""
     head = checkpoint.head
     cases = [  # (request, the reference's controller spec)
         (GenerationInput(prompt="1 2>3\n", mode="learned"), ControllerSpec("learned")),
@@ -218,7 +226,7 @@ def test_a_batch_mixing_temperature_modes_and_filters_matches_each_request_alone
         replace(r, seed=50 + i, max_new_tokens=24, ignore_eos=True)
         for i, (r, _) in enumerate(cases)
     ]
-    with running_engine(checkpoint) as scheduler:
+    with running_engine(checkpoint, compile=compile) as scheduler:
         results = asyncio.run(run_all(scheduler, requests))
     for request, (_, spec), result in zip(requests, cases, results, strict=True):
         expected = reference(

@@ -30,7 +30,7 @@ from tests.service.support import (
     reference_tokens,
     save_draft_head_checkpoint,
 )
-from tests.service.test_engine import failures, run_all, running_engine, staggered_prompts
+from tests.service.test_engine import EAGER_AND_COMPILED, failures, run_all, running_engine, staggered_prompts
 
 PROMPT = "3 5 7 2>24\n"
 
@@ -48,11 +48,6 @@ def test_row_seeds_keep_choice_0_on_the_request_seed_and_differ_per_row():
     seeds = {row_seed(1234, i) for i in range(64)}
     assert len(seeds) == 64 and all(0 <= s < 2**63 for s in seeds)
     assert row_seed(2**63 - 1, 5) < 2**63
-
-
-EAGER_AND_COMPILED = pytest.mark.parametrize(
-    "compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"]
-)
 
 
 @EAGER_AND_COMPILED
@@ -166,7 +161,8 @@ def followers_reference(checkpoint, prompt: str, max_new_tokens: int, seed: int,
     return generate(checkpoint.model, controller, ids, params, CounterNoise.for_rows([row_seed(seed, choice)], 0))
 
 
-@EAGER_AND_COMPILED
+# Its own graph (a head that reads a draft): compiled in whichever worker takes this file.
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_with_a_draft_reading_head_choice_0_is_the_greedy_draft_and_the_others_follow_its_summary(
     draft_checkpoint, compile
 ):
