@@ -123,6 +123,9 @@ class Level:
     requests: int
     wall_s: float
     records: list[RequestRecord] = field(repr=False)
+    # This server's own mean TTFT and queue time over the level (`server_span_means`); empty for the peer
+    # and generate(), which keep no such histograms.
+    server_spans: dict[str, float | None] = field(default_factory=dict)
 
     def summary(self) -> dict:
         good = [r for r in self.records if r.ok]
@@ -145,6 +148,8 @@ class Level:
             **_stats("itl", itls),
             **_stats("e2e", e2es),
             "ttft_first_wave_p50_ms": _ms(_quantile(first_wave, 0.50)),
+            "server_ttft_mean_ms": self.server_spans.get("server_ttft_mean_ms"),
+            "server_queue_mean_ms": self.server_spans.get("server_queue_mean_ms"),
             "errors": sorted({r.error for r in self.records if r.error})[:5],
         }
 
@@ -494,11 +499,40 @@ def run_peer(
     return levels, ready_s
 
 
+def metric_totals(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The server's samples of each metric name in `names`, summed over every label set."""
+    totals = dict.fromkeys(names, 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
 def prompt_tokens_prefilled(url: str) -> float:
     """The server's introllm_prompt_tokens_total, over every label set (a request's prompt counts once)."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("introllm_prompt_tokens_total{"))
+    return metric_totals(url, ("introllm_prompt_tokens_total",))["introllm_prompt_tokens_total"]
+
+
+# This server's own latency histograms: the span it measures (arrival at the API process to the first token
+# reaching it; arrival to the start of prefill), without the client's reading or the HTTP path around it.
+SERVER_SPANS = {"server_ttft": "introllm_time_to_first_token_seconds",
+                "server_queue": "introllm_request_queue_time_seconds"}
+
+
+def server_span_totals(url: str) -> dict[str, float]:
+    names = tuple(f"{metric}_{part}" for metric in SERVER_SPANS.values() for part in ("sum", "count"))
+    return metric_totals(url, names)
+
+
+def server_span_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Mean of each server-side span (ms) over the requests between two `server_span_totals`."""
+    means = {}
+    for key, metric in SERVER_SPANS.items():
+        count = after[f"{metric}_count"] - before[f"{metric}_count"]
+        total = after[f"{metric}_sum"] - before[f"{metric}_sum"]
+        means[f"{key}_mean_ms"] = _ms(total / count) if count > 0 else None
+    return means
 
 
 def run_samples(url: str, prompts: list[str], n: int, concurrency: int, body: dict) -> dict:
@@ -657,6 +691,9 @@ def summary_ratios(levels: list[dict], baseline: dict | None, peers: dict[str, l
             c16 and c16["output_tokens_per_s"], baseline and baseline["output_tokens_per_s"]
         ),
         "ttft_p50_c16_over_c1": _ratio(c16 and c16["ttft_p50_ms"], c1 and c1["ttft_p50_ms"]),
+        # The same growth as the server measures its own span (means: its histograms give no exact p50).
+        "server_ttft_mean_c16_over_c1": _ratio(c16 and c16.get("server_ttft_mean_ms"),
+                                               c1 and c1.get("server_ttft_mean_ms")),
         "over_peer": over_peer,
     }
 
@@ -774,7 +811,10 @@ def main() -> None:
             info = httpx.get(f"{url}/info", timeout=30).json()  # what the server runs with (threads aside)
             for concurrency in args.concurrency:
                 level_prompts = prompts[: requests_for(concurrency, args.requests)]
-                levels.append(asyncio.run(run_level(url, level_prompts, concurrency, body)))
+                before = server_span_totals(url)
+                level = asyncio.run(run_level(url, level_prompts, concurrency, body))
+                level.server_spans = server_span_means(before, server_span_totals(url))
+                levels.append(level)
             if args.samples > 1:
                 samples = run_samples(url, prompts[:samples_prompts], args.samples, args.samples_concurrency, body)
             if server is not None:
@@ -818,6 +858,10 @@ def main() -> None:
           f"ready after {None if ready_s is None else round(ready_s, 1)} s")
     print(f"output tok/s at 16 clients / generate(): {ratios['c16_over_generate']}   "
           f"p50 TTFT at 16 clients / 1 client: {ratios['ttft_p50_c16_over_c1']}")
+    print("mean TTFT, client-measured / as the server measures it (its histogram; queue to prefill in brackets): "
+          + "   ".join(f"c={row['concurrency']}: {row['ttft_mean_ms']} / {row['server_ttft_mean_ms']} "
+                       f"({row['server_queue_mean_ms']}) ms" for row in rows)
+          + f"   server-side c16/c1: {ratios['server_ttft_mean_c16_over_c1']}")
     for variant, by_level in ratios["over_peer"].items():
         print(f"output tok/s / peer ({variant}): "
               + "   ".join(f"{clients} clients: {ratio}" for clients, ratio in by_level.items()))

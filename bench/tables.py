@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 
 HEADER = ("| server | clients | requests | failures | output tok/s | TTFT mean / p50 / p99 ms | "
-          "TTFT p50, first wave ms | ITL mean / p50 / p99 ms | E2E mean / p50 / p99 ms |")
+          "TTFT p50, first wave ms | TTFT / queue mean as the server measures, ms | ITL mean / p50 / p99 ms | "
+          "E2E mean / p50 / p99 ms |")
 
 
 def _triple(row: dict, kind: str) -> str:
@@ -27,10 +28,16 @@ def _triple(row: dict, kind: str) -> str:
     return "/".join("-" if value is None else f"{value:.1f}" for value in values)
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _line(server: str, clients: str, row: dict) -> str:
-    first_wave = row.get("ttft_first_wave_p50_ms")
+    # This server's own span (arrival to first token, arrival to prefill); "-" for the peer and generate().
+    spans = [row.get("server_ttft_mean_ms"), row.get("server_queue_mean_ms")]
+    server_side = "-" if spans[0] is None else "/".join(_number(value) for value in spans)
     return (f"| {server} | {clients} | {row['requests']} | {row['failures']} | {row['output_tokens_per_s']:.1f} | "
-            f"{_triple(row, 'ttft')} | {'-' if first_wave is None else f'{first_wave:.1f}'} | "
+            f"{_triple(row, 'ttft')} | {_number(row.get('ttft_first_wave_p50_ms'))} | {server_side} | "
             f"{_triple(row, 'itl')} | {_triple(row, 'e2e')} |")
 
 

@@ -65,6 +65,8 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
             assert _non_negative_number(level[name]), (level["name"], name, level[name])
         assert level["ttft_p50_ms"] <= level["ttft_p99_ms"]
         assert level["itl_p50_ms"] <= level["itl_p99_ms"]
+        # The server's own span of the same requests (its histograms) lies inside what the client measures.
+        assert 0 < level["server_queue_mean_ms"] < level["server_ttft_mean_ms"] < level["ttft_mean_ms"], level
 
     baseline = report["baseline"]
     assert baseline is not None
@@ -86,6 +88,7 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
         assert level["failures"] == 0, level
         assert level["output_tokens"] == level["requests"] * report["settings"]["new_tokens"]
         assert _non_negative_number(level["output_tokens_per_s"]) and level["output_tokens_per_s"] > 0
+        assert level["server_ttft_mean_ms"] is None  # the peer keeps no such histogram
     assert "--continuous-batching" in report["peer_command"]["eager"]
     server_c4 = next(level for level in levels if level["concurrency"] == 4)
     assert report["summary"]["over_peer"]["eager"]["4"] == round(
@@ -99,9 +102,11 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     assert any(row.startswith("| generate(), 1 thread | 1 at a time |") for row in rows)
 
     # No level at 16 clients in quick mode: the keys are there, the values are None.
-    assert set(report["summary"]) == {"c16_over_generate", "ttft_p50_c16_over_c1", "over_peer"}
+    assert set(report["summary"]) == {"c16_over_generate", "ttft_p50_c16_over_c1", "server_ttft_mean_c16_over_c1",
+                                      "over_peer"}
     assert report["summary"]["c16_over_generate"] is None
     assert report["summary"]["ttft_p50_c16_over_c1"] is None
+    assert report["summary"]["server_ttft_mean_c16_over_c1"] is None
 
     server, model, machine = report["server"], report["model"], report["machine"]
     # Started as `make serve` starts it, with only what the flags asked for on top.
