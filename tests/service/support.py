@@ -60,10 +60,13 @@ def save_draft_head_checkpoint(path: Path, *, perturb_draft_linear: bool = False
         if perturb_draft_linear:
             head.draft_linear.weight.normal_(0, 0.5)
     return save_checkpoint(path, model, tokenizer, head, base_model=path.name)
+
+
 # Tests that compile the engine's step for the session checkpoint (8 slots of 512 tokens): one xdist worker
 # runs them all (tests/conftest.py), so the first compiles the graph (about a minute on a cold inductor cache)
 # and the rest reuse it in that process.
 COMPILED_ENGINE = pytest.mark.xdist_group("compiled-engine")
+
 
 HTTP_TIMEOUT = httpx.Timeout(120.0)  # generous: the machine may be shared with a training job
 # Prompts of different lengths, in the default model's format and not.
