@@ -23,13 +23,12 @@ HEADER = ("| server | clients | requests | failures | output tok/s | TTFT mean /
           "E2E mean / p50 / p99 ms |")
 
 
-def _triple(row: dict, kind: str) -> str:
-    values = [row.get(f"{kind}_{stat}_ms") for stat in ("mean", "p50", "p99")]
-    return "/".join("-" if value is None else f"{value:.1f}" for value in values)
-
-
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def _triple(row: dict, kind: str) -> str:
+    return "/".join(_number(row.get(f"{kind}_{stat}_ms")) for stat in ("mean", "p50", "p99"))
 
 
 def _line(server: str, clients: str, row: dict) -> str:

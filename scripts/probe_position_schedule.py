@@ -36,7 +36,7 @@ class PositionSchedule:
     hot: float
     cold: float
     name: str = "schedule"
-    step: int = 0
+    step: int = dataclasses.field(default=0, init=False)  # decode steps taken in the current batch
 
     def initial_tau(self, batch: int, device: torch.device) -> torch.Tensor:
         self.step = 0
