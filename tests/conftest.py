@@ -11,6 +11,7 @@ from model import HeadConfig, TemperatureHead, TinyLMConfig, build_char_tokenize
 TEST_LM = TinyLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `make test` (pytest-xdist, `--dist loadgroup`) a worker takes a whole group: each test file is
     the group of its tests (module-scoped servers stay in one worker), unless a test names a group of its own
@@ -19,6 +20,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuses `--dist loadgroup` where pytest-xdist cannot pass the groups on: it names a test's group by
+    rewriting the item's `_nodeid`, which pytest 9.2 no longer reads. The groups are then lost silently and
+    a file's tests, which share a module-scoped server in file order, are spread over the workers."""
+    if getattr(config.option, "dist", None) != "loadgroup":  # xdist's workers run with dist "no"
+        return
+    if not any("_nodeid" in getattr(cls, "__slots__", ()) for cls in pytest.Item.__mro__):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} drops pytest-xdist's --dist loadgroup groups: "
+            "install the dev extra again (it caps pytest below 9.2) or run with --dist loadfile")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -82,6 +82,9 @@ class Cluster:
             return upstreams if all(o.rid in upstreams for o in load.outcomes) else None
         return wait_until(complete, "the gateway's access line of every request", self.logs, timeout=10)
 
+    def alive(self, index: int) -> bool:
+        return self.replicas[index].popen.poll() is None
+
     def ready(self, index: int) -> bool:
         return status_ok(f"http://{self.address(index)}/health/ready")
 
@@ -308,7 +311,9 @@ def test_a_replica_restarted_by_its_supervisor_rejoins_without_errors_at_the_gat
         cluster.restart(0)
         # The replica listens only once it is ready (uvicorn binds after the lifespan loaded the
         # model): until then the gateway's connections are refused and retried on the other one.
-        wait_until(lambda: cluster.ready(0), "the restarted replica ready", cluster.logs, timeout=60)
+        # Its own process, alive: not another server that took the port while it was free.
+        wait_until(lambda: cluster.alive(0) and cluster.ready(0), "the restarted replica ready", cluster.logs,
+                   timeout=60)
         ready = time.monotonic()
         # Back in rotation at the latest fail_timeout (5 s) after the gateway last saw it fail.
         wait_until(lambda: sum(cluster.upstreams().get(o.rid) == [returning]
@@ -320,10 +325,12 @@ def test_a_replica_restarted_by_its_supervisor_rejoins_without_errors_at_the_gat
     assert_no_hang_and_failures_named(load)
     assert all(o.result == "ok" for o in load.outcomes), load.report(cluster)
     assert len([o for o in load.outcomes if o.sent < ready]) >= 4  # requests were sent while it was away
+    assert cluster.alive(0), cluster.logs()
 
 
 def test_a_replica_killed_under_load_fails_only_its_open_streams_and_every_later_request_succeeds(cluster):
     victim, survivor = cluster.address(1), cluster.address(0)
+    assert cluster.alive(0) and cluster.ready(0), cluster.logs()  # the survivor is there to take the load
     with Load(cluster.url, "kill") as load:
         load.run_for(1.0)
         load.run_until_busy(cluster.logs)
