@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.stack import Process, free_port, start_gateway, start_replica, status_ok, wait_until
+from tests.deploy.stack import Process, start_gateway, start_replica, status_ok, wait_until
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

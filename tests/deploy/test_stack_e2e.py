@@ -28,7 +28,6 @@ from tests.deploy.stack import (
     concrete,
     dashboard,
     dashboard_queries,
-    free_port,
     prometheus_conf_for,
     start,
     start_gateway,
@@ -37,6 +36,7 @@ from tests.deploy.stack import (
     tool,
     wait_until,
 )
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -163,11 +163,6 @@ def start_server(settings: Settings) -> LiveServer:
     return live
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @contextmanager
 def reaped(process: subprocess.Popen) -> Iterator[subprocess.Popen]:

@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 
 from service.settings import REPO_ROOT
-from tests.service.support import HTTP_TIMEOUT, free_port, read_sse, reaped, sse_json
+from tests.ports import free_port
+from tests.service.support import HTTP_TIMEOUT, read_sse, reaped, sse_json
 
 KEYS = ["log-test-key-from-list-1", "log-test-key-from-list-2"]
 FILE_KEY = "log-test-key-from-file"

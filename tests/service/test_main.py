@@ -27,7 +27,8 @@ from service.engine.process import start_failure_line
 from service.settings import Settings
 from tests.model.broken_checkpoints import BROKEN_CHECKPOINTS
 from tests.model.own_models import mamba, rwkv, save_with_head
-from tests.service.support import HTTP_TIMEOUT, free_port, read_sse, reaped, sse_json
+from tests.ports import free_port
+from tests.service.support import HTTP_TIMEOUT, read_sse, reaped, sse_json
 
 LONG = 450
 REPO_ROOT = Path(__file__).resolve().parents[2]
