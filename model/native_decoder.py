@@ -32,6 +32,15 @@ alone, so a caller compiles one graph for every layer: compiling it cold took
 a prefill about 1 ms slower for one 30-token prompt (6.4 against 5.4 ms) and
 3% slower for 16 of them (45.9 against 44.8 ms), measured in one process.
 
+`mixed` runs both in one forward, as vLLM's scheduler mixes prefill chunks into decode steps: B
+running rows' next tokens and a chunk of prompts go through the matmuls together, and attention is
+split by kind (each running row over its slot as `step` attends, the prompts on `prefill`'s grid),
+through `mixed_layer`, compiled the same way. Against a decode step and a prefill run one after the
+other, a round in which one 12-token prompt joins 16 running rows took 0.70 of the time, four
+64-token prompts 0.88 (bench/mixed_step.py, BENCHMARKS.md). Attending every token on the grid
+instead, running rows as one-token pieces, was slower with long prompts (1.2 to 1.3 times the two
+forwards, 64-token prompts beside 16 rows): a one-token row paid for the grid's columns.
+
 What it does not do: sliding windows, rope that changes with the sequence length ("dynamic",
 "longrope"), or any other architecture: `unsupported_reason` names what it
 refuses, and the caller keeps the Hugging Face forward for those.
@@ -133,23 +142,10 @@ class NativeDecoder:
         """tokens (B,) at positions (B,); stores per layer (slots * capacity, KV, D) where row b's position p
         is at b * capacity + p and write_index (B,) = that index for the new token. Rows attend to their
         positions 0..positions[b] among the first `width`. Returns logits (B, V) float32 and hidden (B, d)."""
-        rows = tokens.shape[0]
-        visible = torch.arange(width, device=tokens.device).unsqueeze(0) <= positions.unsqueeze(1)  # (B, W)
-        bias = _bias(visible)[:, :, None, None]  # (B, W, 1, 1)
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        group = heads // kv_heads
+        bias = _row_bias(positions, width)
 
         def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-            """q (B, H, D) -> (B, H*D), each row over its own slot's first `width` positions."""
-            capacity = keys.shape[0] // slots
-            cached_k = keys.view(slots, capacity, kv_heads, dim)[:rows, :width]  # (B, W, KV, D)
-            cached_v = values.view(slots, capacity, kv_heads, dim)[:rows, :width]
-            # Scores (B, W, KV, G) in float32, as transformers' attention softmaxes: query head kv*G + g reads kv.
-            grouped = q.view(rows, 1, kv_heads, group, dim)
-            scores = (grouped * cached_k.unsqueeze(3)).sum(-1, dtype=torch.float32) * self.scale + bias
-            weights = scores.softmax(dim=1).to(cached_v.dtype)
-            attended = (weights.unsqueeze(-1) * cached_v.unsqueeze(3)).sum(1)  # (B, KV, G, D)
-            return attended.reshape(rows, heads * dim)
+            return _attend_rows(self, q, keys, values, slots, width, bias)
 
         hidden = self._layers(tokens, rope, write_index, key_stores, value_stores, attend)
         return F.linear(hidden, self.lm_head, self.lm_bias).float(), hidden
@@ -183,6 +179,37 @@ class NativeDecoder:
         for layer, keys, values in zip(self.layers, key_stores, value_stores, strict=True):
             x = run_layer(self, layer, keys, values, x, positions, write_index, cells, grid_positions, slots, width)
         hidden = _rms_norm(x[last], self.final_norm, self.eps)  # (R, d)
+        return F.linear(hidden, self.lm_head, self.lm_bias).float(), hidden
+
+    def mixed(
+        self,
+        key_stores: list[torch.Tensor],
+        value_stores: list[torch.Tensor],
+        decode_tokens: torch.Tensor,
+        decode_positions: torch.Tensor,
+        decode_write_index: torch.Tensor,
+        chunk: PrefillChunk,
+        slots: int,
+        decode_width: int,
+        prompt_width: int,
+        layer_function: Callable | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` for B running rows and `prefill` of one chunk of prompts in one forward: decode_tokens (B,)
+        at decode_positions (B,), written at decode_write_index (B,) (row b's slot is slot b), and the chunk
+        as `prefill` takes it (its rows in the store's last R slots). Returns logits (B + R, V) float32 and
+        hidden (B + R, d): the B rows' tokens, then each prompt's token `chunk.last[r]`.
+
+        layer_function: runs each layer, called as `mixed_layer` is (default: `mixed_layer`); a caller passes
+        a compiled one, so one graph serves every layer."""
+        run_layer = layer_function or mixed_layer
+        running = decode_tokens.shape[0]
+        write_index = torch.cat([decode_write_index, chunk.write_index])
+        x = F.embedding(torch.cat([decode_tokens, chunk.tokens]), self.embedding)  # (B + N, d)
+        for layer, keys, values in zip(self.layers, key_stores, value_stores, strict=True):
+            x = run_layer(self, layer, keys, values, x, decode_positions, chunk.positions, write_index, chunk.cells,
+                          chunk.grid_positions, slots, decode_width, prompt_width)
+        picked = torch.cat([x[:running], x[running:][chunk.last]])  # (B + R, d)
+        hidden = _rms_norm(picked, self.final_norm, self.eps)
         return F.linear(hidden, self.lm_head, self.lm_bias).float(), hidden
 
     def _layers(
@@ -237,28 +264,90 @@ def prefill_layer(
     stores. A function of its inputs alone (the layer's weights among them): compiled, one graph serves every
     layer, a quarter of the code to generate and load of a graph of the whole prefill (4 layers), at the cost
     of a call per layer, small beside a prefill's matmuls."""
-    rows, columns = grid_positions.shape
-    count = x.shape[0]
-    heads, kv_heads, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
-    group = heads // kv_heads
-    visible = torch.arange(width, device=x.device) <= grid_positions.unsqueeze(-1)  # (R, columns, W)
-    bias = _bias(visible)[:, None, None]  # (R, 1, 1, columns, W)
+    bias = _grid_bias(grid_positions, width)
     # cos/sin looked up here, not passed in as `step`'s are (inputs whose sizes dynamo need not relate).
     cos, sin = decoder.cos[positions].unsqueeze(1), decoder.sin[positions].unsqueeze(1)  # (N, 1, D) each
 
     def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """q (N, H, D) -> (N, H*D)."""
-        capacity = keys.shape[0] // slots
-        cached_k = keys.view(slots, capacity, kv_heads, dim)[slots - rows :, :width]  # (R, W, KV, D)
-        cached_v = values.view(slots, capacity, kv_heads, dim)[slots - rows :, :width]
-        grid = q.new_zeros(rows * columns, heads, dim).index_copy(0, cells, q)
-        grouped = grid.view(rows, columns, kv_heads, group, dim)
-        scores = torch.einsum("rckgd,rwkd->rkgcw", grouped, cached_k).float() * decoder.scale + bias
-        weights = scores.softmax(dim=-1).to(cached_v.dtype)  # (R, KV, G, columns, W)
-        attended = torch.einsum("rkgcw,rwkd->rckgd", weights, cached_v)
-        return attended.reshape(rows * columns, heads * dim)[cells].view(count, heads * dim)
+        return _attend_grid(decoder, q, keys, values, cells, grid_positions, slots, width, bias)
 
     return decoder.layer_forward(layer, keys, values, x, cos, sin, write_index, attend)
+
+
+def mixed_layer(
+    decoder: NativeDecoder, layer: _Layer, keys: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
+    decode_positions: torch.Tensor, prompt_positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor,
+    grid_positions: torch.Tensor, slots: int, decode_width: int, prompt_width: int,
+) -> torch.Tensor:
+    """One layer of `NativeDecoder.mixed`: x (B + N, d) -> (B + N, d). Its first B rows are running rows'
+    tokens (row b in slot b, at decode_positions[b], attending as `step`'s rows do over the first
+    `decode_width` positions of their slot); the other N are prompt tokens at prompt_positions, attending
+    as `prefill_layer`'s do (their rows in the store's last R slots, on the (R, columns) grid). The matmuls
+    take all B + N tokens at once; only attention is split by kind, as vLLM splits it. A function of its
+    inputs alone, compiled as `prefill_layer` is: one graph for every layer."""
+    running = decode_positions.shape[0]
+    positions = torch.cat([decode_positions, prompt_positions])  # (B + N,)
+    cos, sin = decoder.cos[positions].unsqueeze(1), decoder.sin[positions].unsqueeze(1)  # (B + N, 1, D) each
+    decode_bias = _row_bias(decode_positions, decode_width)
+    grid_bias = _grid_bias(grid_positions, prompt_width)
+
+    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        decoded = _attend_rows(decoder, q[:running], keys, values, slots, decode_width, decode_bias)
+        prompted = _attend_grid(decoder, q[running:], keys, values, cells, grid_positions, slots, prompt_width,
+                                grid_bias)
+        return torch.cat([decoded, prompted])
+
+    return decoder.layer_forward(layer, keys, values, x, cos, sin, write_index, attend)
+
+
+def _row_bias(positions: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, W, 1, 1): row b sees its slot's positions 0..positions[b]."""
+    visible = torch.arange(width, device=positions.device).unsqueeze(0) <= positions.unsqueeze(1)  # (B, W)
+    return _bias(visible)[:, :, None, None]
+
+
+def _attend_rows(
+    decoder: NativeDecoder, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: int, width: int,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """One query per row: q (B, H, D) -> (B, H*D), row b over the first `width` positions of slot b."""
+    rows = q.shape[0]
+    heads, kv_heads, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
+    capacity = keys.shape[0] // slots
+    cached_k = keys.view(slots, capacity, kv_heads, dim)[:rows, :width]  # (B, W, KV, D)
+    cached_v = values.view(slots, capacity, kv_heads, dim)[:rows, :width]
+    # Scores (B, W, KV, G) in float32, as transformers' attention softmaxes: query head kv*G + g reads kv.
+    grouped = q.view(rows, 1, kv_heads, heads // kv_heads, dim)
+    scores = (grouped * cached_k.unsqueeze(3)).sum(-1, dtype=torch.float32) * decoder.scale + bias
+    weights = scores.softmax(dim=1).to(cached_v.dtype)
+    attended = (weights.unsqueeze(-1) * cached_v.unsqueeze(3)).sum(1)  # (B, KV, G, D)
+    return attended.reshape(rows, heads * dim)
+
+
+def _grid_bias(grid_positions: torch.Tensor, width: int) -> torch.Tensor:
+    """(R, 1, 1, columns, W): the grid's cell (r, c) sees positions 0..grid_positions[r, c] of row r's slot."""
+    visible = torch.arange(width, device=grid_positions.device) <= grid_positions.unsqueeze(-1)  # (R, columns, W)
+    return _bias(visible)[:, None, None]
+
+
+def _attend_grid(
+    decoder: NativeDecoder, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cells: torch.Tensor,
+    grid_positions: torch.Tensor, slots: int, width: int, bias: torch.Tensor,
+) -> torch.Tensor:
+    """Prompt tokens: q (N, H, D) -> (N, H*D), token n in cell cells[n] of the (R, columns) grid of the store's
+    last R slots, over the first `width` positions of its row's slot."""
+    rows, columns = grid_positions.shape
+    count = q.shape[0]
+    heads, kv_heads, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
+    capacity = keys.shape[0] // slots
+    cached_k = keys.view(slots, capacity, kv_heads, dim)[slots - rows :, :width]  # (R, W, KV, D)
+    cached_v = values.view(slots, capacity, kv_heads, dim)[slots - rows :, :width]
+    grid = q.new_zeros(rows * columns, heads, dim).index_copy(0, cells, q)
+    grouped = grid.view(rows, columns, kv_heads, heads // kv_heads, dim)
+    scores = torch.einsum("rckgd,rwkd->rkgcw", grouped, cached_k).float() * decoder.scale + bias
+    weights = scores.softmax(dim=-1).to(cached_v.dtype)  # (R, KV, G, columns, W)
+    attended = torch.einsum("rkgcw,rwkd->rckgd", weights, cached_v)
+    return attended.reshape(rows * columns, heads * dim)[cells].view(count, heads * dim)
 
 
 @dataclass(frozen=True)

@@ -296,6 +296,7 @@ class EngineSpec:
     max_waiting: int
     max_sequence_length: int
     prefill_token_budget: int
+    prefill_in_step: bool
     compile: bool
     compile_fallback: bool  # compile=auto: a compilation failure at warm-up means serving eager, not failing
     native_decode: bool | str  # the setting: True, False or "auto" (kv.SlotBatch's `native`)

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     prefill_token_budget: int = Field(
         2048, ge=1, description="prompt tokens prefilled between two decode steps (at least one request)"
     )
+    prefill_in_step: bool = Field(
+        True,
+        description="prompts of requests that join while others decode go through those rows' decode step: one "
+        "forward per step, as vLLM schedules chunked prefill (the native decoder, prompts of one chunk); false: "
+        "a prefill forward of their own before the step, whose first tokens leave before the step runs",
+    )
     engine_start_method: Literal["spawn", "forkserver"] = Field(
         "spawn",
         description="how the engine process starts: 'spawn' (a fresh interpreter), or 'forkserver' (later "

@@ -113,6 +113,7 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
         # The scheduler keeps prompt + max_new_tokens within both bounds.
         max_sequence_length=min(limits.max_prompt_tokens + limits.max_new_tokens, context or 1 << 62),
         prefill_token_budget=settings.prefill_token_budget,
+        prefill_in_step=settings.prefill_in_step,
         compile=compile,
         compile_fallback=settings.compile == "auto",
         native_decode=settings.native_decode,

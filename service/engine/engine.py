@@ -13,7 +13,13 @@ between two decode steps:
      chunks of at most `kv.PREFILL_CHUNK` tokens per prompt), otherwise through
      the model's own forward into a cache (`kv.prefill_together`: right-padded)
      whose rows are copied into slots; samples their first tokens, and each
-     joins the batch as a new row;
+     joins the batch as a new row. When rows are running and the first group's
+     prompts fit one chunk (`kv.SlotBatch.fits_in_step`, not a drafting
+     request, `prefill_in_step`), that group's prefill runs inside step 4's
+     forward instead (`kv.SlotBatch.decode_and_prefill_then`: one forward per
+     iteration, as vLLM mixes prefill chunks into decode steps): the running
+     rows take their step and leave or stay, then the newcomers join with their
+     first tokens, and step 4 does not run again in that iteration;
   4. runs one decode step for every row (unless paused) and samples the next
      token per row in that same step (`kv.SlotBatch.decode_then` with
      `sampling.sample_in_step`: one compiled graph for the forward, the
@@ -170,6 +176,7 @@ class Engine:
         max_waiting: int,
         max_sequence_length: int,
         prefill_token_budget: int = 2048,
+        prefill_in_step: bool = True,
         compile: bool = False,
         native_decode: bool | Literal["auto"] = "auto",
         graph_folder: Path | None = None,
@@ -181,6 +188,8 @@ class Engine:
         compile: run the decode step (`kv.SlotBatch`) with its sampling (`sampling.sample_in_step`)
         through `torch.compile`; `warm_up` compiles it.
         native_decode: the decode step's forward (`kv.SlotBatch`'s `native`).
+        prefill_in_step: newcomers' prompts go through the running rows' decode step when they can
+        (`kv.SlotBatch.fits_in_step`); False: always a prefill of their own before the step.
         graph_folder: with `compile` on a CPU, where the compiled step and prefill are saved so that later
         starts load them instead of tracing (`graphs.GraphCache`); None: traced at every start.
         after_iteration: called in the engine thread after each prefill round, at the end of
@@ -193,6 +202,7 @@ class Engine:
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.prefill_token_budget = prefill_token_budget
+        self.prefill_in_step = prefill_in_step
         self.observer = observer
         self.after_iteration = after_iteration
 
@@ -347,13 +357,15 @@ class Engine:
                         for sequence in group.rows:
                             self._finish(sequence, reason)
                     self._drop_cancelled_rows()
+                    stepped = False  # the first group's prompts go through the running rows' decode step
                     for indices in prefill_groups([len(g.request.prompt_ids) for g in admitted]):
-                        self._start([admitted[i] for i in indices])
-                    if admitted:
+                        with_step = self.prefill_in_step and not stepped and bool(self._rows) and not self._paused
+                        stepped = self._start([admitted[i] for i in indices], with_step) or stepped
+                    if admitted and not stepped:
                         # First tokens leave now, not after the decode step below: that step
                         # (one more token for every row) would add its length to their TTFT.
                         self._iteration_done()
-                    if self._rows and not self._paused:
+                    if self._rows and not self._paused and not stepped:
                         self._step()
                     self._iteration_done()
         except BaseException as exc:  # the thread must never die silently
@@ -416,10 +428,11 @@ class Engine:
     def _deadline(self, request: EngineRequest) -> float:
         return min(request.deadline, self._deadline_cap)
 
-    def _start(self, groups: list[_Request]) -> None:
+    def _start(self, groups: list[_Request], with_step: bool = False) -> bool:
         """Prefill prompts together (right-padded when their lengths differ; once per request whatever
         its n), sample the first tokens, and join the batch unless already finished. A failure fails
-        these requests only."""
+        these requests only. with_step: the running rows' decode step may take the prompts into its
+        forward (`_prefill_and_join`); returns whether it ran."""
         now = time.monotonic()
         for group in groups:
             self._push(group, [Started(now)])
@@ -431,15 +444,27 @@ class Engine:
             else:
                 fits.append(group)
         if fits:
-            self._prefill_and_join(fits)
+            return self._prefill_and_join(fits, with_step)
+        return False
 
-    def _prefill_and_join(self, groups: list[_Request]) -> None:
+    def _prefill_and_join(self, groups: list[_Request], with_step: bool = False) -> bool:
         """Prefill each request's prompt once, sample the first tokens of its rows (its keys and values
         copied into each row's slot), join. A drafting request starts its draft row only. If a shared
-        prefill fails, each request is tried alone, so that only the one that fails alone fails."""
+        prefill fails, each request is tried alone, so that only the one that fails alone fails.
+
+        with_step: when the batch can take the prompts into the decode step's forward (one chunk each, no
+        draft), the running rows' step runs now with them, one forward for both (`_step`), and the
+        newcomers join after it; returns whether it ran. If that step fails, its rows fail as a failed
+        step's do and the prompts are prefilled alone."""
+        stepped = False
         try:
             drafting = [group.n > 1 and serves_greedy_draft(group.request.controller, self.head) for group in groups]
-            step, cache = self._prefill([g.request.prompt_ids for g in groups], any(drafting))
+            prompts = [g.request.prompt_ids for g in groups]
+            step, cache = None, None
+            if with_step and not any(drafting) and self._batch.fits_in_step(prompts):
+                step, stepped = self._step(prompts), True
+            if step is None:
+                step, cache = self._prefill(prompts, any(drafting))
             starting: list[_Sequence] = []
             sources: list[int] = []  # the prefill row of each starting row
             for i, (group, follows) in enumerate(zip(groups, drafting, strict=True)):
@@ -463,13 +488,14 @@ class Engine:
                 log.warning("a prefill of %d requests failed (%s): prefilling each alone", len(groups), exc)
                 for group in groups:
                     self._prefill_and_join([group])
-                return
+                return stepped
             log.exception("prefill failed")
             self._error(groups[0], "internal", f"prefill failed: {exc}")
-            return
+            return stepped
         self._drafting.extend(group for group in groups if group.drafting)
         self._add_rows(starting, cache, sources, first)
         self._start_followers()
+        return stepped
 
     def _prefill(self, prompts: list[list[int]], drafting: bool) -> tuple[StepOutput, DynamicCache | None]:
         """One forward (chunked for long prompts) over prompts of any lengths: their last positions' step
@@ -612,15 +638,22 @@ class Engine:
             self._controllers[spec] = build_controller(spec, self.head)
         return self._controllers[spec]
 
-    def _step(self) -> None:
-        """One decode step for every row; finished rows leave the batch."""
+    def _step(self, prompts: list[list[int]] | None = None) -> StepOutput | None:
+        """One decode step for every row; finished rows leave the batch. With prompts (`SlotBatch.fits_in_step`),
+        their prefill runs in the step's forward: returns their last positions (for `add_prefilled` after
+        this), or None if the step failed."""
         if self.observer is not None:
             self.observer.observe_batch(len(self._rows))
+        prefilled = None
         try:
             noise = CounterNoise(self._seeds, self._counters)
             samplers = [s.sampler for s in self._rows]
             args, sampled_in_step = step_inputs(samplers, self.head, self._tau, noise, self._drafts)
-            step, sampled = self._batch.decode_then(self._next_tokens, sample_in_step, args)
+            if prompts:
+                step, sampled, prefilled = self._batch.decode_and_prefill_then(
+                    self._next_tokens, prompts, sample_in_step, args)
+            else:
+                step, sampled = self._batch.decode_then(self._next_tokens, sample_in_step, args)
             if sampled_in_step:
                 result = sampled_result(sampled)
             else:  # filters, greedy or entropy rows: drawn again, eagerly, from the step's logits
@@ -634,13 +667,14 @@ class Engine:
             for group in _groups_of(rows):
                 self._error(group, "internal", f"decode step failed: {exc}")
             self._start_followers()
-            return
+            return None
         self._tau = result.action.tau.float()
         self._next_tokens = result.tokens
         self._counters = self._counters + 1
         keep = [i for i, sequence in enumerate(self._rows) if not self._emit(sequence, *values[i])]
         self._keep_rows(keep)
         self._start_followers()
+        return prefilled
 
     def _emit(self, sequence: _Sequence, token: int, tau: float, updated: bool, logprob: float) -> bool:
         """Send one token's event (and the row's end, if this token ends it); True if done."""

@@ -4,7 +4,11 @@ What it does: `SlotBatch` holds keys and values for up to `slots` sequences of
 up to `max_len` tokens each, allocated once. Running rows occupy slots
 0..B-1 in order. With the native decoder, `prefill` runs prompts straight into
 the store's last slots (compiled, in bounded chunks) and `add_prefilled` joins
-each to the batch (a copy of its real tokens into the next free slot). A
+each to the batch (a copy of its real tokens into the next free slot);
+`decode_and_prefill_then` does a decode step and such a prefill (prompts of one
+chunk) in one forward (`NativeDecoder.mixed`), and `prefill` alone is that
+forward with two idle decode rows, so one compiled graph (`mixed_layer`)
+serves both. A
 sequence prefilled by the model's own forward (`prefill_alone` or
 `prefill_together`, a plain `DynamicCache`) joins by copying its keys and
 values into the next free slot;
@@ -43,7 +47,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from model import AttentionLayout, StepOutput, UnsupportedModelError, attention_layout, forward, new_cache, prefill
-from model.native_decoder import NativeDecoder, prefill_chunk, prefill_layer, unsupported_reason
+from model.native_decoder import NativeDecoder, PrefillChunk, mixed_layer, prefill_chunk, unsupported_reason
 from service.engine.graphs import GraphCache
 
 log = logging.getLogger(__name__)
@@ -190,6 +194,13 @@ def _native_step_then(
     return (logits, hidden, *then(logits, hidden, *args))
 
 
+def _sample_after(then: Callable, logits: torch.Tensor, hidden: torch.Tensor, args: tuple) -> tuple[torch.Tensor, ...]:
+    """then(logits, hidden, *args): the decode step's sampling, compiled on its own for a step whose forward
+    could not hold it (`SlotBatch.decode_and_prefill_then`: a forward a layer at a time). Eager, the
+    engine's sampler took 2 ms for 16 rows, most of what one forward saves."""
+    return then(logits, hidden, *args)
+
+
 def _graph_name(kind: str, args: tuple) -> str:
     """A graph per kind and per structure of its inputs: which `then` function, None or a tensor in each
     argument (a draft or none), and the number of layers' stores. Sizes are dynamic, so not part of it."""
@@ -318,7 +329,8 @@ class SlotBatch:
         # them (see graphs.py); the model's own forward stays a method compiled at each start.
         step = _native_step_then if self.native is not None else self._forward_then
         self._functions: dict[str, tuple[Callable, Callable]] = {
-            "step": (step, _float_constants), "prefill layer": (prefill_layer, _prefill_tracing),
+            "step": (step, _float_constants), "mixed layer": (mixed_layer, _prefill_tracing),
+            "sample": (_sample_after, _float_constants),
         }
         self._graphs = graphs if compile and self.native is not None else None
         self._compiled: dict[str, Callable] = {}  # function name -> torch.compile'd (without `graphs`)
@@ -327,7 +339,8 @@ class SlotBatch:
             self._compiled = {
                 "step": torch.compile(step, dynamic=True, mode=mode),
                 # Prefill shapes (rows, chunk, width) vary more than a step's: no CUDA graphs for them.
-                "prefill layer": torch.compile(prefill_layer, dynamic=True),
+                "mixed layer": torch.compile(mixed_layer, dynamic=True),
+                "sample": torch.compile(_sample_after, dynamic=True),
             }
         self._region_start = self.store_slots  # first slot of the rows `prefill` left (none yet)
         self._region_lengths: list[int] = []
@@ -394,25 +407,77 @@ class SlotBatch:
             raise ValueError(f"prompts need 1 to {self.max_len - 1} tokens")
         if not self._layers:
             self._allocate_native()
-        rows = max(count, MIN_BUCKET)
-        start = self.store_slots - rows
-        slot_starts = [(start + r) * self.capacity for r in range(rows)]
-        padded = prompts + [[]] * (rows - count)
+        # No running row decodes here: the forward's decode part is MIN_BUCKET idle rows (sizes 0 and 1 would
+        # each be a graph of their own), at position 0 of slots 0 and 1, writing where no step reads.
+        idle = torch.zeros(MIN_BUCKET, dtype=torch.long, device=self.device)
+        idle_writes = self._slot_base[:MIN_BUCKET] + self.capacity - 1
         logits = hidden = None
         for offset in range(0, max(lengths), chunk_tokens):
-            pieces = [p[offset : offset + chunk_tokens] for p in padded]
-            chunk = prefill_chunk(pieces, [offset] * rows, slot_starts, self.capacity - 1, self.device)
-            width = attention_width(offset + max(len(piece) for piece in pieces))
-            out = self._run_prefill(chunk.tokens, chunk.positions, chunk.write_index, chunk.cells,
-                                    chunk.grid_positions, chunk.last, width)
-            ends = [i for i, piece in enumerate(pieces[:count]) if piece and offset + len(piece) == lengths[i]]
+            chunk, width = self._prompt_chunk([p[offset : offset + chunk_tokens] for p in prompts], offset)
+            out = self._run_mixed(idle, idle, idle_writes, chunk, WIDTH_STEP, width)
+            out = out[0][MIN_BUCKET:], out[1][MIN_BUCKET:]
+            ends = [i for i, p in enumerate(prompts) if offset < len(p) <= offset + chunk_tokens]
             if logits is None:
                 logits, hidden = out[0][:count].clone(), out[1][:count].clone()
             if ends:
                 index = torch.tensor(ends, device=self.device)
                 logits[index], hidden[index] = out[0][index], out[1][index]
-        self._region_start, self._region_lengths = start, lengths
+        self._region_lengths = lengths
         return StepOutput(logits=logits, hidden=hidden)
+
+    def _prompt_chunk(self, pieces: list[list[int]], offset: int) -> tuple[PrefillChunk, int]:
+        """The chunk feeding pieces[r] (tokens offset.. of prompt r) into the store's last rows (at least
+        MIN_BUCKET of them: one graph for every number of prompts), and its attention width."""
+        rows = max(len(pieces), MIN_BUCKET)
+        self._region_start = self.store_slots - rows
+        slot_starts = [(self._region_start + r) * self.capacity for r in range(rows)]
+        padded = pieces + [[]] * (rows - len(pieces))
+        chunk = prefill_chunk(padded, [offset] * rows, slot_starts, self.capacity - 1, self.device)
+        return chunk, attention_width(offset + max(len(piece) for piece in pieces))
+
+    def fits_in_step(self, prompts: list[list[int]]) -> bool:
+        """Whether `decode_and_prefill_then` can take these prompts: the native decoder, rows running, room for
+        the prompts beside them, and each prompt one chunk."""
+        return (self.native is not None and 0 < self.size and self.size + len(prompts) <= self.slots
+                and 0 < min(map(len, prompts)) and max(map(len, prompts)) <= min(PREFILL_CHUNK, self.max_len - 1))
+
+    @torch.no_grad()
+    def decode_and_prefill_then(
+        self, tokens: torch.Tensor, prompts: list[list[int]], then: Callable | None = None, args: tuple = (),
+    ) -> tuple[StepOutput, tuple[torch.Tensor, ...] | None, StepOutput]:
+        """`decode_then(tokens, then, args)` and `prefill(prompts)` in one forward (`NativeDecoder.mixed`):
+        the running rows' step, then's results on it (a graph of its own after the forward), and the
+        prompts' last positions, which `add_prefilled` joins as after `prefill`. Needs `fits_in_step`."""
+        if not self.fits_in_step(prompts):
+            raise ValueError(f"{len(prompts)} prompts do not fit in a step beside {self.size} rows")
+        size = self.size
+        if tokens.shape[0] != size:
+            raise ValueError(f"need one token per row ({size} rows, got {tokens.shape[0]})")
+        longest = max(self._lengths)
+        if longest + 1 > self.max_len:
+            raise RuntimeError("a row has reached the end of its slot")
+        bucket = batch_bucket(size, self.slots)
+        positions = torch.tensor(self._lengths + [0] * (bucket - size), dtype=torch.long, device=self.device)
+        write_index = self._slot_base[:bucket] + positions
+        if bucket > size:
+            # Padding rows write at their slot's spare position, not at 0 as the step's do: the prompts'
+            # rows may be among their slots.
+            write_index[size:] = self._slot_base[size:bucket] + self.capacity - 1
+            tokens = torch.cat([tokens, tokens.new_zeros(bucket - size)])
+            args = tuple(_pad_rows(arg, size, bucket) for arg in args)
+        chunk, prompt_width = self._prompt_chunk(prompts, 0)
+        logits, hidden = self._run_mixed(tokens, positions, write_index, chunk,
+                                         attention_width(longest + 1), prompt_width)
+        after = None
+        if then is not None:
+            sampled = self._run("sample", (then, logits[:bucket], hidden[:bucket], args),
+                                (then, tuple(arg is None for arg in args)))
+            after = tuple(t[:size] for t in sampled)
+        self._lengths = [n + 1 for n in self._lengths]
+        self._region_lengths = [len(p) for p in prompts]
+        count = len(prompts)
+        step = StepOutput(logits=logits[:size], hidden=hidden[:size])
+        return step, after, StepOutput(logits=logits[bucket : bucket + count], hidden=hidden[bucket : bucket + count])
 
     def add_prefilled(self, index: int, length: int) -> None:
         """Join prompt `index` of the last `prefill` (its first `length` tokens) to the batch in the next slot."""
@@ -438,9 +503,10 @@ class SlotBatch:
     def warm_up(
         self, prompt_ids: list[int], then: Callable | None = None, make_args: Callable[[int], tuple] | None = None
     ) -> None:
-        """Compile (or just exercise) the decode step, and with the native decoder its prefill, with 1 and 2
-        rows of a dummy prompt (both run the one graph of batches >= 2: see `batch_bucket`), followed by
-        `then(logits, hidden, *make_args(rows))` when given (see `decode_then`); leaves the batch empty."""
+        """Compile (or just exercise) the decode step, and with the native decoder its prefill and a step that
+        takes a prompt (`decode_and_prefill_then`), with 1 and 2 rows of a dummy prompt (both run the one
+        graph of batches >= 2: see `batch_bucket`), followed by `then(logits, hidden, *make_args(rows))` when
+        given (see `decode_then`); leaves the batch empty."""
         if self.size:
             raise RuntimeError("warm up an empty batch only")
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
@@ -453,7 +519,10 @@ class SlotBatch:
                 for _ in range(rows):
                     self.add(prefill_alone(self.model, prompt)[1], len(prompt_ids))
             args = make_args(rows) if make_args is not None else ()
-            self.decode_then(torch.tensor(prompt_ids[-1:] * rows, device=self.device), then, args)
+            tokens = torch.tensor(prompt_ids[-1:] * rows, device=self.device)
+            self.decode_then(tokens, then, args)
+            if self.fits_in_step([prompt_ids]):
+                self.decode_and_prefill_then(tokens, [prompt_ids], then, args)
             self.clear()
         self._warm = True
 
@@ -503,22 +572,22 @@ class SlotBatch:
         return self._run("step", (self.native, self._key_stores, self._value_stores, tokens, positions,
                                   self.write_index, self._rope, self.store_slots, self.width, then, args), variant)
 
-    def _run_prefill(
-        self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor,
-        grid_positions: torch.Tensor, last: torch.Tensor, width: int,
+    def _run_mixed(
+        self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, chunk: PrefillChunk,
+        decode_width: int, prompt_width: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.native is not None
-        return self.native.prefill(self._key_stores, self._value_stores, tokens, positions, write_index, cells,
-                                   grid_positions, last, self.store_slots, width, self._prefill_layer)
+        return self.native.mixed(self._key_stores, self._value_stores, tokens, positions, write_index, chunk,
+                                 self.store_slots, decode_width, prompt_width, self._mixed_layer)
 
-    def _prefill_layer(self, decoder: NativeDecoder, layer, keys, values, x: torch.Tensor, *args) -> torch.Tensor:
-        # x (N, d): d static, as it is in the graph of a whole forward (then it comes from a Parameter's size),
-        # so the graph's loops know the hidden size.
+    def _mixed_layer(self, decoder: NativeDecoder, layer, keys, values, x: torch.Tensor, *args) -> torch.Tensor:
+        # x (B + N, d): d static, as it is in the graph of a whole forward (then it comes from a Parameter's
+        # size), so the graph's loops know the hidden size.
         torch._dynamo.mark_static(x, 1)
-        return self._run("prefill layer", (decoder, layer, keys, values, x, *args))
+        return self._run("mixed layer", (decoder, layer, keys, values, x, *args))
 
     def _run(self, name: str, args: tuple, variant: tuple = ()):
-        """The function `name` ("step" or "prefill layer") on args: eager, compiled at this start, or (with
+        """The function `name` ("step", "mixed layer" or "sample") on args: eager, compiled at this start, or (with
         `graphs`) loaded or compiled once and saved, one graph per `variant` of the call (what, besides
         sizes, differs between calls: see `_run_step`). Its saved name (`_graph_name`) is worked out once per
         variant: hashing every call's arguments cost ~50 us."""

@@ -165,6 +165,7 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
             max_waiting=spec.max_waiting,
             max_sequence_length=spec.max_sequence_length,
             prefill_token_budget=spec.prefill_token_budget,
+            prefill_in_step=spec.prefill_in_step,
             compile=compile,
             native_decode=spec.native_decode,
             graph_folder=default_graph_folder() if compile else None,

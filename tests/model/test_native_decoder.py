@@ -86,6 +86,35 @@ def test_prompts_prefilled_in_chunks_then_decoded_give_the_models_own_logits(bui
         torch.testing.assert_close(logits[row], alone, atol=2e-5, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_running_rows_and_prompts_in_one_forward_give_the_models_own_logits(tiny_lm):
+    """`NativeDecoder.mixed`: two running rows (slots 0 and 1, at positions 4 and 7) take their next token
+    while two prompts (the last two slots) are prefilled, in one forward: each gets what the model's own
+    forward gives it alone."""
+    lengths, prompt_lengths = [5, 8], [6, 3]
+    ids = torch.randint(3, tiny_lm.config.vocab_size, (4, 9), generator=torch.Generator().manual_seed(3))
+    decoder = NativeDecoder(tiny_lm, CONTEXT)
+    keys, values, capacity = _stores(tiny_lm, decoder)
+    for t in range(max(lengths) - 1):  # the running rows' history, one step at a time
+        positions = torch.tensor([min(t, n - 2) for n in lengths])
+        tokens = ids[torch.arange(2), positions]
+        decoder.step(keys, values, tokens, positions, torch.arange(2) * capacity + positions, SLOTS, 64,
+                     decoder.rope(positions))
+    positions = torch.tensor(lengths) - 1
+    pieces = [ids[2 + r, :n].tolist() for r, n in enumerate(prompt_lengths)]
+    chunk = prefill_chunk(pieces, [0, 0], [(2 + r) * capacity for r in range(2)], capacity - 1, "cpu")
+    logits, hidden = decoder.mixed(keys, values, ids[torch.arange(2), positions], positions,
+                                   torch.arange(2) * capacity + positions, chunk, SLOTS, 64, 64)
+    assert logits.shape[0] == hidden.shape[0] == 4
+    for row, n in enumerate(lengths):
+        alone = tiny_lm(input_ids=ids[row : row + 1, :n], output_hidden_states=True)
+        torch.testing.assert_close(logits[row], alone.logits[0, -1], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(hidden[row], alone.hidden_states[-1][0, -1], atol=2e-5, rtol=1e-5)
+    for r, n in enumerate(prompt_lengths):
+        alone = tiny_lm(input_ids=ids[2 + r : 3 + r, :n]).logits[0, -1]
+        torch.testing.assert_close(logits[2 + r], alone, atol=2e-5, rtol=1e-5)
+
+
 def test_models_it_cannot_run_are_named_with_the_reason(tokenizer, tiny_lm):
     assert unsupported_reason(tiny_lm, CONTEXT) is None
     assert "sliding" in unsupported_reason(sliding_mistral(tokenizer), CONTEXT)

@@ -138,16 +138,17 @@ def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its
                 for i, p in enumerate(prompts)]
     prefills = []
     first_prefill_started, rest_submitted = threading.Event(), threading.Event()
-    real_prefill = engine_module.Engine._prefill
+    real_prefill_and_join = engine_module.Engine._prefill_and_join
 
-    def recording_prefill(engine, prompt_ids, drafting):
-        prefills.append(sorted(len(p) for p in prompt_ids))
-        if len(prefills) == 1:
+    def recording_prefill_and_join(engine, groups, with_step=False):
+        if not prefills:
             # Hold the first arrival's prefill until the rest have queued, so that
             # the grouping below does not depend on thread timing.
             first_prefill_started.set()
             rest_submitted.wait(timeout=30)
-        return real_prefill(engine, prompt_ids, drafting)
+        stepped = real_prefill_and_join(engine, groups, with_step)
+        prefills.append((sorted(len(g.request.prompt_ids) for g in groups), stepped))
+        return stepped
 
     async def first_alone_then_the_rest(scheduler: Scheduler) -> list[Completed]:
         handles = [scheduler.submit(requests[0])]
@@ -156,14 +157,15 @@ def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its
         rest_submitted.set()
         return await asyncio.gather(*(h.result() for h in handles))
 
-    monkeypatch.setattr(engine_module.Engine, "_prefill", recording_prefill)
+    monkeypatch.setattr(engine_module.Engine, "_prefill_and_join", recording_prefill_and_join)
     with running_engine(checkpoint, max_running=8, compile=compile) as scheduler:
         # After warm-up nothing may compile again: new batch sizes, prompt lengths
         # and widths all run on the warmed-up graphs (a recompile fails the request).
         with torch.compiler.set_stance("fail_on_recompile" if compile else "default"):
             done = asyncio.run(first_alone_then_the_rest(scheduler))
-    # The first alone; then the six short ones in one padded forward; the long one on its own.
-    assert prefills == [[12], [7, 11, 11, 12, 12, 12], [45]]
+    # The first alone, into an idle engine; then the six short ones in one forward, the running row's
+    # decode step (one forward for both); the long one on its own.
+    assert prefills == [([12], False), ([7, 11, 11, 12, 12, 12], True), ([45], False)]
     for request, result in zip(requests, done, strict=True):
         expected = reference(checkpoint, request.prompt, max_new_tokens=24, seed=request.seed, stop_at_eos=False)
         assert token_ids(result) == reference_tokens(expected), request.prompt
@@ -353,8 +355,12 @@ def test_a_failing_prefill_fails_only_that_request(checkpoint, monkeypatch):
     monkeypatch.setattr(engine_module.Engine, "_prefill", prefill_refusing_x)
 
     async def scenario(scheduler: Scheduler):
-        bad = scheduler.submit(GenerationInput(prompt="x", max_new_tokens=5))
-        good = scheduler.submit(GenerationInput(prompt="hello", max_new_tokens=5, ignore_eos=True))
+        # Decode paused until both are prefilled: a request that joined while the other decoded would go
+        # through that row's step, not through `_prefill` (see the test below).
+        with decode_paused(scheduler.engine):
+            bad = scheduler.submit(GenerationInput(prompt="x", max_new_tokens=5))
+            good = scheduler.submit(GenerationInput(prompt="hello", max_new_tokens=5, ignore_eos=True))
+            assert await asyncio.to_thread(scheduler.engine.wait_until, lambda running, waiting: waiting == 0, 30)
         results = await asyncio.gather(bad.result(), good.result(), return_exceptions=True)
         return results
 
@@ -363,6 +369,36 @@ def test_a_failing_prefill_fails_only_that_request(checkpoint, monkeypatch):
         assert scheduler.engine.load() == (0, 0)
     assert isinstance(bad, ServiceError) and bad.status == 500
     assert isinstance(good, Completed) and len(good.tokens) == 5
+
+
+def test_a_step_that_fails_with_newcomers_in_it_fails_its_rows_and_prefills_the_newcomers_alone(
+    checkpoint, monkeypatch
+):
+    """A step that takes joining prompts fails as a step does (its running rows fail with 500); the prompts
+    it held are then prefilled on their own and their requests complete."""
+    real_in_step = SlotBatch.decode_and_prefill_then
+
+    def failing_in_step(batch, tokens, prompts, *args, **kwargs):
+        raise RuntimeError("simulated device error")
+
+    async def scenario(scheduler: Scheduler):
+        running = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=LONG, ignore_eos=True))
+        events = running.events()
+        await anext(events)  # its first token: it is in the batch, decoding
+        monkeypatch.setattr(SlotBatch, "decode_and_prefill_then", failing_in_step)
+        joining = scheduler.submit(GenerationInput(prompt="hello", max_new_tokens=5, ignore_eos=True))
+        with pytest.raises(ServiceError) as failed:
+            async for _ in events:
+                pass
+        done = await joining.result()
+        monkeypatch.setattr(SlotBatch, "decode_and_prefill_then", real_in_step)
+        return failed.value, done
+
+    with running_engine(checkpoint) as scheduler:
+        failed, done = asyncio.run(scenario(scheduler))
+        assert scheduler.engine.alive and scheduler.engine.load() == (0, 0)
+    assert failed.status == 500 and "simulated device error" in failed.message
+    assert isinstance(done, Completed) and len(done.tokens) == 5
 
 
 def test_stopping_the_engine_ends_requests_still_in_it_with_503(checkpoint):

@@ -97,6 +97,65 @@ def _feed(batch: SlotBatch, model, prompts, fed, joins, leaves, prefill_chunk) -
     return seen
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@torch.no_grad()
+def test_prompts_taken_into_the_running_rows_step_get_the_logits_of_solo_decoding(checkpoint, compile):
+    """`decode_and_prefill_then`: the running rows' step and newcomers' prompts in one forward. Five rows start
+    (an idle batch prefills alone); at step 2 two prompts join in the step of those five, whose padding rows
+    (5 rows pad to 8) share a slot with the prompts' (the store's last two); at step 4 one more joins beside
+    six. Every row's logits at every step equal solo decoding, and compiled, nothing compiles after warm-up."""
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    prompts = [encode_prompt(tokenizer, p) for p in PROMPTS]
+    fed = [[(5 * r + t) % 90 + 4 for t in range(8)] for r in range(len(prompts))]
+    joins, leaves = [0, 0, 0, 0, 0, 2, 2, 4], [8, 3, 8, 6, 8, 8, 5, 4]
+    batch = SlotBatch(model, slots=8, max_len=128, device=torch.device("cpu"), compile=compile)
+    batch.warm_up(prompts[0])
+    rows: list[int] = []
+    seen: dict[int, list[torch.Tensor]] = {r: [] for r in range(len(prompts))}
+    took_prompts = []
+    with torch.compiler.set_stance("fail_on_recompile" if compile else "default"):
+        for step in range(12):
+            joining = [r for r, join in enumerate(joins) if join == step]
+            tokens = torch.tensor([fed[r][len(seen[r]) - 1] for r in rows])
+            if rows and joining:
+                assert batch.fits_in_step([prompts[r] for r in joining])
+                out, _, first = batch.decode_and_prefill_then(tokens, [prompts[r] for r in joining])
+                took_prompts.append(step)
+            else:
+                if joining:
+                    first = batch.prefill([prompts[r] for r in joining])
+                out = batch.decode(tokens) if rows else None
+            for i, r in enumerate(rows):
+                seen[r].append(out.logits[i])
+            keep = [i for i, r in enumerate(rows) if len(seen[r]) <= leaves[r]]
+            batch.keep(keep)
+            rows = [rows[i] for i in keep]
+            for j, r in enumerate(joining):
+                seen[r].append(first.logits[j])
+                batch.add_prefilled(j, len(prompts[r]))
+                rows.append(r)
+            if not rows:
+                break
+    assert took_prompts == [2, 4]
+    for r in range(len(prompts)):
+        solo = _solo_logits(model, prompts[r], fed[r][: leaves[r]])
+        assert len(seen[r]) == len(solo) == leaves[r] + 1, r
+        for got, expected in zip(seen[r], solo, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_step_takes_only_prompts_of_one_chunk_beside_running_rows(checkpoint):
+    batch = SlotBatch(checkpoint.model, slots=4, max_len=512, device=torch.device("cpu"))
+    assert not batch.fits_in_step([[5, 6]])  # no running row: a prefill of its own
+    batch.prefill([[5, 6, 7]])
+    batch.add_prefilled(0, 3)
+    assert batch.fits_in_step([[5, 6], [7]])
+    assert not batch.fits_in_step([[5]] * 4)  # 1 + 4 rows in 4 slots
+    assert not batch.fits_in_step([[5] * 300])  # two chunks of PREFILL_CHUNK
+    with pytest.raises(ValueError, match="do not fit"):
+        batch.decode_and_prefill_then(torch.tensor([1]), [[5] * 300])
+
+
 LAYOUTS = {
     "sliding-window": sliding_mistral,
     "sliding-window-phi3": sliding_phi3,

@@ -20,7 +20,7 @@ from model import (
     load_checkpoint,
 )
 from service.api.scheduler import Completed, GenerationInput, encode_prompt
-from service.engine import engine as engine_module
+from service.engine.kv import SlotBatch
 from service.errors import ServiceError
 from service.messages import row_seed
 from tests.service.support import (
@@ -81,15 +81,21 @@ def test_each_of_n_seeded_samples_equals_the_reference_of_its_row_seed_alone_and
 
 
 def test_a_request_of_n_samples_prefills_its_prompt_once_where_n_requests_prefill_n_times(checkpoint, monkeypatch):
-    prefilled: list[list[list[int]]] = []
-    original = engine_module.Engine._prefill
+    prefilled: list[list[list[int]]] = []  # the prompts of each forward that prefills
+    prefill, in_step = SlotBatch.prefill, SlotBatch.decode_and_prefill_then
 
-    def counting(engine, prompts, drafting):
+    def counting_prefill(batch, prompts, *args, **kwargs):
         prefilled.append([list(p) for p in prompts])
-        return original(engine, prompts, drafting)
+        return prefill(batch, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module.Engine, "_prefill", counting)
+    def counting_in_step(batch, tokens, prompts, *args, **kwargs):  # prompts that join in a running step
+        prefilled.append([list(p) for p in prompts])
+        return in_step(batch, tokens, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(SlotBatch, "prefill", counting_prefill)
+    monkeypatch.setattr(SlotBatch, "decode_and_prefill_then", counting_in_step)
     with running_engine(checkpoint, max_running=8) as scheduler:
+        prefilled.clear()  # the warm-up's
         (shared,) = asyncio.run(run_all(scheduler, [GenerationInput(prompt=PROMPT, max_new_tokens=8, seed=3, n=8)]))
         shared_prompts = sum(len(batch) for batch in prefilled)
         prefilled.clear()
