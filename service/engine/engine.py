@@ -253,7 +253,7 @@ class Engine:
             return step_inputs([sampler] * rows, self.head, tau, noise, drafts)[0]
 
         with torch.inference_mode():
-            self._batch.warm_up(prompt_ids, sample_in_step, inputs)
+            self._batch.warm_up(prompt_ids, sample_in_step, inputs, prompts_in_step=self.prefill_in_step)
 
     def start(self) -> None:
         """Run the loop in a thread of its own."""

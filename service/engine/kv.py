@@ -501,12 +501,14 @@ class SlotBatch:
 
     @torch.no_grad()
     def warm_up(
-        self, prompt_ids: list[int], then: Callable | None = None, make_args: Callable[[int], tuple] | None = None
+        self, prompt_ids: list[int], then: Callable | None = None, make_args: Callable[[int], tuple] | None = None,
+        prompts_in_step: bool = True,
     ) -> None:
         """Compile (or just exercise) the decode step, and with the native decoder its prefill and a step that
         takes a prompt (`decode_and_prefill_then`), with 1 and 2 rows of a dummy prompt (both run the one
         graph of batches >= 2: see `batch_bucket`), followed by `then(logits, hidden, *make_args(rows))` when
-        given (see `decode_then`); leaves the batch empty."""
+        given (see `decode_then`); leaves the batch empty. prompts_in_step=False: no step that takes a prompt
+        (a caller that never asks for one compiles nothing for it: `then` on its own is one graph more)."""
         if self.size:
             raise RuntimeError("warm up an empty batch only")
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
@@ -521,7 +523,7 @@ class SlotBatch:
             args = make_args(rows) if make_args is not None else ()
             tokens = torch.tensor(prompt_ids[-1:] * rows, device=self.device)
             self.decode_then(tokens, then, args)
-            if self.fits_in_step([prompt_ids]):
+            if prompts_in_step and self.fits_in_step([prompt_ids]):
                 self.decode_and_prefill_then(tokens, [prompt_ids], then, args)
             self.clear()
         self._warm = True

@@ -36,7 +36,8 @@ EAGER_AND_COMPILED = pytest.mark.parametrize(
 
 @contextmanager
 def running_engine(
-    checkpoint, *, max_running=8, max_waiting=32, prefill_token_budget=2048, compile=False, graph_folder=None
+    checkpoint, *, max_running=8, max_waiting=32, prefill_token_budget=2048, compile=False, graph_folder=None,
+    prefill_in_step=True, warm_up=None,
 ) -> Iterator[Scheduler]:
     metrics = ServiceMetrics("test")
     engine = Engine(
@@ -47,6 +48,7 @@ def running_engine(
         max_waiting=max_waiting,
         max_sequence_length=512,
         prefill_token_budget=prefill_token_budget,
+        prefill_in_step=prefill_in_step,
         compile=compile,
         graph_folder=graph_folder,
         observer=metrics,
@@ -57,7 +59,7 @@ def running_engine(
         default_timeout_s=120.0, max_timeout_s=600.0, retry_after_s=1, tau_range=(config.tau_min, config.tau_max),
         max_n=max_running,
     )
-    if compile:
+    if compile if warm_up is None else warm_up:
         engine.warm_up([1, 5, 6])
     engine.start()
     try:
@@ -399,6 +401,25 @@ def test_a_step_that_fails_with_newcomers_in_it_fails_its_rows_and_prefills_the_
         assert scheduler.engine.alive and scheduler.engine.load() == (0, 0)
     assert failed.status == 500 and "simulated device error" in failed.message
     assert isinstance(done, Completed) and len(done.tokens) == 5
+
+
+def test_with_prefill_in_step_off_newcomers_are_prefilled_on_their_own_and_warm_up_takes_no_prompt_in_a_step(
+    checkpoint, monkeypatch
+):
+    calls = []
+    monkeypatch.setattr(SlotBatch, "decode_and_prefill_then", lambda *args, **kwargs: calls.append(args))
+
+    async def scenario(scheduler: Scheduler):
+        running = scheduler.submit(GenerationInput(prompt="1 2>3\n", max_new_tokens=24, ignore_eos=True))
+        events = running.events()
+        await anext(events)  # decoding when the next one joins
+        joining = scheduler.submit(GenerationInput(prompt="hello", max_new_tokens=5, ignore_eos=True))
+        return await asyncio.gather(running.result(), joining.result())
+
+    with running_engine(checkpoint, prefill_in_step=False, warm_up=True) as scheduler:
+        first, second = asyncio.run(scenario(scheduler))
+    assert calls == []
+    assert first.finish.reason == "length" and len(second.tokens) == 5
 
 
 def test_stopping_the_engine_ends_requests_still_in_it_with_503(checkpoint):
