@@ -451,23 +451,10 @@ class SlotBatch:
         if not self.fits_in_step(prompts):
             raise ValueError(f"{len(prompts)} prompts do not fit in a step beside {self.size} rows")
         size = self.size
-        if tokens.shape[0] != size:
-            raise ValueError(f"need one token per row ({size} rows, got {tokens.shape[0]})")
-        longest = max(self._lengths)
-        if longest + 1 > self.max_len:
-            raise RuntimeError("a row has reached the end of its slot")
-        bucket = batch_bucket(size, self.slots)
-        positions = torch.tensor(self._lengths + [0] * (bucket - size), dtype=torch.long, device=self.device)
-        write_index = self._slot_base[:bucket] + positions
-        if bucket > size:
-            # Padding rows write at their slot's spare position, not at 0 as the step's do: the prompts'
-            # rows may be among their slots.
-            write_index[size:] = self._slot_base[size:bucket] + self.capacity - 1
-            tokens = torch.cat([tokens, tokens.new_zeros(bucket - size)])
-            args = tuple(_pad_rows(arg, size, bucket) for arg in args)
+        tokens, positions, write_index, args, width = self._step_rows(tokens, args)
+        bucket = tokens.shape[0]
         chunk, prompt_width = self._prompt_chunk(prompts, 0)
-        logits, hidden = self._run_mixed(tokens, positions, write_index, chunk,
-                                         attention_width(longest + 1), prompt_width)
+        logits, hidden = self._run_mixed(tokens, positions, write_index, chunk, width, prompt_width)
         after = None
         if then is not None:
             sampled = self._run("sample", (then, logits[:bucket], hidden[:bucket], args),
@@ -545,6 +532,23 @@ class SlotBatch:
         engine samples there). Tensor args with a row per row (B, ...) are padded to the batch bucket with
         copies of row 0, and then's results are cut back to B rows; None when `then` is None."""
         size = self.size
+        tokens, positions, self.write_index, args, self.width = self._step_rows(tokens, args)
+        if self.native is not None:
+            self._rope = self.native.rope(positions)
+        logits, hidden, *rest = self._run_step(tokens, positions, then, args)
+        self._lengths = [n + 1 for n in self._lengths]
+        after = tuple(t[:size] for t in rest) if then is not None else None
+        return StepOutput(logits=logits[:size], hidden=hidden[:size]), after
+
+    def _step_rows(
+        self, tokens: torch.Tensor, args: tuple
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple, int]:
+        """A step's inputs for the running rows, padded to the batch bucket: tokens (bucket,) (padding rows
+        feed token 0), positions (bucket,), write indices (bucket,), `args` (tensors with a row per row padded
+        with copies of row 0) and the attention width (< capacity: the longest row + 1 <= max_len). Padding
+        rows decode garbage at position 0 of free slots and write it at the slot's spare position, which no
+        step reads: a prompt prefilled in the same forward may be in one of those slots."""
+        size = self.size
         if size == 0 or tokens.shape[0] != size:
             raise ValueError(f"need one token per row ({size} rows, got {tokens.shape[0]})")
         longest = max(self._lengths)
@@ -552,17 +556,12 @@ class SlotBatch:
             raise RuntimeError("a row has reached the end of its slot")
         bucket = batch_bucket(size, self.slots)
         positions = torch.tensor(self._lengths + [0] * (bucket - size), dtype=torch.long, device=self.device)
-        if bucket > size:  # padding rows decode garbage into free slots, at position 0
+        write_index = self._slot_base[:bucket] + positions
+        if bucket > size:
+            write_index[size:] += self.capacity - 1
             tokens = torch.cat([tokens, tokens.new_zeros(bucket - size)])
             args = tuple(_pad_rows(arg, size, bucket) for arg in args)
-        self.width = attention_width(longest + 1)  # < capacity: longest + 1 <= max_len
-        self.write_index = self._slot_base[:bucket] + positions
-        if self.native is not None:
-            self._rope = self.native.rope(positions)
-        logits, hidden, *rest = self._run_step(tokens, positions, then, args)
-        self._lengths = [n + 1 for n in self._lengths]
-        after = tuple(t[:size] for t in rest) if then is not None else None
-        return StepOutput(logits=logits[:size], hidden=hidden[:size]), after
+        return tokens, positions, write_index, args, attention_width(longest + 1)
 
     def _run_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
