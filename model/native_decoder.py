@@ -26,20 +26,24 @@ with causal attention over each row's slot, so a prompt needs no Hugging Face
 forward and no copy from its cache, and only real tokens (no padding) go
 through the matmuls: compiled, one 30-token prompt of the bundled model
 measured 5.7 ms against 7.5 ms through the Hugging Face forward on a CPU. It
-runs a layer at a time through `prefill_layer`, a function of its inputs
-alone, so a caller compiles one graph for every layer: compiling it cold took
-19 s against 32 to 55 s for a graph of the bundled model's whole prefill, for
-a prefill about 1 ms slower for one 30-token prompt (6.4 against 5.4 ms) and
-3% slower for 16 of them (45.9 against 44.8 ms), measured in one process.
+runs a layer at a time (`mixed_layer`, below), a function of its inputs alone,
+so a caller compiles one graph for every layer: compiling it cold took 19 s
+against 32 to 55 s for a graph of the bundled model's whole prefill, for a
+prefill about 1 ms slower for one 30-token prompt (6.4 against 5.4 ms) and 3%
+slower for 16 of them (45.9 against 44.8 ms), measured in one process (with
+the prefill's own layer function, which `mixed_layer` replaced).
 
-`mixed` runs both in one forward, as vLLM's scheduler mixes prefill chunks into decode steps: B
-running rows' next tokens and a chunk of prompts go through the matmuls together, and attention is
-split by kind (each running row over its slot as `step` attends, the prompts on `prefill`'s grid),
-through `mixed_layer`, compiled the same way. Against a decode step and a prefill run one after the
-other, a round in which one 12-token prompt joins 16 running rows took 0.70 of the time, four
-64-token prompts 0.88 (bench/mixed_step.py, BENCHMARKS.md). Attending every token on the grid
-instead, running rows as one-token pieces, was slower with long prompts (1.2 to 1.3 times the two
-forwards, 64-token prompts beside 16 rows): a one-token row paid for the grid's columns.
+`mixed` runs both in one forward (`prefill` is `mixed` with no running row), as
+vLLM's scheduler mixes prefill chunks into decode steps: B running rows' next
+tokens and a chunk of prompts go through the matmuls together, and attention is
+split by kind (each running row over its slot as `step` attends, the prompts on
+`prefill`'s grid), through `mixed_layer`, compiled the same way. Against a
+decode step and a prefill run one after the other, a round in which one
+12-token prompt joins 16 running rows took 0.70 of the time, four 64-token
+prompts 0.88 (bench/mixed_step.py, BENCHMARKS.md). Attending every token on the
+grid instead, running rows as one-token pieces, was slower with long prompts
+(1.2 to 1.3 times the two forwards, 64-token prompts beside 16 rows): a
+one-token row paid for the grid's columns.
 
 What it does not do: sliding windows, rope that changes with the sequence length ("dynamic",
 "longrope"), or any other architecture: `unsupported_reason` names what it
@@ -151,35 +155,20 @@ class NativeDecoder:
         return F.linear(hidden, self.lm_head, self.lm_bias).float(), hidden
 
     def prefill(
-        self,
-        key_stores: list[torch.Tensor],
-        value_stores: list[torch.Tensor],
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        write_index: torch.Tensor,
-        cells: torch.Tensor,
-        grid_positions: torch.Tensor,
-        last: torch.Tensor,
-        slots: int,
+        self, key_stores: list[torch.Tensor], value_stores: list[torch.Tensor], chunk: PrefillChunk, slots: int,
         width: int,
-        layer_function: Callable | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt tokens of R rows into the last R slots: tokens (N,) at positions (N,), written at
-        write_index (N,) (row r's slot is slots - R + r). Only these N tokens go through the matmuls; for
-        attention each sits in cell cells[n] of an (R, columns) grid, row r's cells at grid_positions (R,
-        columns) (cells no token fills, and a spare cell that padding tokens share, at position 0). Token n
+        """Prompt tokens of R rows into the last R slots (`prefill_chunk`: row r's slot is slots - R + r). Only
+        the chunk's N tokens go through the matmuls; for attention each sits in a cell of an (R, columns)
+        grid (cells no token fills, and a spare cell that padding tokens share, at position 0). Token n
         attends to its row's positions 0..positions[n] among the first `width`: causal attention over what is
         already in the slot and over the chunk itself, so a prompt can arrive in chunks. Padding tokens
-        write where no step reads. Returns logits (R, V) float32 and hidden (R, d) at tokens last (R,).
+        write where no step reads. Returns logits (R, V) float32 and hidden (R, d) at tokens `chunk.last`.
 
-        layer_function: runs each layer, called as `prefill_layer` is (default: `prefill_layer`); a caller
-        passes a compiled one, so one graph serves every layer (see `prefill_layer`)."""
-        run_layer = layer_function or prefill_layer
-        x = F.embedding(tokens, self.embedding)  # (N, d)
-        for layer, keys, values in zip(self.layers, key_stores, value_stores, strict=True):
-            x = run_layer(self, layer, keys, values, x, positions, write_index, cells, grid_positions, slots, width)
-        hidden = _rms_norm(x[last], self.final_norm, self.eps)  # (R, d)
-        return F.linear(hidden, self.lm_head, self.lm_bias).float(), hidden
+        `mixed` with no running row. Eager only: a compiled caller passes idle rows instead (dynamo gives
+        size 0 a graph of its own), as kv.SlotBatch.prefill does."""
+        none = chunk.tokens.new_zeros(0)
+        return self.mixed(key_stores, value_stores, none, none, none, chunk, slots, width, width)
 
     def mixed(
         self,
@@ -255,25 +244,6 @@ class NativeDecoder:
         return x + F.linear(F.silu(gate) * up, layer.down)
 
 
-def prefill_layer(
-    decoder: NativeDecoder, layer: _Layer, keys: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
-    positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor, grid_positions: torch.Tensor,
-    slots: int, width: int,
-) -> torch.Tensor:
-    """One layer of `NativeDecoder.prefill`: x (N, d) -> (N, d), its keys and values written in the layer's
-    stores. A function of its inputs alone (the layer's weights among them): compiled, one graph serves every
-    layer, a quarter of the code to generate and load of a graph of the whole prefill (4 layers), at the cost
-    of a call per layer, small beside a prefill's matmuls."""
-    bias = _grid_bias(grid_positions, width)
-    # cos/sin looked up here, not passed in as `step`'s are (inputs whose sizes dynamo need not relate).
-    cos, sin = decoder.cos[positions].unsqueeze(1), decoder.sin[positions].unsqueeze(1)  # (N, 1, D) each
-
-    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return _attend_grid(decoder, q, keys, values, cells, grid_positions, slots, width, bias)
-
-    return decoder.layer_forward(layer, keys, values, x, cos, sin, write_index, attend)
-
-
 def mixed_layer(
     decoder: NativeDecoder, layer: _Layer, keys: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
     decode_positions: torch.Tensor, prompt_positions: torch.Tensor, write_index: torch.Tensor, cells: torch.Tensor,
@@ -282,9 +252,10 @@ def mixed_layer(
     """One layer of `NativeDecoder.mixed`: x (B + N, d) -> (B + N, d). Its first B rows are running rows'
     tokens (row b in slot b, at decode_positions[b], attending as `step`'s rows do over the first
     `decode_width` positions of their slot); the other N are prompt tokens at prompt_positions, attending
-    as `prefill_layer`'s do (their rows in the store's last R slots, on the (R, columns) grid). The matmuls
-    take all B + N tokens at once; only attention is split by kind, as vLLM splits it. A function of its
-    inputs alone, compiled as `prefill_layer` is: one graph for every layer."""
+    as `prefill`'s do (their rows in the store's last R slots, on the (R, columns) grid). The matmuls take
+    all B + N tokens at once; only attention is split by kind, as vLLM splits it. A function of its inputs
+    alone (the layer's weights among them): compiled, one graph serves every layer, a quarter of the code to
+    generate and load of a graph of the whole forward (4 layers), at the cost of a call per layer."""
     running = decode_positions.shape[0]
     positions = torch.cat([decode_positions, prompt_positions])  # (B + N,)
     cos, sin = decoder.cos[positions].unsqueeze(1), decoder.sin[positions].unsqueeze(1)  # (B + N, 1, D) each

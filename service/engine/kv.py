@@ -427,7 +427,8 @@ class SlotBatch:
 
     def _prompt_chunk(self, pieces: list[list[int]], offset: int) -> tuple[PrefillChunk, int]:
         """The chunk feeding pieces[r] (tokens offset.. of prompt r) into the store's last rows (at least
-        MIN_BUCKET of them: one graph for every number of prompts), and its attention width."""
+        MIN_BUCKET of them: one graph for every number of prompts), and its attention width; those rows
+        become the region `add_prefilled` joins from."""
         rows = max(len(pieces), MIN_BUCKET)
         self._region_start = self.store_slots - rows
         slot_starts = [(self._region_start + r) * self.capacity for r in range(rows)]

@@ -70,8 +70,7 @@ def test_prompts_prefilled_in_chunks_then_decoded_give_the_models_own_logits(bui
         pieces = [ids[r, start : min(stop, n)].tolist() for r, n in enumerate(lengths)]
         chunk = prefill_chunk(pieces, [start] * SLOTS, [r * capacity for r in range(SLOTS)], capacity - 1, "cpu")
         assert chunk.tokens.shape[0] % 8 == 0  # padded
-        logits, hidden = decoder.prefill(keys, values, chunk.tokens, chunk.positions, chunk.write_index,
-                                         chunk.cells, chunk.grid_positions, chunk.last, SLOTS, 64)
+        logits, hidden = decoder.prefill(keys, values, chunk, SLOTS, 64)
         for row, n in enumerate(lengths):
             if start < n <= stop:  # this chunk ends row's prompt
                 alone = model(input_ids=ids[row : row + 1, :n], output_hidden_states=True)
