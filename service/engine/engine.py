@@ -22,8 +22,8 @@ between two decode steps:
      first tokens, and step 4 does not run again in that iteration;
   4. runs one decode step for every row (unless paused) and samples the next
      token per row in that same step (`kv.SlotBatch.decode_then` with
-     `sampling.sample_in_step`: one compiled graph for the forward, the
-     temperature head and the draw, whatever mix of learned and fixed rows;
+     `sampling.sample_in_step`: the compiled forward, then one compiled graph
+     for the temperature head and the draw, whatever mix of learned and fixed rows;
      rows with filters, greedy or entropy rows are drawn again by
      `sampling.sample_rows` from the step's logits), with counter-based noise
      keyed by each request's seed and token index, then emits one `Sampled` event per

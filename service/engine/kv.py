@@ -181,23 +181,22 @@ def _native_decoder(model: PreTrainedModel, max_len: int, native: bool | Literal
     return None
 
 
-def _native_step_then(
+def _native_step(
     decoder: NativeDecoder, key_stores: list[torch.Tensor], value_stores: list[torch.Tensor], tokens: torch.Tensor,
     positions: torch.Tensor, write_index: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], slots: int,
-    width: int, then: Callable | None, args: tuple,
-) -> tuple[torch.Tensor, ...]:
-    """`NativeDecoder.step`, then then(logits, hidden, *args) when given: the function compiled as the decode
-    step, every input an argument (nothing read from an object that `graphs` would have to save)."""
-    logits, hidden = decoder.step(key_stores, value_stores, tokens, positions, write_index, slots, width, rope)
-    if then is None:
-        return logits, hidden
-    return (logits, hidden, *then(logits, hidden, *args))
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`NativeDecoder.step`: the function compiled as the decode step, every input an argument (nothing read
+    from an object that `graphs` would have to save)."""
+    return decoder.step(key_stores, value_stores, tokens, positions, write_index, slots, width, rope)
 
 
 def _sample_after(then: Callable, logits: torch.Tensor, hidden: torch.Tensor, args: tuple) -> tuple[torch.Tensor, ...]:
-    """then(logits, hidden, *args): the decode step's sampling, compiled on its own for a step whose forward
-    could not hold it (`SlotBatch.decode_and_prefill_then`: a forward a layer at a time). Eager, the
-    engine's sampler took 2 ms for 16 rows, most of what one forward saves."""
+    """then(logits, hidden, *args): the step's sampling, a compiled graph of its own after either forward (the
+    decode step's and the one that takes prompts, `SlotBatch.decode_and_prefill_then`), so that it is traced
+    once. Inside the step's graph it was a second copy that cost ~30 s of a cold start's compiling; on its
+    own, with V and d static (`SlotBatch._sample`), a step took 1.00 to 1.01 times as long (bundled model,
+    1 to 32 rows). Eager, it took 2 ms for 16 rows."""
     return then(logits, hidden, *args)
 
 
@@ -327,7 +326,7 @@ class SlotBatch:
         mode = "reduce-overhead" if device.type == "cuda" else None
         # The native step and prefill are module-level functions of their inputs alone, so `graphs` can save
         # them (see graphs.py); the model's own forward stays a method compiled at each start.
-        step = _native_step_then if self.native is not None else self._forward_then
+        step = _native_step if self.native is not None else self._forward
         self._functions: dict[str, tuple[Callable, Callable]] = {
             "step": (step, _float_constants), "mixed layer": (mixed_layer, _prefill_tracing),
             "sample": (_sample_after, _float_constants),
@@ -340,7 +339,7 @@ class SlotBatch:
                 "step": torch.compile(step, dynamic=True, mode=mode),
                 # Prefill shapes (rows, chunk, width) vary more than a step's: no CUDA graphs for them.
                 "mixed layer": torch.compile(mixed_layer, dynamic=True),
-                "sample": torch.compile(_sample_after, dynamic=True),
+                "sample": torch.compile(_sample_after, dynamic=True, mode=mode),
             }
         self._region_start = self.store_slots  # first slot of the rows `prefill` left (none yet)
         self._region_lengths: list[int] = []
@@ -458,9 +457,7 @@ class SlotBatch:
         logits, hidden = self._run_mixed(tokens, positions, write_index, chunk, width, prompt_width)
         after = None
         if then is not None:
-            sampled = self._run("sample", (then, logits[:bucket], hidden[:bucket], args),
-                                (then, tuple(arg is None for arg in args)))
-            after = tuple(t[:size] for t in sampled)
+            after = tuple(t[:size] for t in self._sample(then, logits[:bucket], hidden[:bucket], args))
         self._lengths = [n + 1 for n in self._lengths]
         self._region_lengths = [len(p) for p in prompts]
         count = len(prompts)
@@ -496,7 +493,7 @@ class SlotBatch:
         takes a prompt (`decode_and_prefill_then`), with 1 and 2 rows of a dummy prompt (both run the one
         graph of batches >= 2: see `batch_bucket`), followed by `then(logits, hidden, *make_args(rows))` when
         given (see `decode_then`); leaves the batch empty. prompts_in_step=False: no step that takes a prompt
-        (a caller that never asks for one compiles nothing for it: `then` on its own is one graph more)."""
+        (a caller that never asks for one compiles nothing for it)."""
         if self.size:
             raise RuntimeError("warm up an empty batch only")
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
@@ -529,16 +526,16 @@ class SlotBatch:
     def decode_then(
         self, tokens: torch.Tensor, then: Callable | None = None, args: tuple = ()
     ) -> tuple[StepOutput, tuple[torch.Tensor, ...] | None]:
-        """`decode`, then then(logits, hidden, *args) in the same step (one compiled graph for both: the
-        engine samples there). Tensor args with a row per row (B, ...) are padded to the batch bucket with
-        copies of row 0, and then's results are cut back to B rows; None when `then` is None."""
+        """`decode`, then then(logits, hidden, *args) on its results (the engine samples there: a compiled graph
+        of its own, `_sample_after`). Tensor args with a row per row (B, ...) are padded to the batch bucket
+        with copies of row 0, and then's results are cut back to B rows; None when `then` is None."""
         size = self.size
         tokens, positions, self.write_index, args, self.width = self._step_rows(tokens, args)
         if self.native is not None:
             self._rope = self.native.rope(positions)
-        logits, hidden, *rest = self._run_step(tokens, positions, then, args)
+        logits, hidden = self._run_step(tokens, positions)
+        after = tuple(t[:size] for t in self._sample(then, logits, hidden, args)) if then is not None else None
         self._lengths = [n + 1 for n in self._lengths]
-        after = tuple(t[:size] for t in rest) if then is not None else None
         return StepOutput(logits=logits[:size], hidden=hidden[:size]), after
 
     def _step_rows(
@@ -564,15 +561,11 @@ class SlotBatch:
             args = tuple(_pad_rows(arg, size, bucket) for arg in args)
         return tokens, positions, write_index, args, attention_width(longest + 1)
 
-    def _run_step(
-        self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
-    ) -> tuple[torch.Tensor, ...]:
-        # A graph per `then` and per argument of its that is None or not (a draft or none).
-        variant = (then, tuple(arg is None for arg in args))
+    def _run_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.native is None:
-            return self._run("step", (tokens, positions, then, args), variant)
+            return self._run("step", (tokens, positions))
         return self._run("step", (self.native, self._key_stores, self._value_stores, tokens, positions,
-                                  self.write_index, self._rope, self.store_slots, self.width, then, args), variant)
+                                  self.write_index, self._rope, self.store_slots, self.width))
 
     def _run_mixed(
         self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, chunk: PrefillChunk,
@@ -581,6 +574,15 @@ class SlotBatch:
         assert self.native is not None
         return self.native.mixed(self._key_stores, self._value_stores, tokens, positions, write_index, chunk,
                                  self.store_slots, decode_width, prompt_width, self._mixed_layer)
+
+    def _sample(self, then: Callable, logits: torch.Tensor, hidden: torch.Tensor, args: tuple) -> tuple[torch.Tensor, ...]:
+        """then(logits, hidden, *args) as the "sample" graph, one per `then` and per argument of its that is None
+        or not (a draft or none). logits (b, V) and hidden (b, d): V and d static, as they would be inside the
+        step's graph (sizes of the model's weights), so the sampler's kernels are built for them: 0.26 ms
+        against 0.47 ms for 16 rows of the bundled model with them dynamic."""
+        torch._dynamo.mark_static(logits, 1)
+        torch._dynamo.mark_static(hidden, 1)
+        return self._run("sample", (then, logits, hidden, args), (then, tuple(arg is None for arg in args)))
 
     def _mixed_layer(self, decoder: NativeDecoder, layer, keys, values, x: torch.Tensor, *args) -> torch.Tensor:
         # x (B + N, d): d static, as it is in the graph of a whole forward (then it comes from a Parameter's
@@ -623,14 +625,6 @@ class SlotBatch:
             log.warning("%s recompiling after warm-up", name)
             with tracing():
                 return function(*args)
-
-    def _forward_then(
-        self, tokens: torch.Tensor, positions: torch.Tensor, then: Callable | None, args: tuple
-    ) -> tuple[torch.Tensor, ...]:
-        logits, hidden = self._forward(tokens, positions)
-        if then is None:
-            return logits, hidden
-        return (logits, hidden, *then(logits, hidden, *args))
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode forward for tokens (b,) at positions (b,): logits (b, V) float32, hidden (b, d)."""

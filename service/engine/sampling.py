@@ -10,8 +10,8 @@ index), passed in for the whole batch. One step for the batch:
      settings;
   3. token log-probs under each row's tau (`model.sampling.token_log_probs`).
 The engine's decode steps run `sample_in_step` instead: the same for any mix
-of unfiltered learned and fixed rows, as one function inside their compiled
-graph (`step_inputs` says whether a batch fits it).
+of unfiltered learned and fixed rows, as one compiled graph after their
+forward (`step_inputs` says whether a batch fits it).
 A row's draws depend on (seed, token index) only, so a seeded request gets the
 same taus and tokens alone, in any batch, and in the reference decode given
 the same `CounterNoise`. Every step is a fixed sequence of batched tensor ops:
@@ -137,8 +137,8 @@ def sample_in_step(
     draft: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """`LearnedTemperature.choose` or `FixedTemperature.choose`, then an unfiltered draw, for any mix of
-    rows, row by row, as one pure tensor function: the engine compiles it into its decode step
-    (`kv.SlotBatch.decode_then`), one graph for every batch whose rows sample unfiltered, learned (sampled
+    rows, row by row, as one pure tensor function: the engine compiles it as one graph run after each step's
+    forward (`kv.SlotBatch.decode_then`), for every batch whose rows sample unfiltered, learned (sampled
     or deterministic) or at a fixed temperature; `sample_rows` calls it eagerly.
 
     logits (B, V), hidden (B, d), tau_prev (B, 1); per row (B, 1): the learned range low/high, fixed_tau,
