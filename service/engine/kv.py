@@ -575,6 +575,19 @@ class SlotBatch:
         return self.native.mixed(self._key_stores, self._value_stores, tokens, positions, write_index, chunk,
                                  self.store_slots, decode_width, prompt_width, self._mixed_layer)
 
+    @torch.no_grad()
+    def sample_then(
+        self, then: Callable, logits: torch.Tensor, hidden: torch.Tensor, args: tuple
+    ) -> tuple[torch.Tensor, ...]:
+        """then(logits, hidden, *args) for k rows outside the batch (a prefill's last positions: logits (k, V),
+        hidden (k, d), k <= slots) through the graph a step samples with (`_sample_after`), padded to a batch
+        bucket as a step's rows are; then's results are cut back to k rows."""
+        size = logits.shape[0]
+        bucket = batch_bucket(size, self.slots)
+        padded = (_pad_rows(t, size, bucket) for t in (logits, hidden))
+        args = tuple(_pad_rows(arg, size, bucket) for arg in args)
+        return tuple(t[:size] for t in self._sample(then, *padded, args))
+
     def _sample(self, then: Callable, logits: torch.Tensor, hidden: torch.Tensor, args: tuple) -> tuple[torch.Tensor, ...]:
         """then(logits, hidden, *args) as the "sample" graph, one per `then` and per argument of its that is None
         or not (a draft or none). logits (b, V) and hidden (b, d): V and d static, as they would be inside the
