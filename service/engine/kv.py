@@ -493,7 +493,8 @@ class SlotBatch:
         takes a prompt (`decode_and_prefill_then`), with 1 and 2 rows of a dummy prompt (both run the one
         graph of batches >= 2: see `batch_bucket`), followed by `then(logits, hidden, *make_args(rows))` when
         given (see `decode_then`); leaves the batch empty. prompts_in_step=False: no step that takes a prompt
-        (a caller that never asks for one compiles nothing for it)."""
+        (it adds no graph, the prefill's and the sampler's serve it, but it is run once so that nothing about
+        it is left to trace at a first request)."""
         if self.size:
             raise RuntimeError("warm up an empty batch only")
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
