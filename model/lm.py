@@ -43,7 +43,7 @@ def attention_layout(config: PretrainedConfig, model: PreTrainedModel | None = N
         raise UnsupportedModelError(f"{model_type}: layers that reuse another layer's keys and values cannot be served")
     names, kwargs = get_layer_types_and_kwargs(text)  # per layer; inferred from the window settings if undeclared
     check_layer_types(model_type, names)
-    if model is not None and getattr(model, "_is_stateful", False):
+    if model is not None and _keeps_own_state(model):
         raise UnsupportedModelError(
             f"{model_type} keeps a recurrent state: the KV cache serves {GLOBAL} and {SLIDING} layers only"
         )
@@ -54,6 +54,17 @@ def attention_layout(config: PretrainedConfig, model: PreTrainedModel | None = N
             raise UnsupportedModelError(f"{model_type}: a {SLIDING} layer needs sliding_window >= 1, got {window!r}")
         windows.append(window)
     return AttentionLayout(tuple(names), tuple(windows))
+
+
+def _keeps_own_state(model: PreTrainedModel) -> bool:
+    """Whether transformers decodes this model without a DynamicCache: a recurrent state (RWKV, xLSTM, Mamba)
+    or a cache of its own. transformers 5.24 marked stateful classes `_is_stateful`; 5.25 dropped the mark,
+    and `_supports_default_dynamic_cache` (what generate() asks before it builds a DynamicCache, in both) is
+    the one signal left for a class whose config names no layer types."""
+    if getattr(model, "_is_stateful", False):
+        return True
+    supports_dynamic_cache = getattr(model, "_supports_default_dynamic_cache", None)
+    return callable(supports_dynamic_cache) and not supports_dynamic_cache()
 
 
 @dataclass
