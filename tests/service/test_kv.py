@@ -273,3 +273,24 @@ def test_prompts_of_different_lengths_prefilled_together_match_each_prefilled_al
                 # The row's own tokens come first; the padding after them is never copied into a slot.
                 torch.testing.assert_close(together_layer.keys[row, :, : len(prompt)], alone_layer.keys[0])
                 torch.testing.assert_close(together_layer.values[row, :, : len(prompt)], alone_layer.values[0])
+
+
+def test_sampling_rows_outside_the_batch_pads_them_to_a_bucket_and_returns_each_rows_own_result(checkpoint):
+    """`sample_then`, as the engine draws newcomers' first tokens: 3 rows run as a bucket of 4 (the padding a
+    copy of row 0) and come back as 3, each row's result what `then` gives it alone."""
+    batch = SlotBatch(checkpoint.model, slots=8, max_len=64, device=torch.device("cpu"))
+    seen = []
+
+    def then(logits, hidden, scale):
+        seen.append(logits.shape[0])
+        return logits.argmax(-1), hidden.sum(-1) * scale.squeeze(-1)
+
+    generator = torch.Generator().manual_seed(0)
+    logits, hidden = torch.randn(3, 11, generator=generator), torch.randn(3, 5, generator=generator)
+    scale = torch.tensor([[1.0], [2.0], [3.0]])
+    tokens, sums = batch.sample_then(then, logits, hidden, (scale,))
+    assert seen == [batch_bucket(3, 8)] == [4]
+    for row in range(3):
+        alone = then(logits[row : row + 1], hidden[row : row + 1], scale[row : row + 1])
+        assert tokens[row] == alone[0][0] and torch.allclose(sums[row], alone[1][0])
+    assert tokens.shape == sums.shape == (3,)
