@@ -589,7 +589,9 @@ class SlotBatch:
         args = tuple(_pad_rows(arg, size, bucket) for arg in args)
         return tuple(t[:size] for t in self._sample(then, *padded, args))
 
-    def _sample(self, then: Callable, logits: torch.Tensor, hidden: torch.Tensor, args: tuple) -> tuple[torch.Tensor, ...]:
+    def _sample(
+        self, then: Callable, logits: torch.Tensor, hidden: torch.Tensor, args: tuple
+    ) -> tuple[torch.Tensor, ...]:
         """then(logits, hidden, *args) as the "sample" graph, one per `then` and per argument of its that is None
         or not (a draft or none). logits (b, V) and hidden (b, d): V and d static, as they would be inside the
         step's graph (sizes of the model's weights), so the sampler's kernels are built for them: 0.26 ms

@@ -98,21 +98,15 @@ def sample_rows(
     tau_prev: torch.Tensor,
     noise: CounterNoise,
     *,
-    head: TemperatureHead | None = None,
     draft: torch.Tensor | None = None,
 ) -> StepResult:
     """One sampling step for logits (B, V), hidden (B, d) and tau_prev (B, 1), row i by rows[i] and noise row i.
     draft (B, F): the draft summary each row's head reads (a draft-reading head only; rows that read none
     may hold anything there).
 
-    Given the checkpoint's `head`, batches whose rows all sample unfiltered, learned or at a fixed
-    temperature, take `sample_in_step` (one batched call, per-row numbers as tensors). Everything else
-    takes the grouped path, which gives the same results.
+    The grouped path, for any rows: the engine runs it for batches that `sample_in_step` does not fit
+    (filters, greedy or entropy rows), and it gives the rows that do fit the same results.
     """
-    if head is not None:
-        args, fits = step_inputs(rows, head, tau_prev, noise, draft)
-        if fits:
-            return sampled_result(sample_in_step(step.logits, step.hidden, *args))
     top_k = _per_row([row.top_k for row in rows], torch.long, step.logits.device)
     top_p = _per_row([row.top_p for row in rows], torch.float32, step.logits.device)
     greedy = _per_row([row.greedy for row in rows], torch.bool, step.logits.device)
@@ -139,7 +133,7 @@ def sample_in_step(
     """`LearnedTemperature.choose` or `FixedTemperature.choose`, then an unfiltered draw, for any mix of
     rows, row by row, as one pure tensor function: the engine compiles it as one graph run after each step's
     forward (`kv.SlotBatch.decode_then`), for every batch whose rows sample unfiltered, learned (sampled
-    or deterministic) or at a fixed temperature; `sample_rows` calls it eagerly.
+    or deterministic) or at a fixed temperature (uncompiled, the engine calls the same function eagerly).
 
     logits (B, V), hidden (B, d), tau_prev (B, 1); per row (B, 1): the learned range low/high, fixed_tau,
     and bool flags learned and deterministic; seeds and steps (B,). Every row runs the head (a small MLP;
