@@ -116,10 +116,12 @@ draft-best-rung:
 # mean reward alone (a colder head) instead of mean + pass@4.
 RUNG_VALUE_NAME ?= draft-rung-value
 RUNG_VALUE_SCORE ?= mean+pass@k
+RUNG_MEAN_WEIGHT ?= 1.0
 RUNG_VALUE_MODEL := runs/$(RUNG_VALUE_NAME)
 RUNG_VALUE_TRIAL := $(DEFAULT_MODEL)/eval/trials/$(RUNG_VALUE_NAME)
 RUNG_VALUE_FLAGS := --resume false --schedule tau:1 --steps 120 --prompts-per-step 32 --group-size 4 \
 	--tau-ladder 0.1,1.0 --ladder-samples 8 --tau-objective rung-value --tau-advantage $(RUNG_VALUE_SCORE) \
+	--rung-mean-weight $(RUNG_MEAN_WEIGHT) \
 	--pass-k 4 --head-lr 1e-3 --draft-lr-scale 100 --head-inputs hidden,tau_prev,draft --head-tau-min 0.1 \
 	--head-tau-max 1.0 --head-tau-init 0.55 --eval-every 40 --eval-problems 200 --save-every 40 \
 	--save-dtype bfloat16 --threads 1 --seed 0

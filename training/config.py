@@ -160,6 +160,10 @@ class GRPOConfig:
     # rung-value only: penalty on the variance of the head's Beta at each token (z units); the value alone is
     # linear in tau, blind to per-token noise.
     tau_variance_coef: float = 0.0
+    # best-rung and rung-value: the weight of a rung's mean reward in its score beside its pass@k estimate
+    # (tau_advantage "mean+pass@k"). Above 1, a problem that cold sampling always solves weighs more
+    # against one that only hot sampling sometimes solves (avg@k against pass@k).
+    rung_mean_weight: float = 1.0
     # Start the head afresh from `head` instead of the warm start's (a resumed run keeps its own).
     # A low init_gate_prob makes each sample's tau persist, so a group holds hot and cold samples
     # of the same problem for GRPO to compare.

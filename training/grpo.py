@@ -346,9 +346,10 @@ def pass_at_k_estimate(n: int, c: int, k: int) -> float:
 
 
 def rung_scores(ladder_rows: list[RolloutBatch], n_problems: int, ladder: LadderTemperature, kind: str,
-                k: int) -> torch.Tensor:
+                k: int, mean_weight: float = 1.0) -> torch.Tensor:
     """Each rung's score on each problem (P, K) from the ladder's rows: the objective `kind` names, per rung
-    ("mean": mean reward; "pass@k": the unbiased pass@k estimate, k capped at the rung's rows; or their sum)."""
+    ("mean": mean reward; "pass@k": the unbiased pass@k estimate, k capped at the rung's rows; or their sum,
+    the mean weighted by `mean_weight`)."""
     if kind not in ADVANTAGES:
         raise ValueError(f"unknown advantage {kind!r} (choose from {', '.join(ADVANTAGES)})")
     rungs = ladder.ladder
@@ -364,7 +365,7 @@ def rung_scores(ladder_rows: list[RolloutBatch], n_problems: int, ladder: Ladder
                 raise ValueError(f"problem {i} has no ladder row at rung {rungs[j]}: ladder_samples must cover "
                                  "every rung")
             if "mean" in parts:
-                scores[i, j] += sum(rs) / len(rs)
+                scores[i, j] += mean_weight * sum(rs) / len(rs)
             if "pass@k" in parts:
                 scores[i, j] += pass_at_k_estimate(len(rs), sum(r >= 1.0 for r in rs), k)
     return scores
@@ -681,8 +682,9 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
             own = cfg.group_size - with_draft  # the policy's rows per problem (the draft is not trained on)
             if part == "tau" and rung_value:
                 # The head moves towards the rung worth more on each problem, decisively; the LM is frozen.
-                gains = two_rung_gains(rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k),
-                                       ladder)
+                scores = rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k,
+                                     cfg.rung_mean_weight)
+                gains = two_rung_gains(scores, ladder)
                 params = set_phase(model, head, part)
                 for _ in range(cfg.updates_per_rollout):
                     part_stats = rung_value_update(model, head, batches, gains, cfg, optimizers[part], params,
@@ -692,7 +694,9 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                 continue
             if part == "tau" and best_rung:
                 # The head learns which rung wins each problem, on its own rows' tokens; the LM is frozen.
-                weights = rung_weights(rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k))
+                scores = rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k,
+                                     cfg.rung_mean_weight)
+                weights = rung_weights(scores)
                 params = set_phase(model, head, part)
                 for _ in range(cfg.updates_per_rollout):
                     part_stats = best_rung_update(model, head, batches, weights, ladder_controller, cfg,

@@ -63,6 +63,9 @@ def test_rung_scores_and_weights_pick_the_rung_that_wins_each_problem(micro_chec
     torch.testing.assert_close(rung_scores(rows, 3, ladder, "mean", k=2),
                                torch.tensor([[0.0, 0.5], [1.0, 0.5], [0.0, 0.0]]))
     torch.testing.assert_close(rung_weights(scores), torch.tensor([[0.0, 0.75], [0.25, 0.0], [0.0, 0.0]]))
+    # A mean weight of 2 counts the cold rung's sure wins of problem 1 twice against the hot rung's pass@2.
+    torch.testing.assert_close(rung_scores(rows, 3, ladder, "mean+pass@k", k=2, mean_weight=2.0),
+                               torch.tensor([[0.0, 2.0], [3.0, 2.0], [0.0, 0.0]]))
 
 
 HOT, COLD = {0, 1, 2}, {3, 4, 5}
