@@ -299,6 +299,7 @@ class EngineSpec:
     prefill_in_step: bool
     compile: bool
     compile_fallback: bool  # compile=auto: a compilation failure at warm-up means serving eager, not failing
+    compile_helper: bool  # a cold start compiles the sampler's graph in a second process (process.compile_aside)
     native_decode: bool | str  # the setting: True, False or "auto" (kv.SlotBatch's `native`)
     torch_threads: int
     warm_up_prompt_ids: tuple[int, ...] | None  # None: no warm-up (and no compilation before serving)

@@ -116,6 +116,7 @@ def _load(settings: Settings, metrics: ServiceMetrics, prestarted: Prestarted | 
         prefill_in_step=settings.prefill_in_step,
         compile=compile,
         compile_fallback=settings.compile == "auto",
+        compile_helper=settings.compile_helper,
         native_decode=settings.native_decode,
         torch_threads=settings.engine_threads(),
         warm_up_prompt_ids=tuple(encode_prompt(tokenizer, "warm up")) if settings.warm_up else None,

@@ -180,6 +180,7 @@ class Engine:
         compile: bool = False,
         native_decode: bool | Literal["auto"] = "auto",
         graph_folder: Path | None = None,
+        compiled: Collection[str] | None = None,
         observer: Observer | None = None,
         after_iteration: Callable[[], None] | None = None,
     ) -> None:
@@ -192,6 +193,9 @@ class Engine:
         (`kv.SlotBatch.fits_in_step`); False: always a prefill of their own before the step.
         graph_folder: with `compile` on a CPU, where the compiled step and prefill are saved so that later
         starts load them instead of tracing (`graphs.GraphCache`); None: traced at every start.
+        compiled: with graph_folder, the graphs this engine compiles ("step", "mixed layer", "sample"), the
+        others running eager: a helper that compiles some of them into the folder (`process.compile_aside`)
+        while the engine compiles the others. None: all of them.
         after_iteration: called in the engine thread after each prefill round, at the end of
         each loop iteration, and once more when the loop ends (the outbox sends nothing when it
         holds nothing new)."""
@@ -223,8 +227,10 @@ class Engine:
                                 packages=(model_package, engine_package))
         self._batch = SlotBatch(
             model, slots=max_running, max_len=max_sequence_length, device=self.device, compile=compile,
-            native=native_decode, graphs=graphs,
+            native=native_decode, graphs=graphs, compiled=compiled,
         )
+        # The saved graphs' folder when this engine uses one (the native decoder compiled on a CPU).
+        self.graphs = graphs if self._batch.saves_graphs else None
         self._tau = torch.zeros((0, 1), dtype=torch.float32, device=self.device)
         self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
         self._seeds = torch.zeros((0,), dtype=torch.long, device=self.device)
@@ -236,6 +242,11 @@ class Engine:
         self._controllers: dict[ControllerSpec, TemperatureController] = {}  # one per spec, shared
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
+
+    def memory_bytes(self) -> int:
+        """What this engine holds: the model's and the head's weights and buffers, and the KV slots."""
+        tensors = [*self.model.parameters(), *self.model.buffers(), *self.head.parameters(), *self.head.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors) + self._batch.allocated_bytes()
 
     # ------------------------------------------------------------ control (any thread)
 

@@ -113,7 +113,19 @@ class GraphCache:
             "cpp_threads": cpp_threads(),
         }
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
-        self.folder = Path(folder) / key
+        self.root = Path(folder)
+        self.folder = self.root / key
+        self._aside: dict[str, Callable[[], None]] = {}  # graph-name prefix -> wait for the process compiling it
+
+    def has(self, kind: str) -> bool:
+        """Whether a graph of this kind (the prefix of its saved names, "sample", ...) is saved already."""
+        return any(self.folder.glob(f"{_prefix(kind)}*.graph"))
+
+    def compiled_aside(self, kinds: Iterable[str], wait: Callable[[], None]) -> None:
+        """Another process is compiling the graphs of these kinds into this folder now: before compiling one
+        of them, `graph` calls `wait` (once; it returns when that process has ended, whatever its outcome)
+        and loads what it saved. A graph it did not save is compiled here, as without it."""
+        self._aside.update({_prefix(kind): wait for kind in kinds})
 
     def path(self, name: str) -> Path:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
@@ -123,6 +135,12 @@ class GraphCache:
     def graph(self, name: str, function: Callable, example_args: tuple, tracing: Callable) -> Callable:
         """`function` compiled: loaded when saved before, else compiled on `example_args` and saved."""
         loaded = self._load(name, function)
+        wait = next((self._aside.pop(p) for p in list(self._aside) if name.startswith(p)), None)
+        if loaded is None and wait is not None:
+            started = time.perf_counter()
+            wait()
+            log.info("waited %.1f s for the graphs compiled aside", time.perf_counter() - started)
+            loaded = self._load(name, function)
         if loaded is not None:
             return loaded
         started = time.perf_counter()
@@ -161,6 +179,11 @@ class GraphCache:
         loaded.disable_guard_check()
         log.info("loaded compiled %s in %.1f s from %s", name, time.perf_counter() - started, self.folder)
         return loaded
+
+
+def _prefix(kind: str) -> str:
+    """The start of the saved names of a kind's graphs (`kv._graph_name`)."""
+    return kind.replace(" ", "-") + "-"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal
 
 import torch
@@ -276,12 +276,15 @@ class SlotBatch:
         compile: bool = False,
         native: bool | Literal["auto"] = "auto",
         graphs: GraphCache | None = None,
+        compiled: Collection[str] | None = None,
     ) -> None:
         """native: run the decode step through `model.native_decoder` (True; refused for a model it cannot
         run), through the model's own forward (False), or the first when it can ("auto", with one log line
         when it cannot). graphs: with `compile` and the native decoder, where the compiled step and prefill
         are saved and loaded across starts (`graphs.GraphCache`, keyed by the caller on everything they
-        specialize on); without it they are traced at each start."""
+        specialize on); without it they are traced at each start. compiled: with `graphs`, the functions
+        ("step", "mixed layer", "sample") this batch compiles, the others running eager (a helper process
+        compiling some graphs into the folder while the engine compiles the others); None: all of them."""
         if slots < 1 or max_len < 2:
             raise ValueError("need slots >= 1 and max_len >= 2")
         self.layout = check_supported(model, max_len)
@@ -332,6 +335,7 @@ class SlotBatch:
             "sample": (_sample_after, _float_constants),
         }
         self._graphs = graphs if compile and self.native is not None else None
+        self._compiled_here = None if compiled is None else frozenset(compiled)
         self._compiled: dict[str, Callable] = {}  # function name -> torch.compile'd (without `graphs`)
         self._saved: dict[tuple, Callable] = {}  # (function name, variant) -> graph from `graphs` (see `_run`)
         if compile and self._graphs is None:
@@ -348,6 +352,11 @@ class SlotBatch:
     @property
     def size(self) -> int:
         return len(self._lengths)
+
+    @property
+    def saves_graphs(self) -> bool:
+        """Whether the compiled functions are loaded from and saved in `graphs` (compile, native decoder)."""
+        return self._graphs is not None
 
     @property
     def lengths(self) -> list[int]:
@@ -617,6 +626,8 @@ class SlotBatch:
         if self._graphs is not None:
             graph = self._saved.get((name, variant))
             if graph is None:
+                if self._compiled_here is not None and name not in self._compiled_here:
+                    return function(*args)
                 saved_name = _graph_name(name, args)
                 graph = self._saved[name, variant] = self._graphs.graph(saved_name, function, args, tracing)
             return graph(*args)

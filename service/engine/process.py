@@ -3,9 +3,10 @@
 What it does: `run_engine_process` (started by service/api/engine_boot.py)
 waits for the spec, loads the checkpoint, builds and warms up the engine
 (`engine.Engine`; with compile=auto, a compilation failure falls back to
-eager), says `Ready` (or `StartFailed` in one line), then runs the loop in its
-main thread while an input thread applies `Add`, `Cancel` and `Control`
-messages. Each loop iteration's events leave as one `Step` (`_Outbox`).
+eager; on a first start on a CPU, a helper process compiles the sampler's
+graph meanwhile, `start_compile_aside`), says `Ready` (or `StartFailed` in
+one line), then runs the loop in its main thread while an input thread
+applies `Add`, `Cancel` and `Control` messages. Each loop iteration's events leave as one `Step` (`_Outbox`).
 Why two processes and why pipes: service/api/engine_client.py.
 
 What it does not do: HTTP, tokenization, text, admission (the API process
@@ -15,9 +16,12 @@ admits; a refusal here is reported as a failed request, never dropped).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 import msgspec
 
@@ -143,35 +147,17 @@ def start_failure_line(exc: BaseException) -> str:
 def _build_engine(spec: EngineSpec, outputs: Connection):
     import torch
 
-    from model import load_checkpoint
-    from service.logs import configure_handler
-
-    configure_handler(spec.log_format, spec.log_level)
-    torch.set_num_threads(spec.torch_threads)
+    configure_process(spec)
     device = resolve_device(spec.device)
-    if spec.compile and device.type == "cpu":
-        _probe_vector_isa_meanwhile()
-    checkpoint = load_checkpoint(
-        spec.checkpoint, device, resolve_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code,
-    )
+    checkpoint = load_spec_checkpoint(spec, device)
     outbox = _Outbox(outputs)
+    helper = None
 
     def build(compile: bool) -> Engine:
-        engine = Engine(
-            checkpoint.model,
-            checkpoint.head,
-            eos_token_ids=eos_token_ids(checkpoint),
-            max_running=spec.max_running,
-            max_waiting=spec.max_waiting,
-            max_sequence_length=spec.max_sequence_length,
-            prefill_token_budget=spec.prefill_token_budget,
-            prefill_in_step=spec.prefill_in_step,
-            compile=compile,
-            native_decode=spec.native_decode,
-            graph_folder=default_graph_folder() if compile else None,
-            observer=outbox,
-            after_iteration=outbox.flush,
-        )
+        nonlocal helper
+        engine = engine_from_spec(spec, checkpoint, compile, observer=outbox, after_iteration=outbox.flush)
+        if compile:
+            helper = start_compile_aside(spec, engine)
         if spec.warm_up_prompt_ids is not None:
             # With `compile`, this is where the decode step compiles (before readiness).
             engine.warm_up(list(spec.warm_up_prompt_ids))
@@ -188,8 +174,130 @@ def _build_engine(spec: EngineSpec, outputs: Connection):
                     type(exc).__name__, reason)
         torch._dynamo.reset()
         engine = build(False)
+    finally:
+        if helper is not None and helper.is_alive():
+            helper.terminate()  # its graphs are no longer wanted (a failed or eager start)
     dtype = str(next(checkpoint.model.parameters()).dtype).removeprefix("torch.")
     return engine, outbox, Ready(str(engine.device), dtype, torch.get_num_threads(), os.getpid())
+
+
+def configure_process(spec: EngineSpec) -> None:
+    """Logging and torch's threads as the spec says (the engine process and its compile helper alike)."""
+    import torch
+
+    from service.logs import configure_handler
+
+    configure_handler(spec.log_format, spec.log_level)
+    torch.set_num_threads(spec.torch_threads)
+
+
+def load_spec_checkpoint(spec: EngineSpec, device):
+    from model import load_checkpoint
+
+    if spec.compile and device.type == "cpu":
+        _probe_vector_isa_meanwhile()
+    return load_checkpoint(
+        spec.checkpoint, device, resolve_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code,
+    )
+
+
+def engine_from_spec(spec: EngineSpec, checkpoint, compile: bool, graph_folder: Path | None = None,
+                     **kwargs) -> Engine:
+    """The engine the spec describes, on the loaded checkpoint, saving its graphs in graph_folder (default:
+    beside inductor's cache) when it compiles (kwargs: `Engine`'s observer and the like)."""
+    return Engine(
+        checkpoint.model,
+        checkpoint.head,
+        eos_token_ids=eos_token_ids(checkpoint),
+        max_running=spec.max_running,
+        max_waiting=spec.max_waiting,
+        max_sequence_length=spec.max_sequence_length,
+        prefill_token_budget=spec.prefill_token_budget,
+        prefill_in_step=spec.prefill_in_step,
+        compile=compile,
+        native_decode=spec.native_decode,
+        graph_folder=(graph_folder or default_graph_folder()) if compile else None,
+        **kwargs,
+    )
+
+
+# The graphs a helper process compiles while the engine compiles the others. On the bundled model a cold start
+# compiled the mixed layer (~28 s), the step's forward (~20 s) and the sampler (~30 s) one after another, in
+# inductor's code generation, which is Python on one core, while the second core idled.
+ASIDE_KINDS = ("sample",)
+# How long the engine waits for the helper before compiling the graph itself (a helper stuck in a compiler).
+ASIDE_TIMEOUT_S = 600.0
+
+
+def start_compile_aside(spec: EngineSpec, engine: Engine) -> BaseProcess | None:
+    """Start a process compiling the `ASIDE_KINDS` graphs into the engine's graph folder, and have the engine
+    wait for it before compiling one of them itself (`GraphCache.compiled_aside`), when that is worth it: the
+    setting is on, a warm-up will compile, the graphs are not saved yet, and the machine has a second CPU and
+    memory for a second copy of the engine (weights and KV slots). Returns the process, or None."""
+    graphs = engine.graphs
+    if not spec.compile_helper or spec.warm_up_prompt_ids is None or graphs is None:
+        return None
+    if all(graphs.has(kind) for kind in ASIDE_KINDS):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    needed, available = engine.memory_bytes(), available_memory_bytes()
+    if cpus < 2 or available is None or available < 2 * needed:
+        log.info("compiling every graph in the engine process (%d CPUs, %s MiB available, %d MiB per engine)",
+                 cpus, "?" if available is None else available >> 20, needed >> 20)
+        return None
+    helper = multiprocessing.get_context("spawn").Process(
+        target=compile_aside, args=(spec, ASIDE_KINDS, graphs.root), name="introllm-compile-aside", daemon=True
+    )
+    helper.start()
+    log.info("a second process (pid %d) compiles the %s graph meanwhile", helper.pid, ", ".join(ASIDE_KINDS))
+    graphs.compiled_aside(ASIDE_KINDS, lambda: _wait_for(helper))
+    return helper
+
+
+def _wait_for(helper: BaseProcess) -> None:
+    helper.join(ASIDE_TIMEOUT_S)
+    if helper.is_alive():
+        helper.terminate()
+        log.warning("the compile helper took over %.0f s: compiling its graphs here", ASIDE_TIMEOUT_S)
+    elif helper.exitcode != 0:
+        log.warning("the compile helper failed (exit code %s): compiling its graphs here", helper.exitcode)
+
+
+def compile_aside(spec: EngineSpec, kinds: tuple[str, ...], graph_folder: Path) -> None:
+    """The compile helper's body: the spec's engine, built as the engine process builds it (so its graphs have
+    the same key and names), warmed up compiling only `kinds`; the other functions run eager. Its graphs are
+    saved in graph_folder (`graphs.GraphCache` writes aside and renames), where the engine loads them. A
+    failure exits with status 1 and a debug line: the engine, which compiles the same code, reports its own."""
+    configure_process(spec)
+    try:
+        device = resolve_device(spec.device)
+        engine = engine_from_spec(spec, load_spec_checkpoint(spec, device), True, graph_folder, compiled=kinds)
+        engine.warm_up(list(spec.warm_up_prompt_ids or ()))
+    except Exception:
+        log.debug("the compile helper failed", exc_info=True)
+        raise SystemExit(1) from None
+
+
+def available_memory_bytes() -> int | None:
+    """What a second process may take: the machine's MemAvailable (/proc/meminfo), and within a container
+    with a memory limit (cgroup v2, as Kubernetes sets it) no more than the limit less what the container
+    uses. None where neither can be read."""
+    available = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            line = next((line for line in meminfo if line.startswith("MemAvailable:")), None)
+        if line is not None:
+            available = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def _probe_vector_isa_meanwhile() -> None:

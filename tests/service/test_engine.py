@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +22,10 @@ from service.api.scheduler import Completed, GenerationInput, Limits, Scheduler
 from service.engine import engine as engine_module
 from service.engine.engine import Engine
 from service.engine.kv import SlotBatch
+from service.engine.process import start_compile_aside
 from service.engine.sampling import build_controller
 from service.errors import ServiceError
-from service.messages import ControllerSpec
+from service.messages import ControllerSpec, EngineSpec
 from tests.service.support import COMPILED_ENGINE, PROMPTS, decode_paused, reference, reference_tokens
 
 LONG = 300  # a budget the request does not reach in these tests
@@ -37,8 +39,10 @@ EAGER_AND_COMPILED = pytest.mark.parametrize(
 @contextmanager
 def running_engine(
     checkpoint, *, max_running=8, max_waiting=32, prefill_token_budget=2048, compile=False, graph_folder=None,
-    prefill_in_step=True, warm_up=None,
+    prefill_in_step=True, warm_up=None, helper_spec=None,
 ) -> Iterator[Scheduler]:
+    """helper_spec: an `EngineSpec` of the same engine for a compile helper process (`start_compile_aside`),
+    which must start."""
     metrics = ServiceMetrics("test")
     engine = Engine(
         checkpoint.model,
@@ -59,8 +63,13 @@ def running_engine(
         default_timeout_s=120.0, max_timeout_s=600.0, retry_after_s=1, tau_range=(config.tau_min, config.tau_max),
         max_n=max_running,
     )
+    if helper_spec is not None:
+        helper = start_compile_aside(helper_spec, engine)
+        assert helper is not None, "the compile helper did not start"
     if compile if warm_up is None else warm_up:
         engine.warm_up([1, 5, 6])
+    if helper_spec is not None:
+        assert helper.exitcode == 0  # the engine waited for it at warm-up
     engine.start()
     try:
         yield Scheduler(engine, checkpoint.tokenizer, limits, metrics, tau_init=config.tau_init)
@@ -176,11 +185,12 @@ def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its
 
 
 def test_an_engine_started_from_saved_graphs_samples_the_seeded_tokens_and_temperatures_of_eager(
-    checkpoint, tmp_path, monkeypatch
+    checkpoint, checkpoint_dir, tmp_path, monkeypatch, caplog
 ):
-    """A start loads the step (sampling and head included) and the prefill that an earlier start saved for a
+    """A start loads the step, the prefill and the sampler (head included) that an earlier start saved for a
     model and head of the same configuration with other weights, traces nothing, and gives what the eager
-    engine gives for its own weights: tokens, tau and log-probs of every seeded row."""
+    engine gives for its own weights: tokens, tau and log-probs of every seeded row. The earlier, cold start
+    compiled the sampler's graph in a helper process meanwhile, and loaded it from there."""
     requests = [
         GenerationInput(prompt=p, max_new_tokens=12, seed=i, ignore_eos=True, temperature=0.7 if i % 3 == 2 else None)
         for i, p in enumerate(staggered_prompts(6))
@@ -189,8 +199,21 @@ def test_an_engine_started_from_saved_graphs_samples_the_seeded_tokens_and_tempe
     with torch.no_grad():
         for parameter in [*other.model.parameters(), *other.head.parameters()]:
             parameter.add_(torch.randn_like(parameter) * 0.5)
-    with running_engine(other, max_running=4, compile=True, graph_folder=tmp_path):
-        pass  # compiled at warm-up and saved
+    # The helper process loads the checkpoint from its folder: the graphs' key is the configuration, not weights.
+    helper_spec = EngineSpec(
+        checkpoint=str(checkpoint_dir), device="cpu", dtype="float32", trust_remote_code=False, max_running=4,
+        max_waiting=32, max_sequence_length=512, prefill_token_budget=2048, prefill_in_step=True, compile=True,
+        compile_fallback=False, compile_helper=True, native_decode="auto", torch_threads=torch.get_num_threads(),
+        warm_up_prompt_ids=(1, 5, 6), log_level="info", log_format="text",
+    )
+    with caplog.at_level(logging.INFO, logger="service.engine.graphs"):
+        with running_engine(other, max_running=4, compile=True, graph_folder=tmp_path, helper_spec=helper_spec):
+            pass  # compiled at warm-up and saved
+    # This process compiled the forward's graphs, and loaded the sampler's that the helper saved.
+    compiled = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("compiled ")]
+    loaded = [r.getMessage().split()[2] for r in caplog.records if r.getMessage().startswith("loaded compiled ")]
+    assert sorted(name.split("-")[0] for name in compiled) == ["mixed", "step"], compiled
+    assert [name.split("-")[0] for name in loaded] == ["sample"], loaded
 
     def no_tracing(*args, **kwargs):
         raise AssertionError("traced again instead of loading the saved graph")

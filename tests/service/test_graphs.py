@@ -72,3 +72,39 @@ def test_a_saved_graph_that_cannot_be_loaded_is_compiled_again_and_saved_over(tm
 def test_a_graph_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name):
     with pytest.raises(ValueError, match="graph name"):
         GraphCache(tmp_path, {}, packages=[model_package]).path(name)
+
+
+def test_a_graph_compiled_aside_is_awaited_once_and_loaded_instead_of_traced(tmp_path, monkeypatch):
+    """While another process compiles a kind of graph into the folder, the cache waits for it before compiling
+    one of that kind, and loads what it saved; graphs of other kinds never wait."""
+    x = torch.randn(4, 8)
+    cache = GraphCache(tmp_path, {}, packages=[model_package])
+    waits = []
+    compile_here = torch.compile
+
+    def the_other_process_saves_it() -> None:  # another GraphCache on the same folder stands for the helper
+        waits.append(True)
+        with monkeypatch.context() as other_process:
+            other_process.setattr(torch, "compile", compile_here)
+            GraphCache(tmp_path, {}, packages=[model_package]).graph("sine-a", scaled_sine, (x, 2.0),
+                                                                      contextlib.nullcontext)
+
+    cache.compiled_aside(["sine"], the_other_process_saves_it)
+    assert not cache.has("sine")
+    monkeypatch.setattr(torch, "compile", _no_tracing)
+    graph = cache.graph("sine-a", scaled_sine, (x, 3.0), contextlib.nullcontext)
+    assert waits == [True] and cache.has("sine")
+    torch.testing.assert_close(graph(x, 3.0), scaled_sine(x, 3.0))
+    with pytest.raises(AssertionError, match="traced"):  # a kind nobody compiles aside: traced here, no wait
+        cache.graph("cosine-a", scaled_sine, (x, 2.0), contextlib.nullcontext)
+    assert waits == [True]
+
+
+def test_a_graph_the_process_aside_did_not_save_is_compiled_here(tmp_path):
+    x = torch.randn(4, 8)
+    cache = GraphCache(tmp_path, {}, packages=[model_package])
+    waits = []
+    cache.compiled_aside(["sine"], lambda: waits.append(True))  # it failed, or was stopped: nothing saved
+    graph = cache.graph("sine-a", scaled_sine, (x, 2.0), contextlib.nullcontext)
+    assert waits == [True] and cache.has("sine")
+    torch.testing.assert_close(graph(x, 2.0), scaled_sine(x, 2.0))
