@@ -378,7 +378,9 @@ async def _one_request(
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    break
+                    # Read on to the end of the body, as an SDK does: leaving the stream before its last chunk
+                    # makes httpx close the connection, and every request would open a new one.
+                    continue
                 event = read_event(json.loads(data))
                 if event.error is not None:
                     return RequestRecord(ok=False, tokens=tokens, error=event.error)
