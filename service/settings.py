@@ -111,8 +111,9 @@ class Settings(BaseSettings):
         True,
         description="on a first start with a CPU engine, a second process compiles the sampler's graph into "
         "compile_cache_dir while the engine compiles the forward's, so the two share the CPUs (a cold start "
-        "about 30 s shorter on 2 cores); it runs only with 2 or more CPUs and memory for a second copy of the "
-        "model, and never changes what is served",
+        "10 to 30 s shorter on 2 cores); it runs only with 2 or more CPUs and, within the container's memory "
+        "limit too, memory for a second engine process and its compilers twice over; it never changes what is "
+        "served",
     )
     prefill_token_budget: int = Field(
         2048, ge=1, description="prompt tokens prefilled between two decode steps (at least one request)"

@@ -243,11 +243,6 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
 
-    def memory_bytes(self) -> int:
-        """What this engine holds: the model's and the head's weights and buffers, and the KV slots."""
-        tensors = [*self.model.parameters(), *self.model.buffers(), *self.head.parameters(), *self.head.buffers()]
-        return sum(t.numel() * t.element_size() for t in tensors) + self._batch.allocated_bytes()
-
     # ------------------------------------------------------------ control (any thread)
 
     def warm_up(self, prompt_ids: list[int]) -> None:

@@ -231,19 +231,21 @@ ASIDE_TIMEOUT_S = 600.0
 
 def start_compile_aside(spec: EngineSpec, engine: Engine) -> BaseProcess | None:
     """Start a process compiling the `ASIDE_KINDS` graphs into the engine's graph folder, and have the engine
-    wait for it before compiling one of them itself (`GraphCache.compiled_aside`), when that is worth it: the
-    setting is on, a warm-up will compile, the graphs are not saved yet, and the machine has a second CPU and
-    memory for a second copy of the engine (weights and KV slots). Returns the process, or None."""
+    wait for it before compiling one of them itself (`GraphCache.compiled_aside`), when that is worth it and
+    safe: the setting is on, a warm-up will compile, the graphs are not saved yet, the machine has a second
+    CPU, and memory left (within the container's limit too) for a second engine process and its compilers
+    (`helper_memory_bytes`) twice over. Returns the process, or None."""
     graphs = engine.graphs
     if not spec.compile_helper or spec.warm_up_prompt_ids is None or graphs is None:
         return None
     if all(graphs.has(kind) for kind in ASIDE_KINDS):
         return None
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    needed, available = engine.memory_bytes(), available_memory_bytes()
-    if cpus < 2 or available is None or available < 2 * needed:
-        log.info("compiling every graph in the engine process (%d CPUs, %s MiB available, %d MiB per engine)",
-                 cpus, "?" if available is None else available >> 20, needed >> 20)
+    needed, available = helper_memory_bytes(), available_memory_bytes()
+    if cpus < 2 or needed is None or available is None or available < 2 * needed:
+        log.info("compiling every graph in the engine process (%d CPUs; %s MiB available for a helper that "
+                 "needs about %s MiB, twice over)", cpus, "?" if available is None else available >> 20,
+                 "?" if needed is None else needed >> 20)
         return None
     helper = multiprocessing.get_context("spawn").Process(
         target=compile_aside, args=(spec, ASIDE_KINDS, graphs.root), name="introllm-compile-aside", daemon=True
@@ -252,6 +254,22 @@ def start_compile_aside(spec: EngineSpec, engine: Engine) -> BaseProcess | None:
     log.info("a second process (pid %d) compiles the %s graph meanwhile", helper.pid, ", ".join(ASIDE_KINDS))
     graphs.compiled_aside(ASIDE_KINDS, lambda: _wait_for(helper))
     return helper
+
+
+# Inductor builds its C++ in two worker processes at once here; each g++ (cc1plus) of the sampler's kernels
+# peaked at about 250 MiB (bundled model, 2 CPUs).
+COMPILER_MEMORY_BYTES = 512 << 20
+
+
+def helper_memory_bytes() -> int | None:
+    """What a compile helper holds at its peak, about: this process's resident memory now (the same imports,
+    weights and KV slots: 638 MiB against the helper's 640 on the bundled model) and its compilers'."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next((line for line in status if line.startswith("VmRSS:")), None)
+    except OSError:
+        return None
+    return None if line is None else int(line.split()[1]) * 1024 + COMPILER_MEMORY_BYTES
 
 
 def _wait_for(helper: BaseProcess) -> None:
@@ -280,8 +298,8 @@ def compile_aside(spec: EngineSpec, kinds: tuple[str, ...], graph_folder: Path) 
 
 def available_memory_bytes() -> int | None:
     """What a second process may take: the machine's MemAvailable (/proc/meminfo), and within a container
-    with a memory limit (cgroup v2, as Kubernetes sets it) no more than the limit less what the container
-    uses. None where neither can be read."""
+    with a memory limit (cgroup v2 or v1, as Kubernetes and Docker set it) no more than the limit less what
+    the container uses. None where neither can be read."""
     available = None
     try:
         with open("/proc/meminfo") as meminfo:
@@ -290,13 +308,17 @@ def available_memory_bytes() -> int | None:
             available = int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
-            available = left if available is None else min(available, left)
-    except (OSError, ValueError):
-        pass
+    # cgroup v2, then v1 (an unlimited v1 group reads as a huge number, which min() leaves out).
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
+            if limit == "max":
+                continue
+            left = int(limit) - int(Path("/sys/fs/cgroup", usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        available = left if available is None else min(available, left)
     return available
 
 

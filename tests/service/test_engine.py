@@ -184,6 +184,30 @@ def test_newcomers_of_different_lengths_are_prefilled_together_and_each_gets_its
         torch.testing.assert_close(torch.tensor([t.logprob for t in result.tokens]), expected.token_logprobs[0])
 
 
+def _engine_spec(checkpoint_dir, **changes) -> EngineSpec:
+    """The spec of running_engine's compiled engine with 4 slots, as the engine process would get it."""
+    spec = EngineSpec(
+        checkpoint=str(checkpoint_dir), device="cpu", dtype="float32", trust_remote_code=False, max_running=4,
+        max_waiting=32, max_sequence_length=512, prefill_token_budget=2048, prefill_in_step=True, compile=True,
+        compile_fallback=False, compile_helper=True, native_decode="auto", torch_threads=torch.get_num_threads(),
+        warm_up_prompt_ids=(1, 5, 6), log_level="info", log_format="text",
+    )
+    return replace(spec, **changes)
+
+
+def test_no_compile_helper_starts_when_turned_off_without_a_warm_up_or_with_the_graphs_saved(
+    checkpoint, checkpoint_dir, tmp_path
+):
+    engine = Engine(checkpoint.model, checkpoint.head, eos_token_ids={checkpoint.tokenizer.eos_token_id},
+                    max_running=4, max_waiting=32, max_sequence_length=512, compile=True, graph_folder=tmp_path)
+    assert engine.graphs is not None
+    assert start_compile_aside(_engine_spec(checkpoint_dir, compile_helper=False), engine) is None
+    assert start_compile_aside(_engine_spec(checkpoint_dir, warm_up_prompt_ids=None), engine) is None
+    engine.graphs.folder.mkdir(parents=True)
+    (engine.graphs.folder / "sample-0123456789ab.graph").write_bytes(b"saved by an earlier start")
+    assert start_compile_aside(_engine_spec(checkpoint_dir), engine) is None
+
+
 def test_an_engine_started_from_saved_graphs_samples_the_seeded_tokens_and_temperatures_of_eager(
     checkpoint, checkpoint_dir, tmp_path, monkeypatch, caplog
 ):
@@ -200,12 +224,7 @@ def test_an_engine_started_from_saved_graphs_samples_the_seeded_tokens_and_tempe
         for parameter in [*other.model.parameters(), *other.head.parameters()]:
             parameter.add_(torch.randn_like(parameter) * 0.5)
     # The helper process loads the checkpoint from its folder: the graphs' key is the configuration, not weights.
-    helper_spec = EngineSpec(
-        checkpoint=str(checkpoint_dir), device="cpu", dtype="float32", trust_remote_code=False, max_running=4,
-        max_waiting=32, max_sequence_length=512, prefill_token_budget=2048, prefill_in_step=True, compile=True,
-        compile_fallback=False, compile_helper=True, native_decode="auto", torch_threads=torch.get_num_threads(),
-        warm_up_prompt_ids=(1, 5, 6), log_level="info", log_format="text",
-    )
+    helper_spec = _engine_spec(checkpoint_dir)
     with caplog.at_level(logging.INFO, logger="service.engine.graphs"):
         with running_engine(other, max_running=4, compile=True, graph_folder=tmp_path, helper_spec=helper_spec):
             pass  # compiled at warm-up and saved
