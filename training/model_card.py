@@ -73,6 +73,8 @@ def trials_section(path: Path) -> list[str]:
         by_name = {r["name"]: r for r in report["results"]}
         inputs = ",".join(manifest["head"].get("inputs", ["hidden"]))
         objective = {"best-rung": "to the best rung", "rung-value": "by the rungs' value"}.get(c.get("tau_objective"))
+        if objective and c.get("rung_mean_weight", 1.0) != 1.0:
+            objective += f", score {c['rung_mean_weight']:g} x mean + pass@{c.get('pass_k', '?')}"
         ladder_rows = c.get("ladder_samples") or len([t for t in (c.get("tau_ladder") or "").split(",") if t.strip()])
         on_top = sum(s.get("stage") == "grpo" for s in stages) > 1  # a head-only run on a finished joint run
         head = manifest["head"]
