@@ -8,7 +8,9 @@ dynamic=True)`: loaded from the folder when an earlier start saved it, else
 compiled through torch's AOT precompile (`aot_compile`, traced once on
 `example_args` under the `tracing()` config patches) and saved there. The
 callable it returns runs without dynamo: no tracing, and no guard evaluation
-per call.
+per call. `compiled_aside(kinds, wait)` says that another process is compiling
+graphs of those kinds into the folder meanwhile (the engine process's compile
+helper, process.py): `graph` waits for it, then loads, before compiling one.
 
 Why: a warm start of the bundled model spent about 15 s of its 24 s tracing the
 decode step and the prefill again with dynamo (inductor's cache skips only the
@@ -135,8 +137,9 @@ class GraphCache:
     def graph(self, name: str, function: Callable, example_args: tuple, tracing: Callable) -> Callable:
         """`function` compiled: loaded when saved before, else compiled on `example_args` and saved."""
         loaded = self._load(name, function)
-        wait = next((self._aside.pop(p) for p in list(self._aside) if name.startswith(p)), None)
-        if loaded is None and wait is not None:
+        wait = None if loaded is not None else next(
+            (self._aside.pop(p) for p in list(self._aside) if name.startswith(p)), None)
+        if wait is not None:
             started = time.perf_counter()
             wait()
             log.info("waited %.1f s for the graphs compiled aside", time.perf_counter() - started)
