@@ -192,6 +192,7 @@ def configure_process(spec: EngineSpec) -> None:
 
 
 def load_spec_checkpoint(spec: EngineSpec, device):
+    """The spec's checkpoint on `device` (with compile on a CPU, inductor's instruction-set probe meanwhile)."""
     from model import load_checkpoint
 
     if spec.compile and device.type == "cpu":
