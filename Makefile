@@ -113,7 +113,8 @@ draft-best-rung:
 # on top of its joint run: --resume false), off-policy from a 0.1/1.0 ladder (4 rows at each rung a problem) by
 # the rungs' value, the head's tau range being the two rungs (training/grpo.py, `--tau-objective rung-value`).
 # About 12 minutes of training and 7 of evaluation on one thread. RUNG_VALUE_SCORE=mean scores a rung by its
-# mean reward alone (a colder head) instead of mean + pass@4.
+# mean reward alone (a colder head) instead of mean + pass@4; RUNG_MEAN_WEIGHT=w scores it w x mean + pass@4
+# (the trials rung-value-mean2 and -mean3).
 RUNG_VALUE_NAME ?= draft-rung-value
 RUNG_VALUE_SCORE ?= mean+pass@k
 RUNG_MEAN_WEIGHT ?= 1.0
