@@ -680,10 +680,11 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         for part in sorted(phase.split("+"), key=lambda name: name != "tau"):
             kind = cfg.lm_advantage if part == "lm" else cfg.tau_advantage
             own = cfg.group_size - with_draft  # the policy's rows per problem (the draft is not trained on)
-            if part == "tau" and rung_value:
-                # The head moves towards the rung worth more on each problem, decisively; the LM is frozen.
+            if part == "tau" and (rung_value or best_rung):
                 scores = rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k,
                                      cfg.rung_mean_weight)
+            if part == "tau" and rung_value:
+                # The head moves towards the rung worth more on each problem, decisively; the LM is frozen.
                 gains = two_rung_gains(scores, ladder)
                 params = set_phase(model, head, part)
                 for _ in range(cfg.updates_per_rollout):
@@ -694,8 +695,6 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                 continue
             if part == "tau" and best_rung:
                 # The head learns which rung wins each problem, on its own rows' tokens; the LM is frozen.
-                scores = rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k,
-                                     cfg.rung_mean_weight)
                 weights = rung_weights(scores)
                 params = set_phase(model, head, part)
                 for _ in range(cfg.updates_per_rollout):

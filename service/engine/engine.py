@@ -229,8 +229,6 @@ class Engine:
             model, slots=max_running, max_len=max_sequence_length, device=self.device, compile=compile,
             native=native_decode, graphs=graphs, compiled=compiled,
         )
-        # The saved graphs' folder when this engine uses one (the native decoder compiled on a CPU).
-        self.graphs = graphs if self._batch.saves_graphs else None
         self._tau = torch.zeros((0, 1), dtype=torch.float32, device=self.device)
         self._next_tokens = torch.zeros((0,), dtype=torch.long, device=self.device)
         self._seeds = torch.zeros((0,), dtype=torch.long, device=self.device)
@@ -242,6 +240,11 @@ class Engine:
         self._controllers: dict[ControllerSpec, TemperatureController] = {}  # one per spec, shared
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
+
+    @property
+    def graphs(self) -> GraphCache | None:
+        """The saved graphs' folder when this engine uses one (the native decoder compiled on a CPU)."""
+        return self._batch.graphs
 
     # ------------------------------------------------------------ control (any thread)
 

@@ -354,9 +354,9 @@ class SlotBatch:
         return len(self._lengths)
 
     @property
-    def saves_graphs(self) -> bool:
-        """Whether the compiled functions are loaded from and saved in `graphs` (compile, native decoder)."""
-        return self._graphs is not None
+    def graphs(self) -> GraphCache | None:
+        """Where the compiled functions are loaded from and saved (compile with the native decoder), or None."""
+        return self._graphs
 
     @property
     def lengths(self) -> list[int]:

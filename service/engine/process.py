@@ -265,12 +265,18 @@ COMPILER_MEMORY_BYTES = 512 << 20
 def helper_memory_bytes() -> int | None:
     """What a compile helper holds at its peak, about: this process's resident memory now (the same imports,
     weights and KV slots: 638 MiB against the helper's 640 on the bundled model) and its compilers'."""
+    resident = _proc_bytes("/proc/self/status", "VmRSS")
+    return None if resident is None else resident + COMPILER_MEMORY_BYTES
+
+
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The "<key>: <n> kB" line of a /proc file, in bytes; None where there is none."""
     try:
-        with open("/proc/self/status") as status:
-            line = next((line for line in status if line.startswith("VmRSS:")), None)
-    except OSError:
+        with open(path) as file:
+            line = next((line for line in file if line.startswith(f"{key}:")), None)
+        return None if line is None else int(line.split()[1]) * 1024
+    except (OSError, ValueError):
         return None
-    return None if line is None else int(line.split()[1]) * 1024 + COMPILER_MEMORY_BYTES
 
 
 def _wait_for(helper: BaseProcess) -> None:
@@ -301,14 +307,7 @@ def available_memory_bytes() -> int | None:
     """What a second process may take: the machine's MemAvailable (/proc/meminfo), and within a container
     with a memory limit (cgroup v2 or v1, as Kubernetes and Docker set it) no more than the limit less what
     the container uses. None where neither can be read."""
-    available = None
-    try:
-        with open("/proc/meminfo") as meminfo:
-            line = next((line for line in meminfo if line.startswith("MemAvailable:")), None)
-        if line is not None:
-            available = int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
+    available = _proc_bytes("/proc/meminfo", "MemAvailable")
     # cgroup v2, then v1 (an unlimited v1 group reads as a huge number, which min() leaves out).
     for limit_file, usage_file in (("memory.max", "memory.current"),
                                    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
