@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run as: REQ=1600 DUR=15 bash bench/results/2026-12-03-reused-connections/prof_api.sh (py-spy from the dev extras).
+# Run as: REQ=1600 DUR=15 bash bench/results/2026-12-03-reused-connections/prof_api.sh (needs py-spy: pip install py-spy; not a project dependency).
 # Then aggregate $OUT/api.txt and $OUT/client.txt (py-spy raw, collapsed stacks) by frame.
 # Profile the API process (and the engine process) under 16 closed-loop clients on the task workload.
 set -euo pipefail
