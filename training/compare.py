@@ -89,15 +89,21 @@ def load_report(name: str, checkpoint: str) -> ModelReport:
                        rows=rows, token_classes=data.get("token_classes", {}))
 
 
+def _pass_per_problem(row: dict) -> list[float]:
+    """Each problem's share of rounds solved; a report from before rounds has only the correct counts."""
+    return row.get("pass_per_problem") or [float(x > 0) for x in row["correct_per_problem"]]
+
+
 def paired_difference(a: dict, b: dict, samples: int, metric: str) -> dict:
     """Mean and 95% interval over problems of a - b on avg@k (per-problem accuracy) or pass@k (solved or not)."""
     if len(a["correct_per_problem"]) != len(b["correct_per_problem"]):
         raise ValueError("reports cover different numbers of problems; evaluate on the same split")
     if metric == "avg_at_k":
-        diffs = [(x - y) / samples for x, y in zip(a["correct_per_problem"], b["correct_per_problem"], strict=True)]
+        # Correct counts over all of a row's rounds (EvalConfig.repeats): divide by its samples x rounds.
+        diffs = [x / (samples * a.get("repeats", 1)) - y / (samples * b.get("repeats", 1))
+                 for x, y in zip(a["correct_per_problem"], b["correct_per_problem"], strict=True)]
     else:
-        diffs = [float(x > 0) - float(y > 0) for x, y in zip(a["correct_per_problem"], b["correct_per_problem"],
-                                                             strict=True)]
+        diffs = [x - y for x, y in zip(_pass_per_problem(a), _pass_per_problem(b), strict=True)]
     low, high = mean_interval(diffs)
     return {"diff": sum(diffs) / len(diffs), "ci": [low, high]}
 

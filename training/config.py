@@ -217,6 +217,10 @@ class EvalConfig:
     controllers: str = ("fixed:0.1,fixed:0.2,fixed:0.3,fixed:0.4,fixed:0.5,fixed:0.6,fixed:0.8,fixed:1.0,"
                         "fixed:1.2,fixed:1.4,entropy,learned,learned-deterministic")
     seed: int = 0  # sampling seed
+    # Independent rounds of k samples per problem, round r drawing from step r of the row seeds; avg@k and
+    # pass@k are each problem's mean over its rounds. One 500 x 8 round moves by about +-0.006 avg@8 and
+    # +-0.02 pass@8 with the seed alone; R rounds narrow that noise about sqrt(R)-fold (R times the decodes).
+    repeats: int = 1
     batch_rows: int = 512  # rows decoded together
     # The baselines built on each problem's greedy draft (hedge, draft rule; training/frontier.py). The
     # draft rule picks the first or the second of draft_rule_taus (both in `controllers`) per problem,

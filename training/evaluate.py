@@ -73,7 +73,7 @@ from training.tasks import Task
 
 Z_95 = 1.959964
 # ControllerResult fields kept out of the JSON rows (report.json has the counts per problem instead).
-PER_PROBLEM_FIELDS = ("per_problem_accuracy", "correct", "per_problem_tau")
+PER_PROBLEM_FIELDS = ("per_problem_accuracy", "per_problem_pass", "correct", "per_problem_tau")
 
 
 @dataclass
@@ -87,9 +87,15 @@ class ControllerResult:
     pass_at_k_ci: tuple[float, float]
     mean_tau: float
     gate_rate: float
+    # Independent rounds of k samples per problem (EvalConfig.repeats); avg@k and pass@k are each problem's
+    # mean over its rounds, then the mean over problems.
+    repeats: int = 1
     per_problem_accuracy: list[float] = field(repr=False, default_factory=list)
-    # (P, k) 0/1: sample s of problem i correct; and mean tau per problem (NaN where nothing was sampled by tau).
-    correct: list[list[int]] = field(repr=False, default_factory=list)
+    # Per problem: the share of its rounds in which any of the k samples was correct (0 or 1 for one round).
+    per_problem_pass: list[float] = field(repr=False, default_factory=list)
+    # (P, R, k) 0/1: sample s of round r of problem i correct; and mean tau per problem (NaN where nothing
+    # was sampled by tau).
+    correct: list[list[list[int]]] = field(repr=False, default_factory=list)
     per_problem_tau: list[float] = field(repr=False, default_factory=list)
 
 
@@ -115,8 +121,9 @@ class EvalReport:
             # NaN (not tracked: the draft baselines' mean tau) is null, so report.json stays strict JSON.
             row = {k: None if isinstance(v, float) and math.isnan(v) else v
                    for k, v in asdict(r).items() if k not in PER_PROBLEM_FIELDS}
-            if per_problem:
-                row["correct_per_problem"] = [round(a * r.samples) for a in r.per_problem_accuracy]
+            if per_problem:  # correct samples over all rounds, and the share of rounds solved
+                row["correct_per_problem"] = [round(a * r.samples * r.repeats) for a in r.per_problem_accuracy]
+                row["pass_per_problem"] = r.per_problem_pass
             rows.append(row)
         return {"results": rows, "token_classes": self.token_classes, "problem_outcomes": self.problem_outcomes,
                 "learned_vs_best_fixed": self.learned_vs_best_fixed, "plot": self.plot, "targets": self.targets,
@@ -152,8 +159,8 @@ def build_controllers(spec: str, head: TemperatureHead) -> list[tuple[str, Tempe
 
 
 def summarise(name: str, batches: list[RolloutBatch], n_problems: int, samples: int) -> ControllerResult:
-    """avg@k, pass@k and the per-sample outcomes of `batches` (sample indices 0..samples-1). Mean tau and
-    gate rate count the rows a temperature controller sampled, not a greedy draft among them."""
+    """avg@k, pass@k and the per-sample outcomes of `batches` (one round: sample indices 0..samples-1). Mean
+    tau and gate rate count the rows a temperature controller sampled, not a greedy draft among them."""
     correct = torch.zeros(n_problems, samples, dtype=torch.long)
     tau_sum = gate_sum = tokens = 0.0
     problem_tau = torch.zeros(n_problems)
@@ -174,19 +181,42 @@ def summarise(name: str, batches: list[RolloutBatch], n_problems: int, samples: 
                                 per_problem_tau=(problem_tau / problem_tokens).tolist())
 
 
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def pool_rounds(rounds: list[ControllerResult]) -> ControllerResult:
+    """One result from independent rounds of the same controller on the same problems: the outcomes stacked
+    (P, R, k), each problem's tau the mean of its rounds', mean tau and gate rate the rounds' mean."""
+    if len(rounds) == 1:
+        return rounds[0]
+    correct = torch.cat([torch.tensor(r.correct) for r in rounds], dim=1)
+    per_problem_tau = [_nanmean(list(taus)) for taus in zip(*(r.per_problem_tau for r in rounds), strict=True)]
+    return result_from_outcomes(rounds[0].name, correct, mean_tau=_nanmean([r.mean_tau for r in rounds]),
+                                gate_rate=_nanmean([r.gate_rate for r in rounds]), per_problem_tau=per_problem_tau)
+
+
 def result_from_outcomes(name: str, correct: torch.Tensor, mean_tau: float = float("nan"),
                          gate_rate: float = float("nan"), per_problem_tau: list[float] | None = None
                          ) -> ControllerResult:
-    """A result from per-sample outcomes (P, k) in {0, 1}."""
-    n_problems, samples = correct.shape
-    per_problem = (correct.sum(dim=1).float() / samples).tolist()
-    solved = int((correct.sum(dim=1) > 0).sum())
+    """A result from per-sample outcomes in {0, 1}: (P, k) for one round or (P, R, k) for R rounds. With
+    one round pass@k's interval is Wilson's; with several, a problem's pass is the share of its rounds
+    solved and the interval is the normal one over problems, like avg@k's."""
+    if correct.dim() == 2:
+        correct = correct.unsqueeze(1)
+    n_problems, repeats, samples = correct.shape
+    per_problem = correct.float().mean(dim=(1, 2)).tolist()
+    per_problem_pass = (correct.sum(dim=2) > 0).float().mean(dim=1).tolist()
+    pass_at_k = sum(per_problem_pass) / n_problems
+    pass_ci = (wilson_interval(round(pass_at_k * n_problems), n_problems) if repeats == 1
+               else mean_interval(per_problem_pass))
     return ControllerResult(
         name=name, problems=n_problems, samples=samples,
         avg_at_k=sum(per_problem) / n_problems, avg_at_k_ci=mean_interval(per_problem),
-        pass_at_k=solved / n_problems, pass_at_k_ci=wilson_interval(solved, n_problems),
-        mean_tau=mean_tau, gate_rate=gate_rate, per_problem_accuracy=per_problem,
-        correct=correct.tolist(), per_problem_tau=per_problem_tau or [],
+        pass_at_k=pass_at_k, pass_at_k_ci=pass_ci,
+        mean_tau=mean_tau, gate_rate=gate_rate, repeats=repeats, per_problem_accuracy=per_problem,
+        per_problem_pass=per_problem_pass, correct=correct.tolist(), per_problem_tau=per_problem_tau or [],
     )
 
 
@@ -321,8 +351,10 @@ def plot_tau_along_solutions(batches: list[RolloutBatch], tokenizer, problems, c
     return str(path)
 
 
-def to_markdown(report: EvalReport, n: int, k: int) -> str:
-    lines = [f"Held-out problems: {n}, samples per problem: {k}; 95% intervals over problems.", "",
+def to_markdown(report: EvalReport, n: int, k: int, repeats: int = 1) -> str:
+    pooled = (f", in {repeats} independent rounds (a problem's avg@{k} and pass@{k} are the means over its "
+              "rounds)" if repeats > 1 else "")
+    lines = [f"Held-out problems: {n}, samples per problem: {k}{pooled}; 95% intervals over problems.", "",
              f"| controller | avg@{k} | 95% CI | pass@{k} | 95% CI | mean tau | gate rate |",
              "|---|---|---|---|---|---|---|"]
     def row(r: ControllerResult) -> str:
@@ -384,8 +416,7 @@ def paired_comparison(results: list[ControllerResult]) -> dict:
     best_avg = max(fixed, key=lambda r: r.avg_at_k)
     best_pass = max(fixed, key=lambda r: r.pass_at_k)
     avg_diff = [a - b for a, b in zip(learned.per_problem_accuracy, best_avg.per_problem_accuracy, strict=True)]
-    pass_diff = [float(a > 0) - float(b > 0)
-                 for a, b in zip(learned.per_problem_accuracy, best_pass.per_problem_accuracy, strict=True)]
+    pass_diff = [a - b for a, b in zip(learned.per_problem_pass, best_pass.per_problem_pass, strict=True)]
     return {
         "best_fixed_avg": best_avg.name, "avg_diff": sum(avg_diff) / len(avg_diff),
         "avg_diff_ci": mean_interval(avg_diff),
@@ -410,11 +441,14 @@ def fit_rule_on_train(cfg: EvalConfig, ckpt, task: Task, cold: float, hot: float
     for tau in (cold, hot):
         batches = sample_completions(ckpt.model, ckpt.tokenizer, FixedTemperature(tau), problems,
                                      samples=cfg.draft_rule_samples, seed=cfg.seed + 1, **args)
-        outcomes.append(torch.tensor(summarise(f"fixed {tau}", batches, len(problems), cfg.draft_rule_samples).correct))
+        fit = summarise(f"fixed {tau}", batches, len(problems), cfg.draft_rule_samples)
+        outcomes.append(torch.tensor(fit.correct)[:, 0])  # (P, m): one round
     return fit_draft_rule(summaries[:, : len(DRAFT_STATISTICS)], outcomes[0], outcomes[1], cold, hot)
 
 
 def run_evaluation(cfg: EvalConfig) -> EvalReport:
+    if cfg.repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {cfg.repeats}")
     set_threads(cfg.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     training = read_manifest(cfg.checkpoint).training
@@ -442,22 +476,26 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
                                                   prompt_format=ckpt.manifest.prompt_format)
     results, learned_batches = [], None
     for name, controller in build_controllers(cfg.controllers, ckpt.head):
-        # Same seed for every controller: each (problem, sample) row draws the
-        # same random numbers, which makes the comparison paired.
-        if reads_draft and name.startswith("learned"):
-            # The draft is sample 0; the head samples 1..k-1 reading it: k decodes in all.
-            batches = draft_batches + sample_completions(ckpt.model, ckpt.tokenizer, controller, problems,
-                                                         samples=cfg.samples - 1, first_sample=1, drafts=drafts,
-                                                         **args)
-        else:
-            batches = sample_completions(ckpt.model, ckpt.tokenizer, controller, problems, samples=cfg.samples,
-                                         **args)
-        results.append(summarise(name, batches, len(problems), cfg.samples))
-        if name == "learned":
-            learned_batches = batches
+        rounds = []
+        # Same seed for every controller: each (problem, sample) row of a round draws the same random
+        # numbers, which makes the comparison paired. Round r draws from step r of the row seeds.
+        for round_index in range(cfg.repeats):
+            if reads_draft and name.startswith("learned"):
+                # The draft is sample 0 (greedy: the same in every round); the head samples 1..k-1 reading
+                # it: k decodes in all.
+                batches = draft_batches + sample_completions(
+                    ckpt.model, ckpt.tokenizer, controller, problems, samples=cfg.samples - 1, first_sample=1,
+                    drafts=drafts, step=round_index, **args)
+            else:
+                batches = sample_completions(ckpt.model, ckpt.tokenizer, controller, problems,
+                                             samples=cfg.samples, step=round_index, **args)
+            rounds.append(summarise(name, batches, len(problems), cfg.samples))
+            if name == "learned" and round_index == 0:
+                learned_batches = batches  # the token-class table and the plot read the first round
+        results.append(pool_rounds(rounds))
     draft_rule: dict = {}
     if cfg.draft_baselines:
-        draft_correct = torch.tensor(summarise("draft", draft_batches, len(problems), cfg.samples).correct)[:, 0]
+        draft_correct = torch.tensor(summarise("draft", draft_batches, len(problems), cfg.samples).correct)[:, 0, 0]
         fixed = {r.name: torch.tensor(r.correct) for r in results if r.name.startswith("fixed ")}
         results += [result_from_outcomes(name, c) for name, c in hedges(draft_correct, fixed).items()]
         cold, hot = (float(t) for t in cfg.draft_rule_taus.split(","))
@@ -505,7 +543,7 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
     report = EvalReport(results=results, token_classes=classes, learned_vs_best_fixed=paired_comparison(results),
                         plot=plot, markdown="", problem_outcomes=outcomes, targets=target_rows,
                         draft_rule=draft_rule, frontier_plot=frontier, deterministic_targets=deterministic_rows)
-    report.markdown = to_markdown(report, len(problems), cfg.samples)
+    report.markdown = to_markdown(report, len(problems), cfg.samples, cfg.repeats)
     # One line of JSON: the per-problem counts make an indented file needlessly long.
     full = {"config": config_to_dict(cfg), **report.to_dict(per_problem=True)}
     (out / "report.json").write_text(json.dumps(full) + "\n")

@@ -1,6 +1,6 @@
 """The avg@k / pass@k frontier of one model: the draft baselines, the learned point's targets, the plot.
 
-What it does, from per-sample outcomes (P, k) that `evaluate.py` collected:
+What it does, from per-sample outcomes (P, k), or (P, R, k) for R rounds, that `evaluate.py` collected:
   - `hedges`: the greedy draft (sample 0) plus samples 1..k-1 of each fixed
     tau: problem-blind, k decodes;
   - `DraftRule`: a logistic rule on the draft's confidence statistics
@@ -39,10 +39,16 @@ MIN_TAU_GAP = 0.2
 Z_95 = 1.959964
 
 
+def _as_sample_zero(draft_correct: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The draft's outcome (P,) as sample 0 of outcomes shaped like `like` ((P, k) or (P, R, k)): the greedy
+    draft is the same in every round."""
+    return draft_correct.view(-1, *([1] * (like.dim() - 1))).expand_as(like[..., :1])
+
+
 def hedges(draft_correct: torch.Tensor, fixed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """"hedge <tau>" -> outcomes (P, k): the draft's outcome (P,) as sample 0, then samples 1..k-1 of
-    each fixed result ("fixed <tau>" -> (P, k))."""
-    return {name.replace("fixed", "hedge", 1): torch.cat([draft_correct.unsqueeze(1), c[:, 1:]], dim=1)
+    """"hedge <tau>" -> outcomes (P, [R,] k): the draft's outcome (P,) as sample 0, then samples 1..k-1 of
+    each fixed result ("fixed <tau>" -> (P, [R,] k))."""
+    return {name.replace("fixed", "hedge", 1): torch.cat([_as_sample_zero(draft_correct, c), c[..., 1:]], dim=-1)
             for name, c in fixed.items()}
 
 
@@ -111,14 +117,14 @@ def draft_rule_results(rule: DraftRule, statistics: torch.Tensor, draft_correct:
                        cold_correct: torch.Tensor, hot_correct: torch.Tensor,
                        thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                        ) -> dict[str, torch.Tensor]:
-    """"draft rule p><t>" -> outcomes (P, k): the draft, then samples 1..k-1 of the hot tau where the rule's
-    probability exceeds t, else of the cold tau."""
+    """"draft rule p><t>" -> outcomes (P, [R,] k): the draft, then samples 1..k-1 of the hot tau where the
+    rule's probability exceeds t, else of the cold tau (outcomes (P, [R,] k) each)."""
     p_hot = rule.prob_hot(statistics)
     out = {}
     for t in thresholds:
-        hot = (p_hot > t).unsqueeze(1)
-        rest = torch.where(hot, hot_correct[:, 1:], cold_correct[:, 1:])
-        out[f"draft rule p>{t:g}"] = torch.cat([draft_correct.unsqueeze(1), rest], dim=1)
+        hot = (p_hot > t).view(-1, *([1] * (cold_correct.dim() - 1)))
+        rest = torch.where(hot, hot_correct[..., 1:], cold_correct[..., 1:])
+        out[f"draft rule p>{t:g}"] = torch.cat([_as_sample_zero(draft_correct, rest), rest], dim=-1)
     return out
 
 
@@ -164,8 +170,7 @@ def targets(learned, families: dict[str, list], fixed: list, outcomes: dict[str,
         if metric == "avg_at_k":
             diff, ci = _paired(learned.per_problem_accuracy, best.per_problem_accuracy)
         else:
-            diff, ci = _paired([float(a > 0) for a in learned.per_problem_accuracy],
-                               [float(a > 0) for a in best.per_problem_accuracy])
+            diff, ci = _paired(learned.per_problem_pass, best.per_problem_pass)
         rows.append({"target": f"(b) {metric.replace('_at_k', '@k')} within {TOLERANCE} of the best fixed",
                      "against": best.name, "metric": metric.replace("_at_k", "@k"),
                      "learned": [learned.avg_at_k, learned.pass_at_k], "other": [best.avg_at_k, best.pass_at_k],

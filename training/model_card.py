@@ -250,8 +250,10 @@ def evaluation_line(training: dict[str, Any]) -> str:
     config = evaluation.get("config", {})
     k = config.get("samples", "k")
     baselines = " and the greedy draft's baselines" if config.get("draft_baselines") else ""
-    return (f"avg@{k} and pass@{k} on {config.get('problems', '?')} held-out problems ({k} samples each) for the "
-            f"temperature controllers `{config.get('controllers', '?')}`{baselines} (tables below)")
+    repeats = config.get("repeats", 1)
+    rounds = f" in each of {repeats} independent rounds, averaged per problem" if repeats > 1 else ""
+    return (f"avg@{k} and pass@{k} on {config.get('problems', '?')} held-out problems ({k} samples each{rounds}) "
+            f"for the temperature controllers `{config.get('controllers', '?')}`{baselines} (tables below)")
 
 
 def summary(path: Path, manifest) -> list[str]:

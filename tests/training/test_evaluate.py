@@ -77,6 +77,14 @@ def test_paired_difference_pairs_problems_for_avg_and_pass():
     assert solved["diff"] == pytest.approx((0 - 1 + 1 + 0) / 4)
 
 
+def test_paired_difference_reads_rounds_from_the_reports_own_counts():
+    # Two rounds of 2 samples: counts over 4 samples, and each problem's share of rounds solved.
+    a = {**_row("a", [4, 1], samples=2), "repeats": 2, "pass_per_problem": [1.0, 0.5]}
+    b = _row("b", [2, 0], samples=2)  # one round
+    assert paired_difference(a, b, 2, "avg_at_k")["diff"] == pytest.approx(((1 - 1) + (0.25 - 0)) / 2)
+    assert paired_difference(a, b, 2, "pass_at_k")["diff"] == pytest.approx(((1 - 1) + (0.5 - 0)) / 2)
+
+
 def test_targets_compare_the_learned_point_with_each_models_best_fixed_tau(tmp_path):
     joint = _write_report(tmp_path / "joint", [
         _row("fixed 0.3", [4, 4, 0, 0], tau=0.3), _row("fixed 1.0", [2, 2, 1, 1], tau=1.0),

@@ -17,10 +17,11 @@ from model import (
     save_checkpoint,
 )
 from training.config import EvalConfig
-from training.evaluate import result_from_outcomes, run_evaluation
+from training.evaluate import pool_rounds, result_from_outcomes, run_evaluation, wilson_interval
 from training.frontier import (
     MIN_TAU_GAP,
     TOLERANCE,
+    DraftRule,
     auc,
     draft_rule_results,
     fit_draft_rule,
@@ -40,6 +41,20 @@ def test_a_hedge_is_the_draft_then_samples_one_on_of_the_fixed_tau():
     out = hedges(draft, fixed)
     assert list(out) == ["hedge 0.5"]
     assert out["hedge 0.5"].tolist() == [[1, 1, 1], [0, 0, 0], [0, 0, 1]]
+
+
+def test_with_rounds_the_draft_is_sample_zero_of_every_round():
+    draft = torch.tensor([1, 0])
+    fixed = torch.tensor([[[0, 1], [0, 0]], [[1, 1], [0, 1]]])  # (P=2, R=2, k=2)
+    assert hedges(draft, {"fixed 0.5": fixed})["hedge 0.5"].tolist() == [[[1, 1], [1, 0]], [[0, 1], [0, 1]]]
+    rule = DraftRule(mean=[0.0] * len(DRAFT_STATISTICS), std=[1.0] * len(DRAFT_STATISTICS),
+                     weights=[1.0] + [0.0] * (len(DRAFT_STATISTICS) - 1), bias=0.0, cold=0.1, hot=1.0,
+                     train_problems=2, train_auc=1.0)
+    stats = torch.zeros(2, len(DRAFT_STATISTICS))
+    stats[0, 0], stats[1, 0] = 5.0, -5.0  # problem 0 hot, problem 1 cold
+    cold, hot = torch.zeros(2, 2, 3, dtype=torch.long), torch.ones(2, 2, 3, dtype=torch.long)
+    chosen = draft_rule_results(rule, stats, draft, cold, hot, thresholds=(0.5,))["draft rule p>0.5"]
+    assert chosen.tolist() == [[[1, 1, 1], [1, 1, 1]], [[0, 0, 0], [0, 0, 0]]]
 
 
 def test_the_draft_rule_learns_a_separable_rule_and_picks_hot_or_cold_per_problem():
@@ -73,8 +88,35 @@ def test_auc_counts_ties_half():
     assert auc(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])) == 0.5
 
 
-def _result(name: str, rows: list[list[int]], taus: list[float] | None = None):
+def _result(name: str, rows: list, taus: list[float] | None = None):
     return result_from_outcomes(name, torch.tensor(rows), per_problem_tau=taus)
+
+
+def test_rounds_pool_each_problems_accuracy_and_share_of_rounds_solved():
+    # Problem 0 solved in round 0 only, problem 1 in both rounds, problem 2 never.
+    pooled = result_from_outcomes("fixed 1.0", torch.tensor([[[1, 0], [0, 0]], [[1, 1], [0, 1]], [[0, 0], [0, 0]]]))
+    assert (pooled.repeats, pooled.samples, pooled.problems) == (2, 2, 3)
+    assert pooled.per_problem_accuracy == pytest.approx([0.25, 0.75, 0.0])
+    assert pooled.per_problem_pass == pytest.approx([0.5, 1.0, 0.0])
+    assert pooled.avg_at_k == pytest.approx(1 / 3) and pooled.pass_at_k == pytest.approx(0.5)
+    assert pooled.pass_at_k_ci[0] < 0.5 < pooled.pass_at_k_ci[1]
+    # One round is the plain result: pass is solved or not, with Wilson's interval.
+    one = result_from_outcomes("fixed 1.0", torch.tensor([[1, 0], [1, 1], [0, 0]]))
+    assert one.repeats == 1 and one.per_problem_pass == [1.0, 1.0, 0.0]
+    assert one.pass_at_k_ci == pytest.approx(wilson_interval(2, 3))
+    # Pooling two one-round results stacks their rounds.
+    again = pool_rounds([one, result_from_outcomes("fixed 1.0", torch.tensor([[0, 0], [0, 1], [0, 0]]))])
+    assert again.correct == [[[1, 0], [0, 0]], [[1, 1], [0, 1]], [[0, 0], [0, 0]]]
+    assert again.pass_at_k == pytest.approx(pooled.pass_at_k)
+
+
+def test_target_b_on_pass_uses_each_problems_share_of_rounds_solved():
+    fixed = [_result("fixed 0.1", [[[1, 1], [1, 1]], [[0, 0], [0, 0]]]),
+             _result("fixed 1.0", [[[1, 0], [0, 0]], [[0, 1], [1, 0]]])]  # pass 0.5 and 1.0: 0.75
+    learned = _result("learned", [[[1, 1], [1, 1]], [[0, 1], [0, 0]]])  # pass 1.0 and 0.5: 0.75
+    pass_row = next(r for r in targets(learned, {}, fixed, {}, "fixed 0.1", "fixed 1.0")
+                    if r["target"].startswith("(b) pass"))
+    assert pass_row["against"] == "fixed 1.0" and pass_row["diff"] == pytest.approx(0.0) and pass_row["met"]
 
 
 def test_nearest_below_takes_the_highest_pass_not_above_the_learned_point():
@@ -155,3 +197,33 @@ def test_evaluating_an_old_head_with_the_draft_baselines_keeps_its_learned_rows(
     learned = next(r for r in report.results if r.name == "learned")
     assert learned.samples == 2 and len(learned.correct) == 4
     assert [r.name for r in report.results if r.name.startswith("hedge")] == ["hedge 0.1", "hedge 1.0"]
+
+
+def test_each_round_draws_its_own_noise_and_round_zero_is_the_single_round_eval(micro_checkpoint, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(micro_checkpoint, checkpoint)
+
+    def learned(repeats: int):
+        report = run_evaluation(EvalConfig(checkpoint=str(checkpoint), problems=4, samples=2, repeats=repeats,
+                                           controllers="fixed:1.0,learned", plot_samples=0, threads=1,
+                                           draft_baselines=False, write_manifest=False))
+        return next(r for r in report.results if r.name == "learned"), report
+
+    one, _ = learned(1)
+    two, report = learned(2)
+    assert two.repeats == 2 and torch.tensor(two.correct).shape == (4, 2, 2)
+    assert "in 2 independent rounds" in report.markdown
+    # The head's draws differ between the rounds, else pooling would add nothing: with round 0 the one-round
+    # evaluation, round 1's tau per problem (twice the pooled mean less round 0's) is another.
+    round_one = [2 * p - o for p, o in zip(two.per_problem_tau, one.per_problem_tau, strict=True)]
+    assert all(0.1 <= t <= 2.0 for t in round_one)
+    assert round_one != pytest.approx(one.per_problem_tau, abs=1e-4)
+    row = next(r for r in json.loads((checkpoint / "eval" / "report.json").read_text())["results"]
+               if r["name"] == "learned")
+    assert row["repeats"] == 2 and all(0 <= c <= 4 for c in row["correct_per_problem"])
+    assert len(row["pass_per_problem"]) == 4
+
+
+def test_evaluation_refuses_fewer_than_one_round(micro_checkpoint):
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        run_evaluation(EvalConfig(checkpoint=str(micro_checkpoint), repeats=0))
