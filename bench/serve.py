@@ -67,6 +67,14 @@ model facts come from `--checkpoint`, which may not be what that server runs).
 The baseline is never compiled. The two sides run one after the other (never at
 once) so they do not compete for cores, but the clients share the machine with
 the server. On a shared machine, compare numbers from the same run only.
+
+With `--peer`, the peer (`transformers serve --continuous-batching`, eager and/or
+compiled) runs on the same prompts: by default after this server's sweep, one
+server after another; with `--rounds R`, every server runs at once (an idle one
+takes next to no CPU) and each peer level is measured in R rounds in which the
+servers take turns, the order reversed every round, so that the machine's drift
+over minutes weighs on both sides of a ratio alike. The JSON keeps each round's
+ratio (peer_rounds).
 """
 
 from __future__ import annotations
@@ -471,34 +479,85 @@ def peer_prompt(tokenizer, prompt: str) -> str:
     return prompt if tokenizer.bos_token is None else tokenizer.bos_token + prompt
 
 
+class Peer:
+    """The peer server on the same checkpoint, prompts and sampling as this server's run: started on
+    construction, `start` waits until it is ready and warms it up, `level` measures one concurrency level."""
+
+    def __init__(self, checkpoint: Path, prompts: list[str], args: argparse.Namespace, device: str,
+                 compiled: bool) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self.variant = "compiled" if compiled else "eager"
+        self.name = "peer compiled" if compiled else "peer"
+        self.body = peer_body(checkpoint, args.new_tokens, args.workload == "fixed", args.seed)
+        self.texts = [peer_prompt(tokenizer, prompt) for prompt in prompts]
+        self.process = ServerProcess(checkpoint, {}, command=peer_command(checkpoint, device, compiled),
+                                     health_path="/health")
+        self.ready_s: float | None = None
+
+    def start(self) -> None:
+        self.ready_s = self.process.wait_ready()
+        # The first request fixes the peer's sampling settings (and loads its model): send it now.
+        warm = self.level(1, 1, name="warm-up")
+        if warm.records[0].error:
+            raise RuntimeError(f"peer warm-up failed: {warm.records[0].error}\n" + "".join(self.process.output[-40:]))
+
+    def level(self, concurrency: int, requests: int, name: str | None = None) -> Level:
+        return asyncio.run(run_level(self.process.url, self.texts[:requests], concurrency, self.body,
+                                     name=name or self.name, path="/v1/completions",
+                                     read_event=openai_completion_event))
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 def run_peer(
     checkpoint: Path, prompts: list[str], concurrency: list[int], args: argparse.Namespace, device: str,
     compiled: bool,
 ) -> tuple[list[Level], float]:
     """Starts the peer, runs `concurrency` levels on it, stops it. Returns the levels and its ready time."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    fixed_length = args.workload == "fixed"
-    body = peer_body(checkpoint, args.new_tokens, fixed_length, args.seed)
-    texts = [peer_prompt(tokenizer, prompt) for prompt in prompts]
-    name = "peer compiled" if compiled else "peer"
-    peer = ServerProcess(checkpoint, {}, command=peer_command(checkpoint, device, compiled), health_path="/health")
+    peer = Peer(checkpoint, prompts, args, device, compiled)
     try:
-        ready_s = peer.wait_ready()
-        # The first request fixes the peer's sampling settings (and loads its model): send it now.
-        warm = asyncio.run(run_level(peer.url, texts[:1], 1, body, name="warm-up", path="/v1/completions",
-                                     read_event=openai_completion_event))
-        if warm.records[0].error:
-            raise RuntimeError(f"peer warm-up failed: {warm.records[0].error}\n" + "".join(peer.output[-40:]))
-        levels = [
-            asyncio.run(run_level(peer.url, texts[: requests_for(c, args.requests)], c, body, name=name,
-                                  path="/v1/completions", read_event=openai_completion_event))
-            for c in concurrency
-        ]
+        peer.start()
+        levels = [peer.level(c, requests_for(c, args.requests)) for c in concurrency]
     finally:
         peer.stop()
-    return levels, ready_s
+    assert peer.ready_s is not None
+    return levels, peer.ready_s
+
+
+def run_rounds(
+    url: str, peers: list[Peer], prompts: list[str], concurrency: int, body: dict, args: argparse.Namespace,
+    ours: bool,
+) -> tuple[Level | None, dict[str, Level], dict[str, list[float | None]]]:
+    """One concurrency level measured in `args.rounds` rounds on servers that all run at once: this server
+    (when `ours`) and each peer take turns, the order reversed every other round (A B C, C B A, ...), so a
+    drift of the machine's speed over the rounds weighs on every side alike. Returns this server's level
+    and each peer's (the rounds' records together, their walls summed), and per peer the ratio of output
+    tok/s in each round."""
+    requests = requests_for(concurrency, args.requests)
+    turns: list[str] = (["ours"] if ours else []) + [peer.variant for peer in peers]
+    by_variant = {peer.variant: peer for peer in peers}
+    rounds: dict[str, list[Level]] = {turn: [] for turn in turns}
+    before = server_span_totals(url) if ours else {}
+    for index in range(args.rounds):
+        for turn in turns if index % 2 == 0 else turns[::-1]:
+            if turn == "ours":
+                level = asyncio.run(run_level(url, prompts[:requests], concurrency, body))
+            else:
+                level = by_variant[turn].level(concurrency, requests)
+            rounds[turn].append(level)
+    ratios = {
+        variant: [_ratio(a.summary()["output_tokens_per_s"], b.summary()["output_tokens_per_s"])
+                  for a, b in zip(rounds["ours"], rounds[variant], strict=True)] if ours else []
+        for variant in by_variant
+    }
+    our_level = None
+    if ours:
+        our_level = merged(rounds["ours"], f"server c={concurrency}")
+        our_level.server_spans = server_span_means(before, server_span_totals(url))  # peers' turns leave it idle
+    return our_level, {v: merged(rounds[v], f"{by_variant[v].name} c={concurrency}") for v in by_variant}, ratios
 
 
 def metric_totals(url: str, names: tuple[str, ...]) -> dict[str, float]:
@@ -729,6 +788,10 @@ def main() -> None:
                         "with its --compile), on the same prompts at temperature 1 over the whole distribution")
     parser.add_argument("--peer-concurrency", type=int, nargs="+", default=[16, 64],
                         help="the peer's concurrency levels (each also in --concurrency for a ratio)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --peer: run this server and the peers at once and measure each peer level in "
+                        "this many rounds, the servers taking turns in an order reversed every round (default 1: "
+                        "this server's sweep, then each peer's, one after the other)")
     parser.add_argument("--device", default=None,
                         help="server and baseline alike (default: cuda when available, else cpu; dtype: bfloat16 "
                         "on cuda, float32 on cpu)")
@@ -750,8 +813,10 @@ def main() -> None:
         args.baseline_requests = args.baseline_requests or 2
     if args.samples_only:
         args.concurrency = []
-    if min(args.concurrency, default=1) < 1 or args.requests < 1 or args.new_tokens < 1:
-        sys.exit("--concurrency, --requests and --new-tokens must be at least 1")
+    if min(args.concurrency, default=1) < 1 or args.requests < 1 or args.new_tokens < 1 or args.rounds < 1:
+        sys.exit("--concurrency, --requests, --new-tokens and --rounds must be at least 1")
+    if args.rounds > 1 and args.url:
+        sys.exit("--rounds runs the peers beside a server this script starts: it cannot take --url")
     baseline_threads = args.baseline_threads or args.threads
     if baseline_threads is not None:
         torch.set_num_threads(baseline_threads)
@@ -804,31 +869,57 @@ def main() -> None:
         server = None
         if not args.url:
             server = ServerProcess(checkpoint, overrides)
+        # With --rounds the peers start now and run beside this server (each idles while another is measured:
+        # the peer's idle process used 0.3% of a CPU here), and their levels are measured in turns.
+        side_by_side = args.rounds > 1 and bool(args.peer)
+        running_peers: list[Peer] = []
         levels: list[Level] = []
+        peers: dict[str, list[Level]] = {variant: [] for variant in args.peer}
+        peer_ready_s: dict[str, float] = {}
+        round_ratios: dict[str, dict[str, list[float | None]]] = {variant: {} for variant in args.peer}
         ready_s = peak_rss_mib = api_peak_rss_mib = info = samples = None
         try:
             url = args.url or server.url
             if server is not None:
                 ready_s = server.wait_ready()
+            if side_by_side:  # after this server is ready, so that its ready time is a start-up's alone
+                running_peers = [Peer(checkpoint, prompts, args, device, compiled=variant == "compiled")
+                                 for variant in args.peer]
             info = httpx.get(f"{url}/info", timeout=30).json()  # what the server runs with (threads aside)
+            for peer in running_peers:
+                peer.start()
+                peer_ready_s[peer.variant] = peer.ready_s
+            in_turns = set(args.peer_concurrency) if side_by_side else set()
             for concurrency in args.concurrency:
+                if concurrency in in_turns:
+                    continue
                 level_prompts = prompts[: requests_for(concurrency, args.requests)]
                 before = server_span_totals(url)
                 level = asyncio.run(run_level(url, level_prompts, concurrency, body))
                 level.server_spans = server_span_means(before, server_span_totals(url))
                 levels.append(level)
+            for concurrency in sorted(in_turns):
+                our_level, peer_levels, ratios_by_round = run_rounds(
+                    url, running_peers, prompts, concurrency, body, args, ours=concurrency in args.concurrency)
+                if our_level is not None:
+                    levels.append(our_level)
+                for variant, level in peer_levels.items():
+                    peers[variant].append(level)
+                    round_ratios[variant][str(concurrency)] = ratios_by_round[variant]
+            levels.sort(key=lambda level: level.concurrency)
             if args.samples > 1:
                 samples = run_samples(url, prompts[:samples_prompts], args.samples, args.samples_concurrency, body)
             if server is not None:
                 peak_rss_mib, api_peak_rss_mib = server.peak_rss_mib()
         finally:
+            for peer in running_peers:
+                peer.stop()
             if server is not None:
                 server.stop()
-        peers: dict[str, list[Level]] = {}
-        peer_ready_s: dict[str, float] = {}
-        for variant in args.peer:
-            peers[variant], peer_ready_s[variant] = run_peer(
-                checkpoint, prompts, args.peer_concurrency, args, device, compiled=variant == "compiled")
+        if not side_by_side:
+            for variant in args.peer:
+                peers[variant], peer_ready_s[variant] = run_peer(
+                    checkpoint, prompts, args.peer_concurrency, args, device, compiled=variant == "compiled")
         baseline_after = baseline_run("after")
         baseline_halves = [level for level in (baseline_before, baseline_after) if level is not None]
         baseline = merged(baseline_halves, "HF generate() c=1") if baseline_halves else None
@@ -865,8 +956,11 @@ def main() -> None:
                        f"({row['server_queue_mean_ms']}) ms" for row in rows)
           + f"   server-side c16/c1: {ratios['server_ttft_mean_c16_over_c1']}")
     for variant, by_level in ratios["over_peer"].items():
+        in_rounds = round_ratios.get(variant, {})
         print(f"output tok/s / peer ({variant}): "
-              + "   ".join(f"{clients} clients: {ratio}" for clients, ratio in by_level.items()))
+              + "   ".join(f"{clients} clients: {ratio}" + (f" (rounds: {in_rounds[clients]})" if clients in
+                                                          in_rounds else "")
+                         for clients, ratio in by_level.items()))
     if samples is not None:
         _print_table([samples["shared"], samples["separate"]], f"n-samples workload: n={samples['n']}, "
                      f"{samples['prompts']} prompts, {samples['concurrency'] * samples['n']} rows in flight")
@@ -898,6 +992,8 @@ def main() -> None:
         "baseline_thread_probes": thread_probes,  # generate() at each thread count; the fastest is the baseline's
         "peers": peer_rows,  # per variant (eager, compiled): transformers serve --continuous-batching
         "peer_ready_s": {variant: round(value, 2) for variant, value in peer_ready_s.items()},
+        # With --rounds: per variant and concurrency, this server's output tok/s over the peer's in each round.
+        "peer_rounds": {"rounds": args.rounds, "side_by_side": side_by_side, "ratios": round_ratios},
         "peer_command": {variant: peer_command(checkpoint, device, variant == "compiled") for variant in peers},
         "summary": ratios,
         "records": {

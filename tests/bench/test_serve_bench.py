@@ -143,3 +143,32 @@ def test_baseline_runs_at_the_fastest_thread_count_it_probed(tmp_path):
         assert torch.get_num_threads() == best  # the baseline then runs at that count
     finally:
         torch.set_num_threads(before)
+
+
+def test_with_rounds_the_servers_run_at_once_and_take_turns_level_by_level(tmp_path):
+    out = tmp_path / "out.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--tiny-random", "--threads", "1", "--compile", "false",
+         "--no-baseline", "--peer", "eager", "--peer-concurrency", "4", "--rounds", "2",
+         "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    report = json.loads(out.read_text())
+    per_round = 8 * 4  # at least eight requests per client in each round
+    assert [level["concurrency"] for level in report["levels"]] == [1, 4]  # quick: 1 client alone, then turns
+    ours, (peer,) = report["levels"][1], report["peers"]["eager"]
+    for level in (ours, peer):  # both rounds' requests, every one completed
+        assert level["concurrency"] == 4 and level["requests"] == level["completed"] == 2 * per_round
+        assert level["output_tokens"] == 2 * per_round * report["settings"]["new_tokens"]
+    assert 0 < ours["server_queue_mean_ms"] < ours["server_ttft_mean_ms"]  # its own span, peer turns aside
+    rounds = report["peer_rounds"]
+    assert rounds["rounds"] == 2 and rounds["side_by_side"] is True
+    ratios = rounds["ratios"]["eager"]["4"]
+    assert len(ratios) == 2 and all(_non_negative_number(r) and r > 0 for r in ratios)
+    # The pooled ratio (both rounds' tokens over both rounds' walls) lies between the rounds' own.
+    pooled = report["summary"]["over_peer"]["eager"]["4"]
+    assert min(ratios) - 1e-3 <= pooled <= max(ratios) + 1e-3
+    assert report["peer_ready_s"]["eager"] > 0
+    assert "(rounds: [" in completed.stdout
