@@ -153,8 +153,9 @@ class GRPOConfig:
     # likelihood of the update-to-that-rung action (z clipped into [0.05, 0.95]) on the tokens of its own
     # rows, weighted by the rung's score
     # above the rungs' mean; needs tau_ladder, ladder_samples rows per problem over its rungs), or
-    # "rung-value" (scored the same way, on a ladder of exactly the head's tau_min and tau_max: the head
-    # maximises each problem's hot-minus-cold score times its expected tau's position between them).
+    # "rung-value" (scored the same way, on a ladder from the head's tau_min to its tau_max: the head
+    # maximises each problem's value of its expected tau, linear between the rungs' scores; with two rungs,
+    # the hot-minus-cold score times the expected tau's position between them).
     tau_objective: str = "grpo"
     tau_entropy_coef: float = 0.0  # bonus on the head's action entropy in its updates (exploration)
     # rung-value only: penalty on the variance of the head's Beta at each token (z units); the value alone is

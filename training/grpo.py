@@ -52,12 +52,14 @@ whose context is the draft: the head's mean tau on a problem moves towards the r
 it samples itself. Problems where the rungs tie
 (neither solves, or both alike) weigh nothing. The LM phase is unchanged (its own rows, its advantage).
 
-The head trained by the rungs' value (`--tau-objective rung-value`): the same two-rung scores, with the rungs
-at the head's tau_min and tau_max, but the head maximises the value of its expected tau under a value linear
-between the rungs (`rung_value_update`) instead of the likelihood of the winner. best-rung's optimum is the
-conditional mean of the rungs given what the head reads, so where the draft only shifts the odds the head's
-tau moves little (the draft-best-rung trial: a per-problem tau gap of 0.09 for a ranking of AUC 0.7); this
-objective is maximised at whichever rung wins on average for that draft, a decision like the draft rule's.
+The head trained by the rungs' value (`--tau-objective rung-value`): the same rung scores, with the coldest
+and hottest rungs at the head's tau_min and tau_max, but the head maximises the value of its expected tau
+under a value linear between the rungs (`rung_value_update`) instead of the likelihood of the winner. A
+middle rung (e.g. 0.1,0.5,1.0) lets the value bend: a problem where 0.5 beats both ends pulls the head there.
+best-rung's optimum is the conditional mean of the rungs given what the head reads, so where the draft only
+shifts the odds the head's tau moves little (the draft-best-rung trial: a per-problem tau gap of 0.09 for a
+ranking of AUC 0.7); this objective is maximised at whichever rung wins on average for that draft, a decision
+like the draft rule's.
 
 The baseline the paper compares against is the same command with
 `--rollout-temperature fixed:1.0` (or `entropy`): rollouts at that
@@ -422,21 +424,35 @@ def best_rung_update(
     return out
 
 
-def rung_value_update(
-    model, head: TemperatureHead, batches: list[RolloutBatch], gains: torch.Tensor, cfg: GRPOConfig,
-    optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], device: torch.device,
-) -> dict[str, float]:
-    """One head step off-policy from a two-rung ladder by the rungs' value (`--tau-objective rung-value`).
+def rung_value(scores: torch.Tensor, knots: torch.Tensor, hotness: torch.Tensor) -> torch.Tensor:
+    """A problem's value of the head's tau, linear between the rungs' scores: scores (R, K) of rungs at
+    `knots` (K,) ascending, in hotness units (0 = the coldest rung, 1 = the hottest), hotness (R, N) ->
+    (R, N), relative to the coldest rung's score. With two rungs it is the hot-minus-cold gain x hotness."""
+    value = torch.zeros_like(hotness)
+    for j in range(len(knots) - 1):
+        width = knots[j + 1] - knots[j]
+        gain = (scores[:, j + 1] - scores[:, j]).unsqueeze(1)  # (R, 1)
+        value = value + gain * (hotness - knots[j]).clamp(0.0, float(width)) / width
+    return value
 
-    `gains` (P,): each problem's hot rung score minus its cold rung score. The rungs are the head's tau_min
-    and tau_max, and a problem's value of tau is taken as linear between them, so the value of the head's
-    action at token t is gains[problem] x hotness_t, hotness_t = (E[tau_t] - tau_min) / (tau_max - tau_min),
-    E[tau_t] = P(update) tau(Beta mean) + (1 - P(update)) tau_{t-1}. The loss is minus that, summed over the
-    tokens of the head's own rows and divided by their count (every rank). Unlike best-rung's weighted
-    likelihood, whose optimum is the conditional mean of the two rungs (a head that moves its tau a little
-    where it is unsure, which is everywhere), this objective is maximised at the rung that wins on average
-    for the draft the head reads: it is decisive, and a decisive Beta mean near 0 or 1 is a narrow Beta."""
+
+def rung_value_update(
+    model, head: TemperatureHead, batches: list[RolloutBatch], scores: torch.Tensor, rungs: Sequence[float],
+    cfg: GRPOConfig, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], device: torch.device,
+) -> dict[str, float]:
+    """One head step off-policy from a tau ladder by the rungs' value (`--tau-objective rung-value`).
+
+    `scores` (P, K): each problem's score at each rung of `rungs` (ascending; the coldest is the head's
+    tau_min, the hottest its tau_max). A problem's value of tau is taken as linear between the rungs
+    (`rung_value`), and the value of the head's action at token t is that at E[tau_t] = P(update) tau(Beta
+    mean) + (1 - P(update)) tau_{t-1}; with two rungs, gain x hotness_t, hotness_t = (E[tau_t] - tau_min) /
+    (tau_max - tau_min). The loss is minus that, summed over the tokens of the head's own rows and divided by
+    their count (every rank). Unlike best-rung's weighted likelihood, whose optimum is the conditional mean
+    of the rungs (a head that moves its tau a little where it is unsure, which is everywhere), this
+    objective is maximised at the rung worth most on average for the draft the head reads: it is decisive
+    (a middle rung included, where the ladder has one), and a decisive Beta mean is a narrow Beta."""
     hc = head.config
+    knots = (torch.tensor(rungs, dtype=torch.float32) - hc.tau_min) / (hc.tau_max - hc.tau_min)
     local_tokens = float(sum(b.generation.mask.sum() for b in batches))
     n_tokens = distributed.all_reduce_sum(local_tokens, device)
     world = distributed.world_size()
@@ -448,12 +464,12 @@ def rung_value_update(
         dist = head.distribution(states.hidden, states.tau_prev, batch.draft)
         expected_tau = dist.gate_prob * hc.z_to_tau(dist.beta_mean) + (1 - dist.gate_prob) * states.tau_prev
         hotness = ((expected_tau - hc.tau_min) / (hc.tau_max - hc.tau_min)).squeeze(-1)  # (R, N)
-        gain = gains.to(mask.device)[batch.problem_index].unsqueeze(1)  # (R, 1)
+        value = rung_value(scores.to(mask.device)[batch.problem_index], knots.to(mask.device), hotness)
         # The Beta's variance alone, not the action's: penalising the gate's share of it (p Var + p (1 - p)
         # (mean - z_{t-1})^2) drove the gate to 0 in a trial (rate 0.07 by step 22), the head then keeping tau_0.
         total = dist.alpha + dist.beta
         variance = (dist.alpha * dist.beta / (total**2 * (total + 1))).squeeze(-1)  # (R, N)
-        objective = gain * hotness - cfg.tau_variance_coef * variance
+        objective = value - cfg.tau_variance_coef * variance
         loss = -(objective * mask).sum() / (n_tokens / world)
         loss.backward()
         with torch.no_grad():
@@ -466,19 +482,6 @@ def rung_value_update(
     optimizer.step()
     return {"loss": totals["loss"], "tau_entropy": totals["tau_entropy"] / max(local_tokens, 1.0),
             "tau_variance": totals["tau_variance"] / max(local_tokens, 1.0)}
-
-
-def two_rung_gains(scores: torch.Tensor, ladder: Sequence[float]) -> torch.Tensor:
-    """(P,): the hot rung's score minus the cold rung's, from rung_scores' (P, 2)."""
-    return scores[:, ladder.index(max(ladder))] - scores[:, ladder.index(min(ladder))]
-
-
-def gains_as_weights(gains: torch.Tensor, ladder: Sequence[float]) -> torch.Tensor:
-    """(P, 2) in the ladder's order: the winning rung's share of the gain, as rung_weights gives it."""
-    weights = torch.zeros(len(gains), 2)
-    weights[:, ladder.index(max(ladder))] = gains.clamp_min(0.0) / 2
-    weights[:, ladder.index(min(ladder))] = (-gains).clamp_min(0.0) / 2
-    return weights
 
 
 def rung_metrics(batches: list[RolloutBatch], weights: torch.Tensor, ladder: Sequence[float],
@@ -606,11 +609,11 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
         raise ValueError(f"tau_objective must be one of {', '.join(TAU_OBJECTIVES)}, got {cfg.tau_objective!r}")
     best_rung = cfg.tau_objective == "best-rung"
     rung_value = cfg.tau_objective == "rung-value"
-    if rung_value and (len(ladder) != 2 or ladder_rows < 2
-                       or sorted(ladder) != [head.config.tau_min, head.config.tau_max]):
-        raise ValueError("tau_objective rung-value needs a ladder of exactly two rungs, the head's tau_min and "
-                         f"tau_max ({head.config.tau_min:g},{head.config.tau_max:g}; set --head-tau-min and "
-                         "--head-tau-max), and ladder_samples of at least one row per rung")
+    if rung_value and (len(set(ladder)) != len(ladder) or len(ladder) < 2 or ladder_rows < len(ladder)
+                       or (min(ladder), max(ladder)) != (head.config.tau_min, head.config.tau_max)):
+        raise ValueError("tau_objective rung-value needs a ladder of at least two distinct rungs from the head's "
+                         f"tau_min to its tau_max ({head.config.tau_min:g} to {head.config.tau_max:g}; set "
+                         "--head-tau-min and --head-tau-max), and ladder_samples of at least one row per rung")
     if rung_value and not isinstance(controller, LearnedTemperature):
         raise ValueError("tau_objective rung-value trains the head: it needs rollout temperature learned")
     if best_rung and (len(set(ladder)) < 2 or ladder_rows < len(ladder) or len(set(ladder)) != len(ladder)):
@@ -684,13 +687,14 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                 scores = rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k,
                                      cfg.rung_mean_weight)
             if part == "tau" and rung_value:
-                # The head moves towards the rung worth more on each problem, decisively; the LM is frozen.
-                gains = two_rung_gains(scores, ladder)
+                # The head moves towards the rung worth most on each problem, decisively; the LM is frozen.
+                order = sorted(range(len(ladder)), key=lambda k: ladder[k])  # the rungs from cold to hot
                 params = set_phase(model, head, part)
                 for _ in range(cfg.updates_per_rollout):
-                    part_stats = rung_value_update(model, head, batches, gains, cfg, optimizers[part], params,
+                    part_stats = rung_value_update(model, head, batches, scores[:, order],
+                                                   [ladder[k] for k in order], cfg, optimizers[part], params,
                                                    device)
-                stats.update(rung_metrics(batches, gains_as_weights(gains, ladder), ladder, device))
+                stats.update(rung_metrics(batches, rung_weights(scores), ladder, device))
                 stats.update(head_stats(part_stats, phase))
                 continue
             if part == "tau" and best_rung:

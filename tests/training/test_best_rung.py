@@ -19,13 +19,12 @@ from training import grpo
 from training.config import GRPOConfig, HeadPrior
 from training.grpo import (
     best_rung_update,
-    gains_as_weights,
     rung_scores,
+    rung_value,
     rung_value_update,
     rung_weights,
     set_phase,
     train_grpo,
-    two_rung_gains,
 )
 from training.rollout import LadderTemperature, draft_completions, head_states, sample_completions
 from training.tasks.countdown import CountdownConfig, Problem, Verdict
@@ -184,28 +183,30 @@ def _two_rung_head(hidden_size: int) -> TemperatureHead:
                                       tau_max=1.0, tau_init=0.6))
 
 
-def test_two_rung_gains_are_the_hot_rungs_score_minus_the_cold_ones_whatever_the_ladders_order():
-    scores = torch.tensor([[0.0, 1.5], [2.0, 1.5], [0.0, 0.0]])  # columns in the ladder's order
-    torch.testing.assert_close(two_rung_gains(scores, [0.1, 1.0]), torch.tensor([1.5, -0.5, 0.0]))
-    torch.testing.assert_close(two_rung_gains(scores, [1.0, 0.1]), torch.tensor([-1.5, 0.5, 0.0]))
-    # As weights, the winner gets half the gap (as rung_weights gives it for two rungs), ties nothing.
-    torch.testing.assert_close(gains_as_weights(two_rung_gains(scores, [0.1, 1.0]), [0.1, 1.0]),
-                               rung_weights(scores))
+def test_the_rung_value_is_linear_between_the_rungs_scores():
+    hotness = torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0]])
+    # Two rungs: the hot-minus-cold gain times the hotness.
+    torch.testing.assert_close(rung_value(torch.tensor([[0.5, 2.0]]), torch.tensor([0.0, 1.0]), hotness),
+                               1.5 * hotness)
+    # Three rungs, the middle one best: the value rises to it, then falls to the hot rung's (cold's = 0).
+    value = rung_value(torch.tensor([[0.0, 1.0, 0.5]]), torch.tensor([0.0, 0.5, 1.0]), hotness)
+    torch.testing.assert_close(value, torch.tensor([[0.0, 0.5, 1.0, 0.75, 0.5]]))
 
 
 def test_rung_value_updates_send_the_head_decisively_to_the_rung_that_wins_each_problem(micro_checkpoint,
                                                                                        countdown_problems):
     model, head, own, ladder, rows = _hot_and_cold_rollouts(micro_checkpoint, countdown_problems, _two_rung_head)
     hot, cold = HOT, COLD
-    gains = two_rung_gains(rung_scores(rows, 6, ladder, "mean+pass@k", k=2), ladder.ladder)
-    assert (gains[:3] > 0).all() and (gains[3:] < 0).all()
+    scores = rung_scores(rows, 6, ladder, "mean+pass@k", k=2)  # (6, 2): columns 0.2, 1.0
+    assert ladder.ladder == [0.2, 1.0]
+    assert (scores[:3, 1] > scores[:3, 0]).all() and (scores[3:, 1] < scores[3:, 0]).all()
     before_hot, before_cold = _mean_tau(model, head, own, hot), _mean_tau(model, head, own, cold)
     lm_before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = GRPOConfig(head_lr=1e-2)
     params = set_phase(model, head, "tau")
     optimizer = _head_optimizer(head, params, cfg)
     for _ in range(24):
-        stats = rung_value_update(model, head, own, gains, cfg, optimizer, params, torch.device("cpu"))
+        stats = rung_value_update(model, head, own, scores, [0.2, 1.0], cfg, optimizer, params, torch.device("cpu"))
         assert math.isfinite(stats["loss"]) and math.isfinite(stats["tau_entropy"])
     after_hot, after_cold = _mean_tau(model, head, own, hot), _mean_tau(model, head, own, cold)
     # From about 0.6 on both, to a gap of more than half the range (the micro LM's drafts of some problems
@@ -215,27 +216,43 @@ def test_rung_value_updates_send_the_head_decisively_to_the_rung_that_wins_each_
     assert all(torch.equal(p, lm_before[n]) for n, p in model.named_parameters())  # the LM stays frozen
 
 
+def test_a_middle_rung_that_wins_draws_the_heads_tau_to_the_middle(micro_checkpoint, countdown_problems):
+    model, head, own, _, _ = _hot_and_cold_rollouts(micro_checkpoint, countdown_problems, _two_rung_head)
+    # Rungs 0.2, 0.6, 1.0: the middle one is worth most on problems HOT, the cold one on problems COLD.
+    scores = torch.tensor([[0.0, 1.0, 0.2]] * 3 + [[1.0, 0.0, 0.0]] * 3)
+    cfg = GRPOConfig(head_lr=1e-2)
+    params = set_phase(model, head, "tau")
+    optimizer = _head_optimizer(head, params, cfg)
+    for _ in range(24):
+        rung_value_update(model, head, own, scores, [0.2, 0.6, 1.0], cfg, optimizer, params, torch.device("cpu"))
+    middle, cold = _mean_tau(model, head, own, HOT), _mean_tau(model, head, own, COLD)
+    # The middle problems stay near 0.6 (a two-rung value would have sent them to an end), the others cool.
+    assert 0.45 < middle < 0.75 and cold < 0.45 and middle - cold > 0.15, (middle, cold)
+
+
 def test_the_variance_penalty_narrows_the_heads_tau_where_no_rung_wins(micro_checkpoint, countdown_problems):
     model, head, own, _, _ = _hot_and_cold_rollouts(micro_checkpoint, countdown_problems, _two_rung_head)
-    ties = torch.zeros(6)  # no value either way: only the penalty moves the head
+    ties = torch.zeros(6, 2)  # no value either way: only the penalty moves the head
     variances = {}
     for coef in (0.0, 1.0):
         trained = copy.deepcopy(head)
         cfg = GRPOConfig(head_lr=1e-2, tau_variance_coef=coef)
         params = set_phase(model, trained, "tau")
         optimizer = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=0.0)  # as the trainer's
-        first = rung_value_update(model, trained, own, ties, cfg, optimizer, params, torch.device("cpu"))
+        first = rung_value_update(model, trained, own, ties, [0.2, 1.0], cfg, optimizer, params, torch.device("cpu"))
         for _ in range(10):
-            last = rung_value_update(model, trained, own, ties, cfg, optimizer, params, torch.device("cpu"))
+            last = rung_value_update(model, trained, own, ties, [0.2, 1.0], cfg, optimizer, params,
+                                     torch.device("cpu"))
         variances[coef] = (first["tau_variance"], last["tau_variance"])
     assert variances[0.0][1] == pytest.approx(variances[0.0][0])  # no value, no penalty: nothing moves
     assert variances[1.0][1] < 0.5 * variances[1.0][0]
 
 
-def test_a_rung_value_run_logs_its_signal_and_records_the_objective(micro_checkpoint, tmp_path):
+@pytest.mark.parametrize("ladder", ["0.1,1.0", "1.0,0.5,0.1"])
+def test_a_rung_value_run_logs_its_signal_and_records_the_objective(ladder, micro_checkpoint, tmp_path):
     head = HeadPrior(inputs="hidden,tau_prev,draft", tau_min=0.1, tau_max=1.0, tau_init=0.55)
-    train_grpo(_micro(micro_checkpoint, tmp_path / "run", tau_objective="rung-value", head=head),
-               score=digit_fraction)
+    train_grpo(_micro(micro_checkpoint, tmp_path / "run", tau_objective="rung-value", head=head, tau_ladder=ladder,
+                      ladder_samples=6), score=digit_fraction)
     for r in _steps(tmp_path / "run" / "grpo_log.jsonl"):
         assert 0 <= r["rung_hot_share"] <= 1 and math.isfinite(r["rung_tau_gap"]) and math.isfinite(r["tau_loss"])
     manifest = json.loads((tmp_path / "run" / "introllm.json").read_text())
@@ -244,9 +261,11 @@ def test_a_rung_value_run_logs_its_signal_and_records_the_objective(micro_checkp
 
 
 @pytest.mark.parametrize("overrides", [dict(tau_ladder="0.1,1.0"), dict(tau_ladder="0.1,0.5,1.0"),
+                                       dict(tau_ladder="0.1,0.5,0.5,2.0"),
+                                       dict(tau_ladder="0.1,0.5,2.0", ladder_samples=2),
                                        dict(tau_ladder="0.1,1.0", head=HeadPrior(inputs="hidden,tau_prev,draft",
                                                                                  tau_max=1.0), ladder_samples=1)])
-def test_rung_value_needs_the_two_rungs_at_the_heads_ends_before_training(overrides, micro_checkpoint, tmp_path):
+def test_rung_value_needs_distinct_rungs_from_the_heads_ends_before_training(overrides, micro_checkpoint, tmp_path):
     # The default head's range is 0.1 to 2.0: a 0.1/1.0 ladder is not its ends.
     settings = {"tau_objective": "rung-value", **overrides}
     with pytest.raises(ValueError, match="tau_objective rung-value"):
