@@ -869,8 +869,9 @@ def main() -> None:
         server = None
         if not args.url:
             server = ServerProcess(checkpoint, overrides)
-        # With --rounds the peers start now and run beside this server (each idles while another is measured:
-        # the peer's idle process used 0.3% of a CPU here), and their levels are measured in turns.
+        # With --rounds the peers run beside this server, each idle while another is measured (after a warm-up
+        # request, 10 s idle took 3 ticks of CPU for the peer's process and 2 for this server's processes
+        # together: 0.2 to 0.3% of a CPU), and their levels are measured in turns.
         side_by_side = args.rounds > 1 and bool(args.peer)
         running_peers: list[Peer] = []
         levels: list[Level] = []
