@@ -78,13 +78,15 @@ def trials_section(path: Path) -> list[str]:
         ladder_rows = c.get("ladder_samples") or len([t for t in (c.get("tau_ladder") or "").split(",") if t.strip()])
         on_top = sum(s.get("stage") == "grpo" for s in stages) > 1  # a head-only run on a finished joint run
         head = manifest["head"]
+        rounds = report.get("config", {}).get("repeats", 1)  # independent rounds of k samples (eval --repeats)
         recipe = (f"inputs `{inputs}`, "
                   + (f"tau range [{head['tau_min']:g}, {head['tau_max']:g}], " if "tau_max" in head else "")
                   + f"ladder `{c.get('tau_ladder') or '-'}`"
                   + (f" ({ladder_rows} rows a problem; head off-policy {objective}, LM frozen)" if objective
                      else f" ({c.get('ladder_weights')} weights)" if c.get("tau_ladder") else "")
                   + f"; {grpo.get('steps', '?')} steps, the last with schedule `{c.get('schedule', '?')}`"
-                  + (" on top of the bundled model's joint run" if on_top else ""))
+                  + (" on top of the bundled model's joint run" if on_top else "")
+                  + (f"; evaluated in {rounds} rounds a problem" if rounds > 1 else ""))
         rows.append(f"| [{folder.name}](eval/trials/{folder.name}/eval/report.md) | {recipe} | "
                     f"{_point(by_name.get('learned'))} | {_point(by_name.get('learned (deterministic)'))} | "
                     f"{_verdict(report, '(a) above the fixed')} | {_verdict(report, '(c)')} |")
