@@ -6,8 +6,9 @@
 #   2. HTTP serving, bundled model: the server started as `make serve` starts it at 1 4 16 64
 #      clients (at least 8 requests per client per level), the peer `transformers serve
 #      --continuous-batching` without and with its --compile at 16 and 64 clients (all three
-#      servers up at once, taking turns at those levels in two rounds, the order reversed in the
-#      second, so that the VM's drift over minutes weighs on both sides of a ratio), and generate()
+#      servers up at once, taking turns at those levels in rounds, the order reversed every round,
+#      so that the VM's drift over minutes weighs on both sides of a ratio: four rounds of the
+#      task workload, whose levels take seconds, two of the 128-token one), and generate()
 #      one request at a time at its fastest thread count (probed first; run before and after the
 #      servers); the bundled task's held-out problems ending at EOS, then 128 new tokens ignoring
 #      EOS with the n=8 workload (one n=8 request per prompt against 8 separate requests);
@@ -38,7 +39,7 @@ for run in $(seq "$FIRST_RUN" "$RUNS"); do
     # The server as `make serve` starts it (no overrides: compile=auto, every CPU but one for the
     # engine), in its default learned mode; the peer and generate() sample at temperature 1.
     "$PYTHON" bench/serve.py --workload task --concurrency 1 4 16 64 --new-tokens 64 --requests 32 \
-        --baseline-requests 16 --peer eager compiled --rounds 2 --json "$OUT/serve-cpu-task-$run.json"
+        --baseline-requests 16 --peer eager compiled --rounds 4 --json "$OUT/serve-cpu-task-$run.json"
     "$PYTHON" bench/serve.py --workload fixed --concurrency 1 4 16 64 --new-tokens 128 --requests 32 \
         --baseline-requests 16 --peer eager compiled --rounds 2 --samples 8 --json "$OUT/serve-cpu-$run.json"
   fi
