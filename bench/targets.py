@@ -70,6 +70,16 @@ def peer_ratio(run: dict, concurrency: int) -> float | None:
     return ours["output_tokens_per_s"] / max(theirs)
 
 
+def round_ratios(runs: list[dict], concurrency: int) -> list[float]:
+    """Every round's ratio over the peer's best variant in that round (bench/serve.py --rounds), all runs."""
+    out = []
+    for run in runs:
+        by_variant = run.get("peer_rounds", {}).get("ratios", {})
+        per_variant = [by_variant[v].get(str(concurrency)) or [] for v in by_variant]
+        out += [min(values) for values in zip(*per_variant, strict=True) if None not in values] if per_variant else []
+    return out
+
+
 def check(
     decode: dict | list[dict] | None, serve: dict | list[dict] | None, gpu: dict | None,
     serve_task: dict | list[dict] | None = None, startup: dict[str, float] | list[dict[str, float]] | None = None,
@@ -90,6 +100,9 @@ def check(
     for name, runs, _ in workloads:
         for concurrency in (16, 64):
             measured, verdict = _over_runs([peer_ratio(run, concurrency) for run in runs], 2.0)
+            rounds = round_ratios(runs, concurrency)
+            if rounds:  # each run's figure pools its rounds; the rounds' own spread beside it
+                measured += f"; single rounds {_fmt(min(rounds))} to {_fmt(max(rounds))} ({len(rounds)})"
             out.append((f"2. HTTP / peer tok/s, {name}, {concurrency} clients", measured, ">= 2", verdict))
 
     # 3. HTTP at 16 clients against the offline engine at batch 16 (same 128 tokens ignoring EOS)

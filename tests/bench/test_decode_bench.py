@@ -104,3 +104,8 @@ def test_targets_table_marks_each_target_from_the_result_files(tmp_path):
     assert verdicts["1. HTTP 16 clients / tuned generate() tok/s, fixed 128"][0] == "9.500 to 10.500 (2 runs)"
     assert verdicts["6. start-up to ready, warm compile cache"][0] == "12.000 to 14.500 s (2 runs)"
     assert [verdict for *_, verdict in targets.check(None, None, None)][-3:] == ["unmeasured"] * 3
+    # Measured in rounds (bench/serve.py --rounds): each round's ratio over the faster peer of that round.
+    task[0]["peer_rounds"] = {"rounds": 2, "ratios": {"eager": {"16": [2.5, 1.9]}, "compiled": {"16": [2.1, 2.2]}}}
+    measured = {t: m for t, m, _, _ in targets.check(None, None, None, task)}
+    assert measured["2. HTTP / peer tok/s, task, 16 clients"] == "1.714; single rounds 1.900 to 2.100 (2)"
+    assert "single rounds" not in measured["2. HTTP / peer tok/s, task, 64 clients"]
