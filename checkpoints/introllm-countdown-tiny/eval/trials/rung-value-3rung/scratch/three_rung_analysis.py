@@ -4,7 +4,7 @@ import sys, torch
 from math import comb
 sys.path.insert(0, "/work/main")
 from training.frontier import fit_draft_rule, draft_rule_results
-d = torch.load("/work/runs/three_rung_data.pt")
+d = torch.load("/work/runs/three_rung_data.pt", weights_only=True)  # written by three_rung_data.py
 TAUS = d["taus"]
 
 def p4(c, n=8, k=4):
