@@ -39,10 +39,15 @@ MIN_TAU_GAP = 0.2
 Z_95 = 1.959964
 
 
+def _per_problem(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A value per problem (P,) shaped to broadcast over outcomes like `like` ((P, k) or (P, R, k))."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 def _as_sample_zero(draft_correct: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The draft's outcome (P,) as sample 0 of outcomes shaped like `like` ((P, k) or (P, R, k)): the greedy
-    draft is the same in every round."""
-    return draft_correct.view(-1, *([1] * (like.dim() - 1))).expand_as(like[..., :1])
+    """The draft's outcome (P,) as sample 0 of outcomes shaped like `like`: the greedy draft is the same in
+    every round."""
+    return _per_problem(draft_correct, like).expand_as(like[..., :1])
 
 
 def hedges(draft_correct: torch.Tensor, fixed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -122,7 +127,7 @@ def draft_rule_results(rule: DraftRule, statistics: torch.Tensor, draft_correct:
     p_hot = rule.prob_hot(statistics)
     out = {}
     for t in thresholds:
-        hot = (p_hot > t).view(-1, *([1] * (cold_correct.dim() - 1)))
+        hot = _per_problem(p_hot > t, cold_correct)
         rest = torch.where(hot, hot_correct[..., 1:], cold_correct[..., 1:])
         out[f"draft rule p>{t:g}"] = torch.cat([_as_sample_zero(draft_correct, rest), rest], dim=-1)
     return out
