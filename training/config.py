@@ -165,6 +165,11 @@ class GRPOConfig:
     # (tau_advantage "mean+pass@k"). Above 1, a problem that cold sampling always solves weighs more
     # against one that only hot sampling sometimes solves (avg@k against pass@k).
     rung_mean_weight: float = 1.0
+    # best-rung and rung-value: count the problem's greedy draft among each rung's samples in its pass@k part,
+    # as evaluation does (the draft is sample 0 of k): a rung passes if the draft or one of k - 1 of its rows
+    # solves. A problem whose draft is right then gains nothing in pass@k from hot rows, only a loss in mean
+    # reward, and the head learns to stay cold there; where the draft is wrong, hot rows keep their pass@k gain.
+    rung_pass_with_draft: bool = False
     # Start the head afresh from `head` instead of the warm start's (a resumed run keeps its own).
     # A low init_gate_prob makes each sample's tau persist, so a group holds hot and cold samples
     # of the same problem for GRPO to compare.

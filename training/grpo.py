@@ -348,10 +348,12 @@ def pass_at_k_estimate(n: int, c: int, k: int) -> float:
 
 
 def rung_scores(ladder_rows: list[RolloutBatch], n_problems: int, ladder: LadderTemperature, kind: str,
-                k: int, mean_weight: float = 1.0) -> torch.Tensor:
+                k: int, mean_weight: float = 1.0, draft_solved: torch.Tensor | None = None) -> torch.Tensor:
     """Each rung's score on each problem (P, K) from the ladder's rows: the objective `kind` names, per rung
     ("mean": mean reward; "pass@k": the unbiased pass@k estimate, k capped at the rung's rows; or their sum,
-    the mean weighted by `mean_weight`)."""
+    the mean weighted by `mean_weight`). With `draft_solved` (P,) bool, whether each problem's greedy draft
+    solves it, pass@k counts the draft as sample 0 of the k: 1 where it solves, else the pass@(k - 1) estimate
+    of the rung's rows (`--rung-pass-with-draft`); the mean stays the rows' own."""
     if kind not in ADVANTAGES:
         raise ValueError(f"unknown advantage {kind!r} (choose from {', '.join(ADVANTAGES)})")
     rungs = ladder.ladder
@@ -369,8 +371,22 @@ def rung_scores(ladder_rows: list[RolloutBatch], n_problems: int, ladder: Ladder
             if "mean" in parts:
                 scores[i, j] += mean_weight * sum(rs) / len(rs)
             if "pass@k" in parts:
-                scores[i, j] += pass_at_k_estimate(len(rs), sum(r >= 1.0 for r in rs), k)
+                if draft_solved is None:
+                    scores[i, j] += pass_at_k_estimate(len(rs), sum(r >= 1.0 for r in rs), k)
+                elif bool(draft_solved[i]):
+                    scores[i, j] += 1.0
+                elif k > 1:
+                    scores[i, j] += pass_at_k_estimate(len(rs), sum(r >= 1.0 for r in rs), k - 1)
     return scores
+
+
+def draft_solved(draft_batches: list[RolloutBatch], n_problems: int) -> torch.Tensor:
+    """(P,) bool: whether each problem's greedy draft earned the full reward."""
+    solved = torch.zeros(n_problems, dtype=torch.bool)
+    for b in draft_batches:
+        for i, r in zip(b.problem_index, b.rewards.tolist(), strict=True):
+            solved[i] = r >= 1.0
+    return solved
 
 
 def rung_weights(scores: torch.Tensor) -> torch.Tensor:
@@ -621,6 +637,9 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
                          "ladder_samples of at least one row per rung")
     if best_rung and not isinstance(controller, LearnedTemperature):
         raise ValueError("tau_objective best-rung trains the head: it needs rollout temperature learned")
+    if cfg.rung_pass_with_draft and not ((best_rung or rung_value) and with_draft):
+        raise ValueError("rung_pass_with_draft counts the greedy draft in a rung's pass@k: it needs tau_objective "
+                         "best-rung or rung-value and a head that reads the draft")
     for kind in (cfg.lm_advantage, cfg.tau_advantage):
         advantages_of(torch.zeros(1, cfg.group_size), kind, cfg.pass_k)  # fail before the first rollout
     # The draft statistics' linear path gets its own learning rate: its weights need changes of order 1
@@ -685,7 +704,8 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
             own = cfg.group_size - with_draft  # the policy's rows per problem (the draft is not trained on)
             if part == "tau" and (rung_value or best_rung):
                 scores = rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k,
-                                     cfg.rung_mean_weight)
+                                     cfg.rung_mean_weight,
+                                     draft_solved(draft_batches, len(problems)) if cfg.rung_pass_with_draft else None)
             if part == "tau" and rung_value:
                 # The head moves towards the rung worth most on each problem, decisively; the LM is frozen.
                 order = sorted(range(len(ladder)), key=lambda k: ladder[k])  # the rungs from cold to hot

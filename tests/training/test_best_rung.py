@@ -67,6 +67,27 @@ def test_rung_scores_and_weights_pick_the_rung_that_wins_each_problem(micro_chec
                                torch.tensor([[0.0, 2.0], [3.0, 2.0], [0.0, 0.0]]))
 
 
+def test_a_solved_draft_takes_the_hot_rungs_pass_gain_away(micro_checkpoint, countdown_problems):
+    start = load_checkpoint(micro_checkpoint)
+    ladder = LadderTemperature([0.1, 1.0], start.head, 4)
+    rows = sample_completions(start.model, start.tokenizer, ladder, countdown_problems[:3], samples=4, first_sample=4,
+                              task=TASK, max_new_tokens=4, seed=0)
+    # Each problem: the hot rung solves one of its two rows, the cold rung none. Problem 0's draft solves it.
+    for b in rows:
+        b.rewards = torch.tensor([float(s == 5) for s in b.sample_index])
+    draft_solved = torch.tensor([True, False, False])
+    scores = rung_scores(rows, 3, ladder, "mean+pass@k", k=2, draft_solved=draft_solved)
+    # Problem 0: pass is 1 at both rungs (the draft is one of the k), so hot gains only its mean (0.5).
+    # Problems 1, 2: the draft fails, so a rung's pass@2 is that of one of its rows: 0.5 hot, 0 cold.
+    torch.testing.assert_close(scores, torch.tensor([[1.0, 1.5], [0.0, 1.0], [0.0, 1.0]]))
+    # Without the draft, every problem's hot rung has the same pass@2 gain.
+    torch.testing.assert_close(rung_scores(rows, 3, ladder, "mean+pass@k", k=2),
+                               torch.tensor([[0.0, 1.5], [0.0, 1.5], [0.0, 1.5]]))
+    # The mean part never counts the draft.
+    torch.testing.assert_close(rung_scores(rows, 3, ladder, "mean", k=2, draft_solved=draft_solved),
+                               torch.tensor([[0.0, 0.5], [0.0, 0.5], [0.0, 0.5]]))
+
+
 HOT, COLD = {0, 1, 2}, {3, 4, 5}
 
 
@@ -248,15 +269,16 @@ def test_the_variance_penalty_narrows_the_heads_tau_where_no_rung_wins(micro_che
     assert variances[1.0][1] < 0.5 * variances[1.0][0]
 
 
-@pytest.mark.parametrize("ladder", ["0.1,1.0", "1.0,0.5,0.1"])
-def test_a_rung_value_run_logs_its_signal_and_records_the_objective(ladder, micro_checkpoint, tmp_path):
+@pytest.mark.parametrize(("ladder", "with_draft"), [("0.1,1.0", False), ("1.0,0.5,0.1", False), ("0.1,1.0", True)])
+def test_a_rung_value_run_logs_its_signal_and_records_the_objective(ladder, with_draft, micro_checkpoint, tmp_path):
     head = HeadPrior(inputs="hidden,tau_prev,draft", tau_min=0.1, tau_max=1.0, tau_init=0.55)
     train_grpo(_micro(micro_checkpoint, tmp_path / "run", tau_objective="rung-value", head=head, tau_ladder=ladder,
-                      ladder_samples=6), score=digit_fraction)
+                      ladder_samples=6, rung_pass_with_draft=with_draft), score=digit_fraction)
     for r in _steps(tmp_path / "run" / "grpo_log.jsonl"):
         assert 0 <= r["rung_hot_share"] <= 1 and math.isfinite(r["rung_tau_gap"]) and math.isfinite(r["tau_loss"])
     manifest = json.loads((tmp_path / "run" / "introllm.json").read_text())
     assert manifest["training"]["stages"][-1]["config"]["tau_objective"] == "rung-value"
+    assert manifest["training"]["stages"][-1]["config"]["rung_pass_with_draft"] is with_draft
     assert (manifest["head"]["tau_min"], manifest["head"]["tau_max"]) == (0.1, 1.0)
 
 
@@ -269,4 +291,14 @@ def test_rung_value_needs_distinct_rungs_from_the_heads_ends_before_training(ove
     # The default head's range is 0.1 to 2.0: a 0.1/1.0 ladder is not its ends.
     settings = {"tau_objective": "rung-value", **overrides}
     with pytest.raises(ValueError, match="tau_objective rung-value"):
+        train_grpo(_micro(micro_checkpoint, tmp_path / "bad", **settings), score=digit_fraction)
+
+
+@pytest.mark.parametrize("overrides", [dict(tau_objective="grpo"),
+                                       dict(head=HeadPrior(inputs="hidden,tau_prev", tau_min=0.1, tau_max=1.0))])
+def test_counting_the_draft_in_a_rungs_pass_needs_a_rung_objective_and_a_draft(overrides, micro_checkpoint, tmp_path):
+    settings = {"tau_objective": "rung-value", "tau_ladder": "0.1,1.0", "ladder_samples": 4,
+                "head": HeadPrior(inputs="hidden,tau_prev,draft", tau_min=0.1, tau_max=1.0, tau_init=0.55),
+                "rung_pass_with_draft": True, **overrides}
+    with pytest.raises(ValueError, match="rung_pass_with_draft"):
         train_grpo(_micro(micro_checkpoint, tmp_path / "bad", **settings), score=digit_fraction)
