@@ -152,8 +152,9 @@ def to_markdown(reports: list[ModelReport], result: dict, plot: str) -> str:
     lines += [f"| model (rollout tau in training) | decode controller | avg@{k} | 95% CI | pass@{k} | 95% CI | "
               "mean tau |", "|---|---|---|---|---|---|---|"]
     for rep in reports:
-        # The draft baselines (hedge, draft rule) stay in each model's own report: this table is the fixed grid.
-        others = [r for r in rep.rows if not r["name"].startswith(("fixed ", "hedge ", "draft rule "))]
+        # The draft baselines (hedge, draft rule, draft check) stay in each model's own report: this table is
+        # the fixed grid.
+        others = [r for r in rep.rows if not r["name"].startswith(("fixed ", "hedge ", "draft rule ", "draft check "))]
         for r in rep.fixed + others:
             lines.append(f"| {rep.name} ({rep.rollout}) | {r['name']} | {r['avg_at_k']:.3f} | "
                          f"{_interval(r['avg_at_k_ci'])} | {r['pass_at_k']:.3f} | {_interval(r['pass_at_k_ci'])} | "

@@ -18,7 +18,7 @@ With a greedy draft (always for a head that reads one, and whenever the
 draft baselines are on), each problem's greedy draft is decoded once as its
 sample 0. A draft-reading head's "learned" result is that draft plus k - 1
 samples of the head (samples 1..k-1): k decodes, like every other row. The
-draft gives two problem-blind or hand-made baselines at the same cost, built
+draft gives problem-blind and hand-made baselines at the same cost, built
 from the same samples (sample s draws the same noise under every controller):
   - hedge <tau>: the draft plus samples 1..k-1 of fixed tau, for each tau of
     the grid;
@@ -26,6 +26,9 @@ from the same samples (sample s draws the same noise under every controller):
     train-split problems (label: hot beat cold there), choosing per problem the
     cold or the hot tau of `draft_rule_taus` for samples 1..k-1, one row per
     probability threshold t;
+  - draft check p><t>: the same choice by a logistic rule fitted on the same
+    train problems' drafts alone (label: the draft is wrong), hot where
+    P(wrong) > t;
 and the targets: the learned point against each family at the nearest
 setting at or below its pass@k ("above the curve"), against the best fixed
 tau at both ends, and its mean tau on problems only hot sampling solves
@@ -61,6 +64,7 @@ from training.config import EvalConfig, config_to_dict
 from training.frontier import (
     DraftRule,
     draft_rule_results,
+    fit_draft_check,
     fit_draft_rule,
     hedges,
     plot_frontier,
@@ -109,6 +113,7 @@ class EvalReport:
     problem_outcomes: dict[str, dict[str, float]] = field(default_factory=dict)
     targets: list[dict] = field(default_factory=list)
     draft_rule: dict = field(default_factory=dict)
+    draft_check: dict = field(default_factory=dict)
     frontier_plot: str = ""
     # The same targets for the head's noise-free choice (the server's `deterministic_temperature`).
     deterministic_targets: list[dict] = field(default_factory=list)
@@ -127,7 +132,7 @@ class EvalReport:
             rows.append(row)
         return {"results": rows, "token_classes": self.token_classes, "problem_outcomes": self.problem_outcomes,
                 "learned_vs_best_fixed": self.learned_vs_best_fixed, "plot": self.plot, "targets": self.targets,
-                "draft_rule": self.draft_rule, "frontier_plot": self.frontier_plot,
+                "draft_rule": self.draft_rule, "draft_check": self.draft_check, "frontier_plot": self.frontier_plot,
                 "deterministic_targets": self.deterministic_targets}
 
 
@@ -363,7 +368,7 @@ def to_markdown(report: EvalReport, n: int, k: int, repeats: int = 1) -> str:
         return (f"| {r.name} | {r.avg_at_k:.3f} | [{r.avg_at_k_ci[0]:.3f}, {r.avg_at_k_ci[1]:.3f}] | "
                 f"{r.pass_at_k:.3f} | [{r.pass_at_k_ci[0]:.3f}, {r.pass_at_k_ci[1]:.3f}] | {tau} | {gate} |")
 
-    drafted = ("hedge ", "draft rule ")
+    drafted = ("hedge ", "draft rule ", "draft check ")
     lines += [row(r) for r in report.results if not r.name.startswith(drafted)]
     baselines = [r for r in report.results if r.name.startswith(drafted)]
     if baselines:
@@ -379,6 +384,13 @@ def to_markdown(report: EvalReport, n: int, k: int, repeats: int = 1) -> str:
         lines += ["", f"Draft rule: P(hot {rule['hot']:g} beats cold {rule['cold']:g}) = sigmoid(w . standardised "
                   f"statistics + {rule['bias']:+.2f}), fitted on {rule['train_problems']} train-split problems "
                   f"where the two differ (train AUC {rule['train_auc']:.2f}); w: {weights}."]
+    check = report.draft_check
+    if check:
+        weights = ", ".join(f"{name} {w:+.2f}" for name, w in zip(check["statistics"], check["weights"], strict=True))
+        lines += ["", f"Draft check: P(the draft is wrong) = sigmoid(w . standardised statistics "
+                  f"{check['bias']:+.2f}), fitted on the drafts of {check['train_problems']} train-split problems "
+                  f"(train AUC {check['train_auc']:.2f}); hot {check['hot']:g} where it exceeds p, else cold "
+                  f"{check['cold']:g}; w: {weights}."]
     if report.targets:
         lines += ["", "Targets (paired 95% intervals over problems; (a) compares with each family's setting of "
                   f"the highest pass@{k} not above the learned one):", ""] + targets_markdown(report.targets, k)
@@ -429,21 +441,25 @@ def _fixed_tau(name: str) -> float:
     return float(name.split()[1])
 
 
-def fit_rule_on_train(cfg: EvalConfig, ckpt, task: Task, cold: float, hot: float) -> DraftRule:
-    """The draft rule, fitted on the first `draft_rule_problems` train-split problems: each one's draft
-    statistics, and `draft_rule_samples` samples at the cold and at the hot tau."""
+def fit_rule_on_train(cfg: EvalConfig, ckpt, task: Task, cold: float, hot: float) -> tuple[DraftRule, DraftRule]:
+    """The draft rule and the draft check, fitted on the first `draft_rule_problems` train-split problems:
+    each one's draft statistics and whether the draft solves it, and `draft_rule_samples` samples at the
+    cold and at the hot tau (the rule's labels)."""
     train, _ = task.split()
     problems = train[: cfg.draft_rule_problems]
     args = dict(task=task, max_new_tokens=task.max_new_tokens, batch_rows=cfg.batch_rows,
                 prompt_format=ckpt.manifest.prompt_format)
-    _, summaries = draft_completions(ckpt.model, ckpt.tokenizer, problems, **args)
+    drafted, summaries = draft_completions(ckpt.model, ckpt.tokenizer, problems, **args)
+    draft_correct = torch.tensor(summarise("draft", drafted, len(problems), 1).correct)[:, 0, 0]
+    statistics = summaries[:, : len(DRAFT_STATISTICS)]
     outcomes = []
     for tau in (cold, hot):
         batches = sample_completions(ckpt.model, ckpt.tokenizer, FixedTemperature(tau), problems,
                                      samples=cfg.draft_rule_samples, seed=cfg.seed + 1, **args)
         fit = summarise(f"fixed {tau}", batches, len(problems), cfg.draft_rule_samples)
         outcomes.append(torch.tensor(fit.correct)[:, 0])  # (P, m): one round
-    return fit_draft_rule(summaries[:, : len(DRAFT_STATISTICS)], outcomes[0], outcomes[1], cold, hot)
+    return (fit_draft_rule(statistics, outcomes[0], outcomes[1], cold, hot),
+            fit_draft_check(statistics, draft_correct, cold, hot))
 
 
 def run_evaluation(cfg: EvalConfig) -> EvalReport:
@@ -494,6 +510,7 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
                 learned_batches = batches  # the token-class table and the plot read the first round
         results.append(pool_rounds(rounds))
     draft_rule: dict = {}
+    draft_check: dict = {}
     if cfg.draft_baselines:
         draft_correct = torch.tensor(summarise("draft", draft_batches, len(problems), cfg.samples).correct)[:, 0, 0]
         fixed = {r.name: torch.tensor(r.correct) for r in results if r.name.startswith("fixed ")}
@@ -503,14 +520,15 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
         try:
             if cold not in by_tau or hot not in by_tau:
                 raise ValueError(f"draft_rule_taus {cfg.draft_rule_taus!r} are not both fixed taus of the controllers")
-            rule = fit_rule_on_train(cfg, ckpt, task, cold, hot)
+            rule, check = fit_rule_on_train(cfg, ckpt, task, cold, hot)
         except ValueError as exc:  # e.g. a model that solves nothing: no problem says which tau wins
             draft_rule = {"not_fitted": str(exc)}
         else:
-            draft_rule = rule.to_dict()
+            draft_rule, draft_check = rule.to_dict(), check.to_dict()
             stats = drafts[:, : len(DRAFT_STATISTICS)]
-            results += [result_from_outcomes(name, c) for name, c in
-                        draft_rule_results(rule, stats, draft_correct, by_tau[cold], by_tau[hot]).items()]
+            for family, fitted in (("draft rule", rule), ("draft check", check)):
+                chosen = draft_rule_results(fitted, stats, draft_correct, by_tau[cold], by_tau[hot], family=family)
+                results += [result_from_outcomes(name, c) for name, c in chosen.items()]
     learned = next((r for r in results if r.name == "learned"), None)
     classes = tau_by_token_class(learned_batches, ckpt.tokenizer, task) if learned_batches else {}
     plot = ""
@@ -527,7 +545,8 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
     if learned is not None and fixed_results:
         families = {"fixed": fixed_results,
                     "hedge": [r for r in results if r.name.startswith("hedge ")],
-                    "draft rule": [r for r in results if r.name.startswith("draft rule ")]}
+                    "draft rule": [r for r in results if r.name.startswith("draft rule ")],
+                    "draft check": [r for r in results if r.name.startswith("draft check ")]}
         families = {k: v for k, v in families.items() if v}
         cold_name, hot_name, groups = problem_groups(results)
 
@@ -542,7 +561,8 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
     frontier = plot_frontier(results, out / "frontier.png", cfg.samples) if fixed_results else ""
     report = EvalReport(results=results, token_classes=classes, learned_vs_best_fixed=paired_comparison(results),
                         plot=plot, markdown="", problem_outcomes=outcomes, targets=target_rows,
-                        draft_rule=draft_rule, frontier_plot=frontier, deterministic_targets=deterministic_rows)
+                        draft_rule=draft_rule, draft_check=draft_check, frontier_plot=frontier,
+                        deterministic_targets=deterministic_rows)
     report.markdown = to_markdown(report, len(problems), cfg.samples, cfg.repeats)
     # One line of JSON: the per-problem counts make an indented file needlessly long.
     full = {"config": config_to_dict(cfg), **report.to_dict(per_problem=True)}

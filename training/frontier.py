@@ -5,11 +5,16 @@ What it does, from per-sample outcomes (P, k), or (P, R, k) for R rounds, that `
     tau: problem-blind, k decodes;
   - `DraftRule`: a logistic rule on the draft's confidence statistics
     (model/draft.py), fitted on train-split problems to say "hot beats cold
-    here", and `draft_rule_results`: per threshold, the draft plus samples
-    1..k-1 of the cold or the hot tau per problem: a hand-made version of what
-    a draft-reading head should learn, also k decodes;
+    here" (`fit_draft_rule`, the draft rule), or "the draft is wrong here"
+    (`fit_draft_check`, the draft check: labelled by the draft's own reward,
+    so every train problem counts and no sampling is needed), and
+    `draft_rule_results`: per threshold, the draft plus samples 1..k-1 of the
+    cold or the hot tau per problem: hand-made versions of what a
+    draft-reading head should learn, also k decodes. The check's label is the
+    better one where the draft is sample 0: a right draft already secures
+    pass@k, so only the mean is left to win and cold wins it;
   - `targets`: (a) the learned point against each family (fixed, hedge, draft
-    rule) at the family's setting nearest below it in pass@k (the highest
+    rule, draft check) at the family's setting nearest below it in pass@k (the highest
     pass@k not above the learned one, among the settings no other setting
     dominates; among equals, the best avg@k), on avg@k
     with a paired 95% interval; (b) the learned point against the best fixed
@@ -20,7 +25,7 @@ What it does, from per-sample outcomes (P, k), or (P, R, k) for R rounds, that `
 
 What it does not do: sample (it reuses the evaluation's samples: sample s
 draws the same noise under every controller) or train anything but the
-eight-weight logistic rule.
+eight-weight logistic rules.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ def hedges(draft_correct: torch.Tensor, fixed: dict[str, torch.Tensor]) -> dict[
 
 @dataclass
 class DraftRule:
-    """P(hot beats cold | draft statistics) = sigmoid(w . (x - mean) / std + b) on `DRAFT_STATISTICS`."""
+    """P(label | draft statistics) = sigmoid(w . (x - mean) / std + b) on `DRAFT_STATISTICS`; the label is
+    "hot beats cold" (the draft rule) or "draft fails" (the draft check), either one a reason to sample hot."""
 
     mean: list[float]
     std: list[float]
@@ -69,6 +75,7 @@ class DraftRule:
     hot: float
     train_problems: int
     train_auc: float
+    label: str = "hot beats cold"
 
     def prob_hot(self, statistics: torch.Tensor) -> torch.Tensor:
         """(P,) probabilities for draft statistics (P, len(DRAFT_STATISTICS))."""
@@ -78,7 +85,7 @@ class DraftRule:
     def to_dict(self) -> dict:
         return {"statistics": list(DRAFT_STATISTICS), "mean": self.mean, "std": self.std, "weights": self.weights,
                 "bias": self.bias, "cold": self.cold, "hot": self.hot, "train_problems": self.train_problems,
-                "train_auc": self.train_auc}
+                "train_auc": self.train_auc, "label": self.label}
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -100,6 +107,22 @@ def fit_draft_rule(statistics: torch.Tensor, cold_correct: torch.Tensor, hot_cor
     if len(y) < 2 or y.min() == y.max():
         raise ValueError(f"cannot fit the draft rule: {len(y)} train problems where cold and hot differ, "
                          "all with the same winner (use more draft_rule_problems)")
+    return _fit_logistic(x, y, l2, cold=cold, hot=hot, label="hot beats cold")
+
+
+def fit_draft_check(statistics: torch.Tensor, draft_correct: torch.Tensor, cold: float, hot: float,
+                    l2: float = 1e-2) -> DraftRule:
+    """Fit the draft check on train problems: statistics (P, S), the draft's outcome (P,); label 1 where the
+    draft fails (sample hot there)."""
+    y = 1.0 - draft_correct.float()
+    if len(y) < 2 or y.min() == y.max():
+        raise ValueError(f"cannot fit the draft check: {len(y)} train drafts, all "
+                         f"{'wrong' if len(y) and y.min() > 0 else 'right'}")
+    return _fit_logistic(statistics.float(), y, l2, cold=cold, hot=hot, label="draft fails")
+
+
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, **rule) -> DraftRule:
+    """L2-penalised logistic regression of labels y (N,) on standardised x (N, S), by LBFGS."""
     mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
     z = (x - mean) / std
     w = torch.zeros(z.shape[1], requires_grad=True)
@@ -114,22 +137,22 @@ def fit_draft_rule(statistics: torch.Tensor, cold_correct: torch.Tensor, hot_cor
 
     opt.step(closure)
     w, b = w.detach(), b.detach()
-    return DraftRule(mean=mean.tolist(), std=std.tolist(), weights=w.tolist(), bias=float(b), cold=cold, hot=hot,
-                     train_problems=int(keep.sum()), train_auc=auc(z @ w + b, y))
+    return DraftRule(mean=mean.tolist(), std=std.tolist(), weights=w.tolist(), bias=float(b),
+                     train_problems=len(y), train_auc=auc(z @ w + b, y), **rule)
 
 
 def draft_rule_results(rule: DraftRule, statistics: torch.Tensor, draft_correct: torch.Tensor,
                        cold_correct: torch.Tensor, hot_correct: torch.Tensor,
                        thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-                       ) -> dict[str, torch.Tensor]:
-    """"draft rule p><t>" -> outcomes (P, [R,] k): the draft, then samples 1..k-1 of the hot tau where the
+                       family: str = "draft rule") -> dict[str, torch.Tensor]:
+    """"<family> p><t>" -> outcomes (P, [R,] k): the draft, then samples 1..k-1 of the hot tau where the
     rule's probability exceeds t, else of the cold tau (outcomes (P, [R,] k) each)."""
     p_hot = rule.prob_hot(statistics)
     out = {}
     for t in thresholds:
         hot = _per_problem(p_hot > t, cold_correct)
         rest = torch.where(hot, hot_correct[..., 1:], cold_correct[..., 1:])
-        out[f"draft rule p>{t:g}"] = torch.cat([_as_sample_zero(draft_correct, rest), rest], dim=-1)
+        out[f"{family} p>{t:g}"] = torch.cat([_as_sample_zero(draft_correct, rest), rest], dim=-1)
     return out
 
 
@@ -223,7 +246,8 @@ def plot_frontier(results: list, path: Path, k: int) -> str:
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     styles = {"fixed ": ("tab:blue", "o", "fixed tau"), "hedge ": ("tab:gray", "s", "hedge: draft + fixed tau"),
-              "draft rule ": ("tab:green", "^", "draft rule: draft + cold/hot by a logistic rule")}
+              "draft rule ": ("tab:green", "^", "draft rule: draft + cold/hot by a logistic rule"),
+              "draft check ": ("tab:olive", "v", "draft check: draft + hot where the draft looks wrong")}
     for prefix, (colour, marker, label) in styles.items():
         # Each family in the order of its setting (tau or threshold), so the line is its trade-off curve.
         family = sorted((r for r in results if r.name.startswith(prefix)),

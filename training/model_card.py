@@ -75,6 +75,8 @@ def trials_section(path: Path) -> list[str]:
         objective = {"best-rung": "to the best rung", "rung-value": "by the rungs' value"}.get(c.get("tau_objective"))
         if objective and c.get("rung_mean_weight", 1.0) != 1.0:
             objective += f", score {c['rung_mean_weight']:g} x mean + pass@{c.get('pass_k', '?')}"
+        if objective and c.get("rung_pass_with_draft"):
+            objective += ", the draft counted in each rung's pass@k"
         ladder_rows = c.get("ladder_samples") or len([t for t in (c.get("tau_ladder") or "").split(",") if t.strip()])
         on_top = sum(s.get("stage") == "grpo" for s in stages) > 1  # a head-only run on a finished joint run
         head = manifest["head"]
@@ -89,7 +91,8 @@ def trials_section(path: Path) -> list[str]:
                   + (f"; evaluated in {rounds} rounds a problem" if rounds > 1 else ""))
         rows.append(f"| [{folder.name}](eval/trials/{folder.name}/eval/report.md) | {recipe} | "
                     f"{_point(by_name.get('learned'))} | {_point(by_name.get('learned (deterministic)'))} | "
-                    f"{_verdict(report, '(a) above the fixed')} | {_verdict(report, '(c)')} |")
+                    f"{_verdict(report, '(a) above the fixed')} | {_verdict(report, '(a) above the draft rule')} | "
+                    f"{_verdict(report, '(c)')} |")
         above += any(t.get("met") for t in report.get("targets", []) if t["target"].startswith("(a) above the fixed"))
     notes = []  # trial folders with notes and logs but no evaluation of their own
     for readme in sorted((path / "eval" / "trials").glob("*/README.md")):
@@ -107,7 +110,7 @@ def trials_section(path: Path) -> list[str]:
             "manifest, log and full evaluation. "
             + verdict, "",
             "| trial | head and ladder | learned avg@8 / pass@8 | deterministic | (a) vs fixed, avg@8 [95% CI] | "
-            "(c) tau gap [95% CI] |", "|---|---|---|---|---|---|", *rows,
+            "(a) vs draft rule, avg@8 [95% CI] | (c) tau gap [95% CI] |", "|---|---|---|---|---|---|---|", *rows,
             *(["", "Shorter trials, with their logs: " + ", ".join(notes) + "."] if notes else [])]
 
 

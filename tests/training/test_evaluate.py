@@ -186,13 +186,15 @@ def test_model_card_lists_each_trial_with_its_learned_point_and_targets(micro_ch
                                                       "training": {"stages": stages}}))
     rows = [_row("learned", [4, 0]), _row("learned (deterministic)", [3, 1])]
     targets_rows = [{"target": "(a) above the fixed curve", "diff": 0.05, "ci": [0.01, 0.09], "met": True},
+                    {"target": "(a) above the draft rule curve", "diff": -0.01, "ci": [-0.02, 0.0], "met": False},
                     {"target": "(c) mean tau gap", "diff": 0.3, "ci": [0.2, 0.4], "met": True}]
     (trial / "eval" / "report.json").write_text(json.dumps({"results": rows, "targets": targets_rows}))
     on_top = out / "eval" / "trials" / "head-only"  # a head-only run on top of a joint run: two GRPO stages
     (on_top / "eval").mkdir(parents=True)
     stages = [{"stage": "grpo", "steps": 240, "config": {"schedule": "lm+tau:1"}},
               {"stage": "grpo", "steps": 120, "config": {"tau_ladder": "0.1,1.0", "ladder_samples": 8,
-                                                          "tau_objective": "rung-value", "schedule": "tau:1"}}]
+                                                          "tau_objective": "rung-value", "schedule": "tau:1",
+                                                          "rung_pass_with_draft": True}}]
     (on_top / "introllm.json").write_text(json.dumps({"head": {"inputs": ["hidden", "draft"], "tau_min": 0.1,
                                                                "tau_max": 1.0}, "training": {"stages": stages}}))
     (on_top / "eval" / "report.json").write_text(json.dumps({"results": rows, "targets": targets_rows[1:]}))
@@ -203,9 +205,10 @@ def test_model_card_lists_each_trial_with_its_learned_point_and_targets(micro_ch
     assert "## Trials of a draft-reading head" in card and "1 of 2 land above" in card
     row = next(line for line in card.splitlines() if line.startswith("| [head-only]"))
     assert ("inputs `hidden,draft`, tau range [0.1, 1], ladder `0.1,1.0` (8 rows a problem; head off-policy by the "
-            "rungs' value, LM frozen); 120 steps, the last with schedule `tau:1` on top of the bundled model's joint "
-            "run" in row)
+            "rungs' value, the draft counted in each rung's pass@k, LM frozen); 120 steps, the last with schedule "
+            "`tau:1` on top of the bundled model's joint run" in row)
     row = next(line for line in card.splitlines() if line.startswith("| [draft-x]"))
     assert "inputs `hidden,draft`, ladder `0.1,1.0` (positive weights); 240 steps" in row
-    assert "| 0.500 / 0.500 | 0.500 / 1.000 | +0.050 [+0.010, +0.090] | +0.300 [+0.200, +0.400] |" in row
+    assert ("| 0.500 / 0.500 | 0.500 / 1.000 | +0.050 [+0.010, +0.090] | -0.010 [-0.020, +0.000] | "
+            "+0.300 [+0.200, +0.400] |" in row)
     assert "[eval/trials/short/README.md](eval/trials/short/README.md)" in card

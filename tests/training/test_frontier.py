@@ -24,6 +24,7 @@ from training.frontier import (
     DraftRule,
     auc,
     draft_rule_results,
+    fit_draft_check,
     fit_draft_rule,
     hedges,
     nearest_below,
@@ -74,6 +75,26 @@ def test_the_draft_rule_learns_a_separable_rule_and_picks_hot_or_cold_per_proble
     # Nearly every problem got the tau that solves it (the L2 penalty softens the boundary a little).
     assert float((chosen[:, 1:] == 1).all(dim=1).float().mean()) > 0.95
     assert json.loads(json.dumps(rule.to_dict()))["statistics"] == list(DRAFT_STATISTICS)
+
+
+def test_the_draft_check_sends_problems_hot_where_the_draft_looks_wrong():
+    torch.manual_seed(0)
+    n = 200
+    stats = torch.randn(n, len(DRAFT_STATISTICS))
+    draft = (stats[:, 1] > 0).long()  # a confident draft (high mean top-1 probability) is right
+    check = fit_draft_check(stats, draft, 0.1, 1.0)
+    assert check.label == "draft fails" and check.train_problems == n and check.train_auc > 0.99
+    assert check.weights[1] < 0 and abs(check.weights[1]) > max(abs(w) for i, w in enumerate(check.weights) if i != 1)
+    cold, hot = torch.zeros(n, 4, dtype=torch.long), torch.ones(n, 4, dtype=torch.long)
+    chosen = draft_rule_results(check, stats, draft, cold, hot, thresholds=(0.5,), family="draft check")
+    assert list(chosen) == ["draft check p>0.5"]
+    rows = chosen["draft check p>0.5"]
+    assert torch.equal(rows[:, 0], draft)  # sample 0 is the draft
+    # Hot samples (1s here) where the draft is wrong, cold (0s) where it is right.
+    assert float((rows[:, 1:].float().mean(dim=1) == 1 - draft.float()).float().mean()) > 0.95
+    assert json.loads(json.dumps(check.to_dict()))["label"] == "draft fails"
+    with pytest.raises(ValueError, match="cannot fit the draft check"):
+        fit_draft_check(stats, torch.ones(n, dtype=torch.long), 0.1, 1.0)
 
 
 def test_the_draft_rule_refuses_data_without_both_labels():
