@@ -119,13 +119,16 @@ RUNG_VALUE_NAME ?= draft-rung-value
 RUNG_VALUE_SCORE ?= mean+pass@k
 RUNG_MEAN_WEIGHT ?= 1.0
 # RUNG_VALUE_LADDER=0.1,0.5,1.0 RUNG_VALUE_LADDER_SAMPLES=12 adds a middle rung (4 rows at each of three).
+# RUNG_PASS_WITH_DRAFT=true counts the problem's greedy draft among each rung's samples in its pass@k, as
+# evaluation does (the draft is sample 0): a problem whose draft is right gains nothing from hot rows.
+RUNG_PASS_WITH_DRAFT ?= false
 RUNG_VALUE_LADDER ?= 0.1,1.0
 RUNG_VALUE_LADDER_SAMPLES ?= 8
 RUNG_VALUE_MODEL := runs/$(RUNG_VALUE_NAME)
 RUNG_VALUE_TRIAL := $(DEFAULT_MODEL)/eval/trials/$(RUNG_VALUE_NAME)
 RUNG_VALUE_FLAGS := --resume false --schedule tau:1 --steps 120 --prompts-per-step 32 --group-size 4 \
 	--tau-ladder $(RUNG_VALUE_LADDER) --ladder-samples $(RUNG_VALUE_LADDER_SAMPLES) --tau-objective rung-value --tau-advantage $(RUNG_VALUE_SCORE) \
-	--rung-mean-weight $(RUNG_MEAN_WEIGHT) \
+	--rung-mean-weight $(RUNG_MEAN_WEIGHT) --rung-pass-with-draft $(RUNG_PASS_WITH_DRAFT) \
 	--pass-k 4 --head-lr 1e-3 --draft-lr-scale 100 --head-inputs hidden,tau_prev,draft --head-tau-min 0.1 \
 	--head-tau-max 1.0 --head-tau-init 0.55 --eval-every 40 --eval-problems 200 --save-every 40 \
 	--save-dtype bfloat16 --threads 1 --seed 0
