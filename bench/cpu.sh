@@ -16,6 +16,8 @@
 #      eager (compiling the 24-layer model took over 7 minutes on 2 cores);
 #   4. start-up to ready as `make serve` starts, with an empty then a warm compile cache (bench/startup.sh);
 #   5. the target table (bench/targets.py), with the spread over the runs.
+# Every server runs at nice 10 (bench/serve.py --server-nice): the client shares the CPUs, and on 2
+# cores a starved client kept only about 15 of its 64 requests in flight in some runs.
 # Run it on an otherwise idle machine; OUT (default bench/results) sets where results go, STEPS
 # (default "decode serve qwen startup") which of 1-4 run, FIRST_RUN (default 1) the first run's number.
 # One torch thread for the tiny model offline: on this 2-vCPU machine two threads measured slower

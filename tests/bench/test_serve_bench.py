@@ -47,6 +47,9 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
 
     for key in ("checkpoint", "settings", "machine", "server", "model", "levels", "baseline", "summary", "records"):
         assert key in report, key
+    # The servers run at a lower priority than this client, so that they never starve it of CPU.
+    assert report["settings"]["server_nice"] == 10
+    assert report["server"]["nice"] == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
 
     levels = report["levels"]
     assert [level["concurrency"] for level in levels] == [1, 4]
