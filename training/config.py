@@ -169,6 +169,8 @@ class GRPOConfig:
     # as evaluation does (the draft is sample 0 of k): a rung passes if the draft or one of k - 1 of its rows
     # solves. A problem whose draft is right then gains nothing in pass@k from hot rows, only a loss in mean
     # reward, and the head learns to stay cold there; where the draft is wrong, hot rows keep their pass@k gain.
+    # On the bundled model it changed no rung's winner: where the draft is right, the rows of a cold rung (0.1,
+    # nearly greedy) are right too (the card's trial rung-value-draft-pass).
     rung_pass_with_draft: bool = False
     # Start the head afresh from `head` instead of the warm start's (a resumed run keeps its own).
     # A low init_gate_prob makes each sample's tau persist, so a group holds hot and cold samples

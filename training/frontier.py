@@ -10,9 +10,9 @@ What it does, from per-sample outcomes (P, k), or (P, R, k) for R rounds, that `
     so every train problem counts and no sampling is needed), and
     `draft_rule_results`: per threshold, the draft plus samples 1..k-1 of the
     cold or the hot tau per problem: hand-made versions of what a
-    draft-reading head should learn, also k decodes. The check's label is the
-    better one where the draft is sample 0: a right draft already secures
-    pass@k, so only the mean is left to win and cold wins it;
+    draft-reading head should learn, also k decodes. The check's label follows
+    the evaluation's accounting (a right draft at sample 0 already secures
+    pass@k); on the bundled model its curve lies on the draft rule's;
   - `targets`: (a) the learned point against each family (fixed, hedge, draft
     rule, draft check) at the family's setting nearest below it in pass@k (the highest
     pass@k not above the learned one, among the settings no other setting
