@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.settings import Settings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "serve.py"
 
@@ -114,7 +116,8 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     server, model, machine = report["server"], report["model"], report["machine"]
     # Started as `make serve` starts it, with only what the flags asked for on top.
     assert server["overrides"] == {"INTROLLM_TORCH_THREADS": "1", "INTROLLM_COMPILE": "false"}
-    assert server["info"]["limits"]["max_running_requests"] == 32  # the server's default, not the script's
+    default = Settings.model_fields["max_running_requests"].default
+    assert server["info"]["limits"]["max_running_requests"] == default  # the server's default, not the script's
     assert _non_negative_number(server["peak_rss_mib"]) and server["peak_rss_mib"] > 0
     assert 0 < server["api_peak_rss_mib"] < server["peak_rss_mib"]  # the API process is one of two
     # The smoke checkpoint: 2 layers, 2 KV heads of 64 / 4 = 16 dims; float32 on CPU, bfloat16 on CUDA.

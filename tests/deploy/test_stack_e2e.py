@@ -288,7 +288,7 @@ def test_every_metric_the_dashboard_and_the_alerts_name_is_exported_by_a_replica
     missing = sorted((title, name) for title, name in named if name not in exported)
     assert not missing, missing
     # The alerts compare with these; the replicas run with the defaults and the bundled checkpoint.
-    for promql, value in (("introllm_max_waiting_requests", 64), ("introllm_max_running_requests", 32),
+    for promql, value in (("introllm_max_waiting_requests", 64), ("introllm_max_running_requests", 64),
                           ("introllm_temperature_range_min", TAU_RANGE[0]),
                           ("introllm_temperature_range_max", TAU_RANGE[1])):
         result = stack.query(promql, at=traffic.at)["result"]
