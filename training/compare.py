@@ -30,7 +30,7 @@ from pathlib import Path
 
 from training.config import CompareConfig, config_to_dict
 from training.evaluate import mean_interval
-from training.frontier import finish_frontier_plot
+from training.frontier import DRAFT_FAMILIES, finish_frontier_plot
 
 # Target (b) allows the learned point this much below the best fixed tau.
 TOLERANCE = 0.01
@@ -152,9 +152,9 @@ def to_markdown(reports: list[ModelReport], result: dict, plot: str) -> str:
     lines += [f"| model (rollout tau in training) | decode controller | avg@{k} | 95% CI | pass@{k} | 95% CI | "
               "mean tau |", "|---|---|---|---|---|---|---|"]
     for rep in reports:
-        # The draft baselines (hedge, draft rule, draft check) stay in each model's own report: this table is
-        # the fixed grid.
-        others = [r for r in rep.rows if not r["name"].startswith(("fixed ", "hedge ", "draft rule ", "draft check "))]
+        # The draft baselines stay in each model's own report: this table is the fixed grid.
+        others = [r for r in rep.rows
+                  if not r["name"].startswith(("fixed ", *(f"{family} " for family in DRAFT_FAMILIES)))]
         for r in rep.fixed + others:
             lines.append(f"| {rep.name} ({rep.rollout}) | {r['name']} | {r['avg_at_k']:.3f} | "
                          f"{_interval(r['avg_at_k_ci'])} | {r['pass_at_k']:.3f} | {_interval(r['pass_at_k_ci'])} | "

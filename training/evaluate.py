@@ -62,6 +62,7 @@ from model import (
 from training.common import set_threads
 from training.config import EvalConfig, config_to_dict
 from training.frontier import (
+    DRAFT_FAMILIES,
     DraftRule,
     draft_rule_results,
     fit_draft_check,
@@ -368,7 +369,7 @@ def to_markdown(report: EvalReport, n: int, k: int, repeats: int = 1) -> str:
         return (f"| {r.name} | {r.avg_at_k:.3f} | [{r.avg_at_k_ci[0]:.3f}, {r.avg_at_k_ci[1]:.3f}] | "
                 f"{r.pass_at_k:.3f} | [{r.pass_at_k_ci[0]:.3f}, {r.pass_at_k_ci[1]:.3f}] | {tau} | {gate} |")
 
-    drafted = ("hedge ", "draft rule ", "draft check ")
+    drafted = tuple(f"{family} " for family in DRAFT_FAMILIES)
     lines += [row(r) for r in report.results if not r.name.startswith(drafted)]
     baselines = [r for r in report.results if r.name.startswith(drafted)]
     if baselines:
@@ -544,9 +545,7 @@ def run_evaluation(cfg: EvalConfig) -> EvalReport:
     fixed_results = [r for r in results if r.name.startswith("fixed ")]
     if learned is not None and fixed_results:
         families = {"fixed": fixed_results,
-                    "hedge": [r for r in results if r.name.startswith("hedge ")],
-                    "draft rule": [r for r in results if r.name.startswith("draft rule ")],
-                    "draft check": [r for r in results if r.name.startswith("draft check ")]}
+                    **{family: [r for r in results if r.name.startswith(f"{family} ")] for family in DRAFT_FAMILIES}}
         families = {k: v for k, v in families.items() if v}
         cold_name, hot_name, groups = problem_groups(results)
 

@@ -38,6 +38,9 @@ import torch
 
 from model import DRAFT_STATISTICS
 
+# The families of baselines built on the greedy draft, by the names of their rows ("<family> <setting>").
+DRAFT_FAMILIES = ("hedge", "draft rule", "draft check")
+
 # Target (b) allows the learned point this much below the best fixed tau; target (c) asks this much hotter.
 TOLERANCE = 0.01
 MIN_TAU_GAP = 0.2
