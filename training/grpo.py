@@ -380,7 +380,7 @@ def rung_scores(ladder_rows: list[RolloutBatch], n_problems: int, ladder: Ladder
     return scores
 
 
-def draft_solved(draft_batches: list[RolloutBatch], n_problems: int) -> torch.Tensor:
+def solved_by_draft(draft_batches: list[RolloutBatch], n_problems: int) -> torch.Tensor:
     """(P,) bool: whether each problem's greedy draft earned the full reward."""
     solved = torch.zeros(n_problems, dtype=torch.bool)
     for b in draft_batches:
@@ -703,9 +703,9 @@ def train_grpo(cfg: GRPOConfig, score: ScoreFn | None = None) -> TrainResult:
             kind = cfg.lm_advantage if part == "lm" else cfg.tau_advantage
             own = cfg.group_size - with_draft  # the policy's rows per problem (the draft is not trained on)
             if part == "tau" and (rung_value or best_rung):
+                solved = solved_by_draft(draft_batches, len(problems)) if cfg.rung_pass_with_draft else None
                 scores = rung_scores(explore, len(problems), ladder_controller, kind, cfg.pass_k,
-                                     cfg.rung_mean_weight,
-                                     draft_solved(draft_batches, len(problems)) if cfg.rung_pass_with_draft else None)
+                                     cfg.rung_mean_weight, solved)
             if part == "tau" and rung_value:
                 # The head moves towards the rung worth most on each problem, decisively; the LM is frozen.
                 order = sorted(range(len(ladder)), key=lambda k: ladder[k])  # the rungs from cold to hot
