@@ -58,7 +58,7 @@ from service.messages import (  # noqa: E402
     Failed,
     Sampled,
 )
-from service.settings import DEFAULT_CHECKPOINT  # noqa: E402
+from service.settings import DEFAULT_CHECKPOINT, resolve_dtype  # noqa: E402
 
 QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B config.json, the fields that set speed
     hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -158,13 +158,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="default: bfloat16 on cuda, float32 on cpu")
+                        help="default: the server's dtype=auto here (bfloat16 on cuda and on a CPU with bfloat16 "
+                        "instructions, float32 on any other)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    dtype = getattr(torch, args.dtype) if args.dtype else resolve_dtype("auto", device)
     load_before = os.getloadavg()
 
     model, head, eos = load_shape(args.shape, device, dtype, args.checkpoint)

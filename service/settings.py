@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     model_name: str | None = Field(None, description="name served to clients; unset: the checkpoint folder name")
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="'auto': bfloat16 on cuda, float32 on cpu"
+        "auto", description="the LM's weights and KV cache (the temperature head and the sampling stay float32); "
+        "'auto': bfloat16 on cuda and on a CPU with bfloat16 matmul instructions (AMX or AVX512-BF16), "
+        "float32 on any other CPU, where bfloat16 would be emulated"
     )
     torch_threads: int | None = Field(
         None, ge=1,
@@ -257,9 +259,36 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The weights' dtype a `dtype` setting names ("auto": bfloat16 on CUDA, float32 elsewhere); imports torch."""
+    """The weights' dtype a `dtype` setting names (`dtype_decision`); imports torch."""
+    return dtype_decision(dtype, device)[0]
+
+
+def dtype_decision(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The weights' dtype a `dtype` setting names, and why (logged by the engine process); imports torch.
+
+    "auto": bfloat16 on CUDA, and on a CPU with bfloat16 matmul instructions,
+    where the bundled model's compiled decode step at 16 rows ran in 2.0 ms
+    against 4.3 in float32 with the same answers (BENCHMARKS.md); float32 on
+    any other CPU, where bfloat16 matmuls are emulated."""
     import torch
 
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
+    if dtype != "auto":
+        return getattr(torch, dtype), f"dtype={dtype}"
+    if device.type == "cuda":
+        return torch.bfloat16, "dtype=auto: bfloat16 on cuda"
+    if device.type == "cpu" and (instructions := cpu_bfloat16_instructions()):
+        return torch.bfloat16, f"dtype=auto: bfloat16 (this CPU has {instructions}; dtype=float32 to serve in float32)"
+    return torch.float32, (f"dtype=auto: float32 (no AMX or AVX512-BF16 on this {device.type}: bfloat16 would be "
+                           "emulated)")
+
+
+def cpu_bfloat16_instructions() -> str | None:
+    """The instructions that give this CPU native bfloat16 matmuls ("AMX", "AVX512-BF16"), or None; imports torch."""
+    import torch
+
+    probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    for name, probe in probes:
+        supported = getattr(torch.cpu, probe, None)  # private helpers of torch.cpu (cpuinfo underneath)
+        if supported is not None and supported():
+            return name
+    return None

@@ -50,7 +50,7 @@ from service.messages import (
     is_terminal,
     to_wire,
 )
-from service.settings import resolve_device, resolve_dtype
+from service.settings import dtype_decision, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -191,15 +191,17 @@ def configure_process(spec: EngineSpec) -> None:
     torch.set_num_threads(spec.torch_threads)
 
 
-def load_spec_checkpoint(spec: EngineSpec, device):
-    """The spec's checkpoint on `device` (with compile on a CPU, inductor's instruction-set probe meanwhile)."""
+def load_spec_checkpoint(spec: EngineSpec, device, announce: bool = True):
+    """The spec's checkpoint on `device` (with compile on a CPU, inductor's instruction-set probe meanwhile);
+    `announce` logs the dtype it chose and why (the engine does, its compile helper does not)."""
     from model import load_checkpoint
 
     if spec.compile and device.type == "cpu":
         _probe_vector_isa_meanwhile()
-    return load_checkpoint(
-        spec.checkpoint, device, resolve_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code,
-    )
+    dtype, why = dtype_decision(spec.dtype, device)
+    if announce:
+        log.info(why)
+    return load_checkpoint(spec.checkpoint, device, dtype, trust_remote_code=spec.trust_remote_code)
 
 
 def engine_from_spec(spec: EngineSpec, checkpoint, compile: bool, graph_folder: Path | None = None,
@@ -296,7 +298,8 @@ def compile_aside(spec: EngineSpec, kinds: tuple[str, ...], graph_folder: Path) 
     configure_process(spec)
     try:
         device = resolve_device(spec.device)
-        engine = engine_from_spec(spec, load_spec_checkpoint(spec, device), True, graph_folder, compiled=kinds)
+        checkpoint = load_spec_checkpoint(spec, device, announce=False)
+        engine = engine_from_spec(spec, checkpoint, True, graph_folder, compiled=kinds)
         engine.warm_up(list(spec.warm_up_prompt_ids or ()))
     except Exception:
         log.debug("the compile helper failed", exc_info=True)

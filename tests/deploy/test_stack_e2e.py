@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import service
+from service.settings import dtype_decision
 from tests.deploy.stack import (
     ALERTS,
     CHECKPOINT,
@@ -297,8 +299,10 @@ def test_every_metric_the_dashboard_and_the_alerts_name_is_exported_by_a_replica
         assert all(float(sample["value"][1]) == pytest.approx(value) for sample in result), (promql, result)
     replica = f"127.0.0.1:{stack.replica_ports[0]}"
     [info] = stack.query(f'introllm_model_info{{replica="{replica}"}}', at=traffic.at)["result"]
+    # The replicas run the default dtype, auto: what it picks on this machine's CPU.
+    dtype = str(dtype_decision("auto", torch.device("cpu"))[0]).removeprefix("torch.")
     assert {key: info["metric"][key] for key in ("model", "device", "dtype", "version")} == {
-        "model": MODEL, "device": "cpu", "dtype": "float32", "version": service.__version__}
+        "model": MODEL, "device": "cpu", "dtype": dtype, "version": service.__version__}
 
 
 def test_killing_a_replica_the_gateway_routes_around_it_and_prometheus_marks_it_down(stack, traffic):

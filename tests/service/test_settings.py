@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sysconfig
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+import service.settings as settings_module
 from service.settings import DEFAULT_CHECKPOINT, REPO_ROOT, Settings, usable_cpus
 
 
@@ -26,7 +28,32 @@ def test_environment_variables_with_the_prefix_set_fields(monkeypatch):
     assert settings.max_new_tokens == 77
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
-    assert settings.torch_device().type == "cpu" and str(settings.torch_dtype()) == "torch.float32"
+    assert settings.torch_device().type == "cpu"
+
+
+@pytest.mark.parametrize(("instructions", "expected"), [("AVX512-BF16", "bfloat16"), ("AMX", "bfloat16"),
+                                                         (None, "float32")])
+def test_auto_dtype_on_a_cpu_is_bfloat16_only_where_it_has_bfloat16_instructions(monkeypatch, instructions, expected):
+    import torch
+
+    monkeypatch.setattr(settings_module, "cpu_bfloat16_instructions", lambda: instructions)
+    dtype, why = settings_module.dtype_decision("auto", torch.device("cpu"))
+    assert dtype == getattr(torch, expected)
+    assert why.startswith(f"dtype=auto: {expected}") and (instructions or "emulated") in why
+    assert settings_module.dtype_decision("auto", torch.device("cuda"))[0] == torch.bfloat16
+    # An explicit dtype is served as set, whatever the CPU has.
+    assert settings_module.dtype_decision("float32", torch.device("cpu")) == (torch.float32, "dtype=float32")
+    monkeypatch.setenv("INTROLLM_DEVICE", "cpu")
+    assert Settings().torch_dtype() == getattr(torch, expected)
+
+
+def test_the_bfloat16_instructions_found_are_the_ones_the_kernel_lists():
+    # torch's probe (cpuinfo, CPUID) against the flags Linux reports for the same CPU.
+    flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}
+    found = settings_module.cpu_bfloat16_instructions()
+    assert found in (None, "AMX", "AVX512-BF16")
+    assert (found is not None) == bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 @pytest.mark.parametrize(
