@@ -106,14 +106,18 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
 
+from bench.loadgen import Connection, HttpError  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from service.api.scheduler import encode_prompt  # noqa: E402
-from service.settings import DEFAULT_CHECKPOINT  # noqa: E402
+from service.settings import DEFAULT_CHECKPOINT, resolve_dtype  # noqa: E402
 from training.tasks.countdown import DEFAULT_CONFIG, format_prompt, make_problem, split  # noqa: E402
 
 DEFAULT_CONCURRENCY = [1, 4, 16, 64]
 QUICK_CONCURRENCY = [1, 4]
 READY_TIMEOUT_S = 600.0  # compiling the decode step takes 30-60 s on CPU
+REQUEST_TIMEOUT_S = 600.0
+CLIENTS = ("lean", "httpx")
+DEFAULT_CLIENT = "lean"  # bench/loadgen.py: a fraction of httpx's CPU per event, on CPUs the servers share
 
 
 @dataclass
@@ -219,8 +223,19 @@ def requests_for(concurrency: int, requested: int) -> int:
 
 
 def serving_dtype(device: str) -> torch.dtype:
-    """The server's dtype "auto": bfloat16 on cuda, float32 elsewhere (the baseline uses it too)."""
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    """The server's dtype "auto" on `device` (service.settings.dtype_decision: bfloat16 on cuda and on a CPU with
+    bfloat16 matmul instructions, else float32)."""
+    return resolve_dtype("auto", torch.device(device))
+
+
+def contender_dtypes(device: str) -> list[torch.dtype]:
+    """The dtypes the peer and generate() are measured in, to compare against each at its best: the server's
+    and float32 (the peer issue's setting), one of them where they are the same."""
+    return list(dict.fromkeys([serving_dtype(device), torch.float32]))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def model_facts(checkpoint: Path, dtype: torch.dtype) -> dict:
@@ -418,29 +433,109 @@ async def _one_request(
     )
 
 
+class _Tally:
+    """One streamed request's token arrivals, fed by the lean client's event callback."""
+
+    def __init__(self, read_event: Callable[[dict], StreamEvent]) -> None:
+        self.read_event = read_event
+        self.first: float | None = None
+        self.last: float | None = None
+        self.gaps: list[float] = []
+        self.tokens = 0
+        self.total: int | None = None
+        self.error: str | None = None
+
+    def on_event(self, data: bytes, now: float) -> None:
+        if data == b"[DONE]" or self.error is not None:  # after an error, read on to the end of the body
+            return
+        event = self.read_event(json.loads(data))
+        if event.error is not None:
+            self.error = event.error
+            return
+        self.total = event.total if event.total is not None else self.total
+        if event.tokens:
+            self.tokens += event.tokens
+            if self.first is None:
+                self.first = now
+            else:
+                self.gaps.append(now - self.last)
+            self.last = now
+
+
+async def _one_request_lean(
+    connection: Connection, body: dict, path: str, read_event: Callable[[dict], StreamEvent],
+) -> RequestRecord:
+    """`_one_request` on the lean client: the same record, token times taken when their bytes arrived."""
+    tally = _Tally(read_event)
+    start = time.perf_counter()
+    try:
+        status, text = await connection.post(path, json.dumps(body).encode(), tally.on_event, REQUEST_TIMEOUT_S)
+    except (HttpError, OSError, TimeoutError) as exc:
+        return RequestRecord(ok=False, tokens=tally.tokens, error=f"{type(exc).__name__}: {exc}"[:120])
+    end = time.perf_counter()
+    if status != 200:
+        return RequestRecord(ok=False, error=f"HTTP {status}: {text.decode(errors='replace')[:120]}")
+    if tally.error is not None:
+        return RequestRecord(ok=False, tokens=tally.tokens, error=tally.error)
+    return RequestRecord(
+        ok=True, tokens=tally.tokens if tally.total is None else tally.total,
+        ttft_s=None if tally.first is None else tally.first - start, e2e_s=end - start, itl_s=tally.gaps,
+    )
+
+
 async def run_level(
     url: str, prompts: list[str], concurrency: int, body: dict, *, name: str = "server",
     path: str = "/v1/generate", read_event: Callable[[dict], StreamEvent] = introllm_event,
+    client: str = DEFAULT_CLIENT,
 ) -> Level:
-    """`concurrency` clients, each taking the next prompt until none is left."""
+    """`concurrency` clients, each taking the next prompt until none is left, each on one keep-alive
+    connection; `client` "lean" (`bench/loadgen.py`) or "httpx"."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for prompt in prompts:
         queue.put_nowait(prompt)
     records: list[RequestRecord] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    def next_request() -> tuple[str, bool]:
+        first_wave = queue.qsize() > len(prompts) - concurrency
+        return queue.get_nowait(), first_wave
+
+    async def httpx_loop(http: httpx.AsyncClient) -> None:
         while not queue.empty():
-            first_wave = queue.qsize() > len(prompts) - concurrency
-            prompt = queue.get_nowait()
-            record = await _one_request(client, {**body, "prompt": prompt}, path, read_event)
+            prompt, first_wave = next_request()
+            record = await _one_request(http, {**body, "prompt": prompt}, path, read_event)
             record.first_wave = first_wave
             records.append(record)
 
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), limits=limits) as client:
+    async def lean_loop() -> None:
+        connection: Connection | None = None
+        try:
+            while not queue.empty():
+                prompt, first_wave = next_request()
+                if connection is None or not connection.open:
+                    try:
+                        connection = await Connection.connect(url)
+                    except OSError as exc:
+                        records.append(RequestRecord(ok=False, error=f"{type(exc).__name__}: {exc}"[:120]))
+                        continue
+                record = await _one_request_lean(connection, {**body, "prompt": prompt}, path, read_event)
+                record.first_wave = first_wave
+                records.append(record)
+        finally:
+            if connection is not None:
+                connection.close()
+
+    if client == "lean":
         start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        await asyncio.gather(*(lean_loop() for _ in range(concurrency)))
         wall = time.perf_counter() - start
+    elif client == "httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(REQUEST_TIMEOUT_S), limits=limits) as http:
+            start = time.perf_counter()
+            await asyncio.gather(*(httpx_loop(http) for _ in range(concurrency)))
+            wall = time.perf_counter() - start
+    else:
+        raise ValueError(f"unknown client {client!r}")
     return Level(f"{name} c={concurrency}", concurrency, len(prompts), wall, records)
 
 
@@ -451,12 +546,12 @@ async def run_level(
 PEER_FLAGS = ["--continuous-batching", "--cb-num-blocks", "256", "--cb-max-batch-tokens", "512"]
 
 
-def peer_command(checkpoint: Path, device: str, compiled: bool) -> list[str]:
+def peer_command(checkpoint: Path, device: str, compiled: bool, dtype: torch.dtype) -> list[str]:
     """`transformers serve --continuous-batching` on `checkpoint` (`{port}` is filled in by ServerProcess)."""
     executable = Path(sys.executable).with_name("transformers")
     return [
         str(executable), "serve", str(checkpoint), *PEER_FLAGS, *(["--compile"] if compiled else []),
-        "--device", device, "--dtype", str(serving_dtype(device)).removeprefix("torch."),
+        "--device", device, "--dtype", dtype_name(dtype),
         "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
     ]
 
@@ -492,17 +587,18 @@ class Peer:
     construction, `start` waits until it is ready and warms it up, `level` measures one concurrency level."""
 
     def __init__(self, checkpoint: Path, prompts: list[str], args: argparse.Namespace, device: str,
-                 compiled: bool) -> None:
+                 compiled: bool, dtype: torch.dtype) -> None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.variant = "compiled" if compiled else "eager"
-        self.name = "peer compiled" if compiled else "peer"
+        self.variant = peer_variant(compiled, dtype)
+        self.name = f"peer {self.variant}"
         self.body = peer_body(checkpoint, args.new_tokens, args.workload == "fixed", args.seed)
         self.texts = [peer_prompt(tokenizer, prompt) for prompt in prompts]
-        self.process = ServerProcess(checkpoint, {}, command=peer_command(checkpoint, device, compiled),
+        self.process = ServerProcess(checkpoint, {}, command=peer_command(checkpoint, device, compiled, dtype),
                                      health_path="/health", nice=args.server_nice)
         self.ready_s: float | None = None
+        self.client = args.client
 
     def start(self) -> None:
         self.ready_s = self.process.wait_ready()
@@ -514,18 +610,31 @@ class Peer:
     def level(self, concurrency: int, requests: int, name: str | None = None) -> Level:
         return asyncio.run(run_level(self.process.url, self.texts[:requests], concurrency, self.body,
                                      name=name or self.name, path="/v1/completions",
-                                     read_event=openai_completion_event))
+                                     read_event=openai_completion_event, client=self.client))
 
     def stop(self) -> None:
         self.process.stop()
 
 
+def peer_variant(compiled: bool, dtype: torch.dtype) -> str:
+    """A peer variant's name: "eager float32", "compiled bfloat16", ..."""
+    return f"{'compiled' if compiled else 'eager'} {dtype_name(dtype)}"
+
+
+def peer_variants(args: argparse.Namespace, device: str) -> dict[str, tuple[bool, torch.dtype]]:
+    """Every peer variant to measure, by name: `--peer` (eager, compiled) in each of `--peer-dtypes` (default:
+    `contender_dtypes`)."""
+    dtypes = [getattr(torch, name) for name in args.peer_dtypes] if args.peer_dtypes else contender_dtypes(device)
+    return {peer_variant(mode == "compiled", dtype): (mode == "compiled", dtype)
+            for mode in args.peer for dtype in dtypes}
+
+
 def run_peer(
     checkpoint: Path, prompts: list[str], concurrency: list[int], args: argparse.Namespace, device: str,
-    compiled: bool,
+    compiled: bool, dtype: torch.dtype,
 ) -> tuple[list[Level], float]:
     """Starts the peer, runs `concurrency` levels on it, stops it. Returns the levels and its ready time."""
-    peer = Peer(checkpoint, prompts, args, device, compiled)
+    peer = Peer(checkpoint, prompts, args, device, compiled, dtype)
     try:
         peer.start()
         levels = [peer.level(c, requests_for(c, args.requests)) for c in concurrency]
@@ -552,7 +661,7 @@ def run_rounds(
     for index in range(args.rounds):
         for turn in turns if index % 2 == 0 else turns[::-1]:
             if turn == "ours":
-                level = asyncio.run(run_level(url, prompts[:requests], concurrency, body))
+                level = asyncio.run(run_level(url, prompts[:requests], concurrency, body, client=args.client))
             else:
                 level = by_variant[turn].level(concurrency, requests)
             rounds[turn].append(level)
@@ -604,14 +713,15 @@ def server_span_means(before: dict[str, float], after: dict[str, float]) -> dict
     return means
 
 
-def run_samples(url: str, prompts: list[str], n: int, concurrency: int, body: dict) -> dict:
+def run_samples(url: str, prompts: list[str], n: int, concurrency: int, body: dict, client: str) -> dict:
     """Each prompt as one request of n samples, then as n separate requests: the same rows in flight
     (`concurrency` clients of n against concurrency * n clients of one) and the same output tokens."""
     before = prompt_tokens_prefilled(url)
-    shared = asyncio.run(run_level(url, prompts, concurrency, {**body, "n": n}))
+    shared = asyncio.run(run_level(url, prompts, concurrency, {**body, "n": n}, client=client))
     shared.name = f"n={n} x c={concurrency}"
     middle = prompt_tokens_prefilled(url)
-    separate = asyncio.run(run_level(url, [p for p in prompts for _ in range(n)], concurrency * n, body))
+    separate = asyncio.run(run_level(url, [p for p in prompts for _ in range(n)], concurrency * n, body,
+                                     client=client))
     separate.name = f"{n} separate x c={concurrency}"
     after = prompt_tokens_prefilled(url)
     rows = {"shared": shared.summary(), "separate": separate.summary()}
@@ -637,16 +747,17 @@ def merged(levels: list[Level], name: str) -> Level:
 
 def run_hf_generate(
     checkpoint: Path, prompts: list[str], new_tokens: int, seed: int, device: str, *, name: str,
-    stop_at_eos: bool = False,
+    stop_at_eos: bool = False, dtype: torch.dtype | None = None,
 ) -> Level:
-    """The same model with transformers' generate(), one request at a time, on the server's device and dtype.
+    """The same model with transformers' generate(), one request at a time, on the server's device, in `dtype`
+    (default: the server's).
 
     `stop_at_eos`: end at the model's EOS as the server does (the `task`
     workload); otherwise exactly `new_tokens` are forced.
     """
     from transformers.generation.streamers import BaseStreamer
 
-    ckpt = load_checkpoint(checkpoint, device, serving_dtype(device))
+    ckpt = load_checkpoint(checkpoint, device, dtype or serving_dtype(device))
     model, tokenizer = ckpt.model, ckpt.tokenizer
 
     class TokenTimes(BaseStreamer):
@@ -692,25 +803,29 @@ def run_hf_generate(
     return Level(name, 1, len(prompts), wall, records)
 
 
-def fastest_threads(
+def fastest_generate(
     checkpoint: Path, prompts: list[str], new_tokens: int, seed: int, device: str, *, stop_at_eos: bool,
-    candidates: list[int],
-) -> tuple[int, list[dict]]:
-    """The torch thread count at which generate() is fastest here, and each probe's row.
+    threads: list[int], dtypes: list[torch.dtype],
+) -> tuple[int, torch.dtype, list[dict]]:
+    """The torch thread count and dtype at which generate() is fastest here, and each probe's row.
 
     The baseline is compared at its best: on small models more threads can be
     slower (on a 2-vCPU machine, 2 threads ran about three times slower than 1),
-    so each candidate runs the same few prompts and the highest output tok/s wins.
+    and bfloat16, twice as fast as float32 for the server's batches on a CPU with
+    bfloat16 instructions, was slower for generate()'s batch of one there; so each
+    combination runs the same few prompts and the highest output tok/s wins.
     """
     rows = []
-    for threads in candidates:
-        torch.set_num_threads(threads)
-        level = run_hf_generate(checkpoint, prompts, new_tokens, seed, device, stop_at_eos=stop_at_eos,
-                                name=f"HF generate() probe {threads} thread{'s' if threads > 1 else ''}")
-        rows.append({**level.summary(), "threads": threads})
+    for dtype in dtypes:
+        for count in threads:
+            torch.set_num_threads(count)
+            level = run_hf_generate(checkpoint, prompts, new_tokens, seed, device, stop_at_eos=stop_at_eos,
+                                    dtype=dtype, name=f"HF generate() probe {count} thread{'s' if count > 1 else ''}"
+                                    f" {dtype_name(dtype)}")
+            rows.append({**level.summary(), "threads": count, "dtype": dtype_name(dtype)})
     best = max(rows, key=lambda row: row["output_tokens_per_s"] or 0.0)
     torch.set_num_threads(best["threads"])
-    return best["threads"], rows
+    return best["threads"], getattr(torch, best["dtype"]), rows
 
 
 # ---------------------------------------------------------------- main
@@ -794,12 +909,19 @@ def main() -> None:
     parser.add_argument("--peer", nargs="*", choices=["eager", "compiled"], default=[],
                         help="also run the peer server, `transformers serve --continuous-batching` (eager, and/or "
                         "with its --compile), on the same prompts at temperature 1 over the whole distribution")
+    parser.add_argument("--peer-dtypes", nargs="+", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="the peer's dtypes, each variant in each (default: the server's dtype and float32, the "
+                        "peer at its best whichever is faster here)")
     parser.add_argument("--peer-concurrency", type=int, nargs="+", default=[16, 64],
                         help="the peer's concurrency levels (each also in --concurrency for a ratio)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="with --peer: run this server and the peers at once and measure each peer level in "
                         "this many rounds, the servers taking turns in an order reversed every round (default 1: "
                         "this server's sweep, then each peer's, one after the other)")
+    parser.add_argument("--client", choices=CLIENTS, default=DEFAULT_CLIENT,
+                        help="the load generator's HTTP client: 'lean' (bench/loadgen.py, default: an asyncio "
+                        "protocol that parses the stream as it arrives, a fraction of httpx's CPU per event) or "
+                        "'httpx' (httpx's streaming API, as before 2026-12-04)")
     parser.add_argument("--server-nice", type=int, default=10,
                         help="niceness of every server started here, this one and the peers alike (default 10; 0: "
                         "none). This client shares the machine's CPUs with them; on 2 cores, starved of CPU at 64 "
@@ -867,17 +989,18 @@ def main() -> None:
 
         baseline_prompts = prompts[: args.baseline_requests or args.requests]
         thread_probes: list[dict] = []
+        baseline_dtype = dtype
         if sweep_threads:
-            _, thread_probes = fastest_threads(
+            _, baseline_dtype, thread_probes = fastest_generate(
                 checkpoint, baseline_prompts[:4], args.new_tokens, args.seed, device, stop_at_eos=not fixed_length,
-                candidates=list(range(1, (os.cpu_count() or 1) + 1)),
+                threads=list(range(1, (os.cpu_count() or 1) + 1)), dtypes=contender_dtypes(device),
             )
 
         def baseline_run(when: str) -> Level | None:
             if args.no_baseline:
                 return None
             return run_hf_generate(checkpoint, baseline_prompts, args.new_tokens, args.seed, device,
-                                   stop_at_eos=not fixed_length, name=f"HF generate() {when}")
+                                   stop_at_eos=not fixed_length, dtype=baseline_dtype, name=f"HF generate() {when}")
 
         # The baseline runs before and after the server, never beside it: this VM's speed drifts
         # over minutes, and bracketing the sweep keeps a drift from favouring either side.
@@ -891,17 +1014,18 @@ def main() -> None:
         side_by_side = args.rounds > 1 and bool(args.peer)
         running_peers: list[Peer] = []
         levels: list[Level] = []
-        peers: dict[str, list[Level]] = {variant: [] for variant in args.peer}
+        variants = peer_variants(args, device)
+        peers: dict[str, list[Level]] = {variant: [] for variant in variants}
         peer_ready_s: dict[str, float] = {}
-        round_ratios: dict[str, dict[str, list[float | None]]] = {variant: {} for variant in args.peer}
+        round_ratios: dict[str, dict[str, list[float | None]]] = {variant: {} for variant in variants}
         ready_s = peak_rss_mib = api_peak_rss_mib = info = samples = None
         try:
             url = args.url or server.url
             if server is not None:
                 ready_s = server.wait_ready()
             if side_by_side:  # after this server is ready, so that its ready time is a start-up's alone
-                running_peers = [Peer(checkpoint, prompts, args, device, compiled=variant == "compiled")
-                                 for variant in args.peer]
+                running_peers = [Peer(checkpoint, prompts, args, device, compiled, peer_dtype)
+                                 for compiled, peer_dtype in variants.values()]
             info = httpx.get(f"{url}/info", timeout=30).json()  # what the server runs with (threads aside)
             for peer in running_peers:
                 peer.start()
@@ -912,7 +1036,7 @@ def main() -> None:
                     continue
                 level_prompts = prompts[: requests_for(concurrency, args.requests)]
                 before = server_span_totals(url)
-                level = asyncio.run(run_level(url, level_prompts, concurrency, body))
+                level = asyncio.run(run_level(url, level_prompts, concurrency, body, client=args.client))
                 level.server_spans = server_span_means(before, server_span_totals(url))
                 levels.append(level)
             for concurrency in sorted(in_turns):
@@ -925,7 +1049,8 @@ def main() -> None:
                     round_ratios[variant][str(concurrency)] = ratios_by_round[variant]
             levels.sort(key=lambda level: level.concurrency)
             if args.samples > 1:
-                samples = run_samples(url, prompts[:samples_prompts], args.samples, args.samples_concurrency, body)
+                samples = run_samples(url, prompts[:samples_prompts], args.samples, args.samples_concurrency, body,
+                                      args.client)
             if server is not None:
                 peak_rss_mib, api_peak_rss_mib = server.peak_rss_mib()
         finally:
@@ -934,9 +1059,9 @@ def main() -> None:
             if server is not None:
                 server.stop()
         if not side_by_side:
-            for variant in args.peer:
+            for variant, (compiled, peer_dtype) in variants.items():
                 peers[variant], peer_ready_s[variant] = run_peer(
-                    checkpoint, prompts, args.peer_concurrency, args, device, compiled=variant == "compiled")
+                    checkpoint, prompts, args.peer_concurrency, args, device, compiled, peer_dtype)
         baseline_after = baseline_run("after")
         baseline_halves = [level for level in (baseline_before, baseline_after) if level is not None]
         baseline = merged(baseline_halves, "HF generate() c=1") if baseline_halves else None
@@ -1007,12 +1132,12 @@ def main() -> None:
         "baseline": baseline_row,
         "baseline_halves": halves,  # the baseline's run before the server and its run after
         "samples": samples,
-        "baseline_thread_probes": thread_probes,  # generate() at each thread count; the fastest is the baseline's
-        "peers": peer_rows,  # per variant (eager, compiled): transformers serve --continuous-batching
+        "baseline_thread_probes": thread_probes,  # generate() per thread count and dtype; the fastest is the baseline
+        "peers": peer_rows,  # per variant ("eager float32", ...): transformers serve --continuous-batching
         "peer_ready_s": {variant: round(value, 2) for variant, value in peer_ready_s.items()},
         # With --rounds: per variant and concurrency, this server's output tok/s over the peer's in each round.
         "peer_rounds": {"rounds": args.rounds, "side_by_side": side_by_side, "ratios": round_ratios},
-        "peer_command": {variant: peer_command(checkpoint, device, variant == "compiled") for variant in peers},
+        "peer_command": {variant: peer_command(checkpoint, device, *variants[variant]) for variant in peers},
         "summary": ratios,
         "records": {
             level.name: [{k: v for k, v in asdict(r).items() if k != "itl_s"} for r in level.records]

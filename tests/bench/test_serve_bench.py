@@ -32,6 +32,16 @@ LATENCIES = [f"{kind}_{stat}_ms" for kind in ("ttft", "itl", "e2e") for stat in 
 pytestmark = pytest.mark.slow
 
 
+def _bench_serve():
+    """bench/serve.py as a module (it is a script, not part of a package)."""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    try:
+        import serve as bench_serve
+    finally:
+        sys.path.remove(str(REPO_ROOT / "bench"))
+    return bench_serve
+
+
 def _non_negative_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
@@ -86,24 +96,30 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     for name in ("request_per_s", "output_tokens_per_s", "ttft_p50_ms", "e2e_p50_ms"):
         assert _non_negative_number(baseline[name]), (name, baseline[name])
 
-    # The peer (transformers serve --continuous-batching), same prompts and lengths, at the level asked for.
-    peer_levels = report["peers"]["eager"]
+    # The peer (transformers serve --continuous-batching), same prompts and lengths, at the level asked for, in
+    # the server's dtype and in float32 (one variant where they are the same): the peer at its best.
+    bench_serve = _bench_serve()
+    dtypes = [bench_serve.dtype_name(d) for d in bench_serve.contender_dtypes(report["machine"]["device"])]
+    assert sorted(report["peers"]) == sorted(f"eager {dtype}" for dtype in dtypes)
+    for variant, command in report["peer_command"].items():
+        assert command[command.index("--dtype") + 1] == variant.split()[1]
+    peer_levels = report["peers"][f"eager {dtypes[0]}"]
     assert [level["concurrency"] for level in peer_levels] == [4]
     for level in peer_levels:
         assert level["failures"] == 0, level
         assert level["output_tokens"] == level["requests"] * report["settings"]["new_tokens"]
         assert _non_negative_number(level["output_tokens_per_s"]) and level["output_tokens_per_s"] > 0
         assert level["server_ttft_mean_ms"] is None  # the peer keeps no such histogram
-    assert "--continuous-batching" in report["peer_command"]["eager"]
+    assert "--continuous-batching" in report["peer_command"][f"eager {dtypes[0]}"]
     server_c4 = next(level for level in levels if level["concurrency"] == 4)
-    assert report["summary"]["over_peer"]["eager"]["4"] == round(
+    assert report["summary"]["over_peer"][f"eager {dtypes[0]}"]["4"] == round(
         server_c4["output_tokens_per_s"] / peer_levels[0]["output_tokens_per_s"], 3)
 
     # bench/tables.py renders the report as BENCHMARKS.md's table: a row per level, peer level and baseline.
     printed = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "tables.py"), str(out)],
                              capture_output=True, text=True, timeout=60, check=True).stdout
     rows = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| server")]
-    assert [row.split("|")[1].strip() for row in rows[:3]] == ["this server", "this server", "peer, eager"]
+    assert [row.split("|")[1].strip() for row in rows[:3]] == ["this server", "this server", f"peer, eager {dtypes[0]}"]
     assert any(row.startswith("| generate(), 1 thread | 1 at a time |") for row in rows)
 
     # No level at 16 clients in quick mode: the keys are there, the values are None.
@@ -120,8 +136,10 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     assert server["info"]["limits"]["max_running_requests"] == default  # the server's default, not the script's
     assert _non_negative_number(server["peak_rss_mib"]) and server["peak_rss_mib"] > 0
     assert 0 < server["api_peak_rss_mib"] < server["peak_rss_mib"]  # the API process is one of two
-    # The smoke checkpoint: 2 layers, 2 KV heads of 64 / 4 = 16 dims; float32 on CPU, bfloat16 on CUDA.
-    assert model["bytes_per_element"] == (2 if machine["device"].startswith("cuda") else 4)
+    # The smoke checkpoint: 2 layers, 2 KV heads of 64 / 4 = 16 dims, in the server's dtype (bfloat16 on CUDA and
+    # on a CPU with bfloat16 instructions, else float32), as the server reports it.
+    assert server["info"]["dtype"] == dtypes[0]
+    assert model["bytes_per_element"] == (2 if dtypes[0] == "bfloat16" else 4)
     assert model["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * model["bytes_per_element"]
     assert isinstance(model["parameters"], int) and model["parameters"] > 0
     assert machine["threads"] == 1
@@ -130,23 +148,20 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
         assert machine[key]
 
 
-def test_baseline_runs_at_the_fastest_thread_count_it_probed(tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "bench"))
-    try:
-        import serve as bench_serve
-    finally:
-        sys.path.remove(str(REPO_ROOT / "bench"))
+def test_baseline_runs_at_the_fastest_thread_count_and_dtype_it_probed(tmp_path):
+    bench_serve = _bench_serve()
     checkpoint = bench_serve._tiny_random_checkpoint(tmp_path)
     prompts = bench_serve.fixed_prompts(2, seed=0)
     before = torch.get_num_threads()
     try:
-        best, probes = bench_serve.fastest_threads(checkpoint, prompts, 4, 0, "cpu", stop_at_eos=False,
-                                                   candidates=[1, 2])
-        assert [probe["threads"] for probe in probes] == [1, 2]
+        threads, dtype, probes = bench_serve.fastest_generate(
+            checkpoint, prompts, 4, 0, "cpu", stop_at_eos=False, threads=[1, 2], dtypes=[torch.float32, torch.bfloat16])
+        assert [(probe["threads"], probe["dtype"]) for probe in probes] == [
+            (1, "float32"), (2, "float32"), (1, "bfloat16"), (2, "bfloat16")]
         assert all(probe["output_tokens"] == 2 * 4 for probe in probes)
         fastest = max(probes, key=lambda probe: probe["output_tokens_per_s"])
-        assert best == fastest["threads"]
-        assert torch.get_num_threads() == best  # the baseline then runs at that count
+        assert (threads, bench_serve.dtype_name(dtype)) == (fastest["threads"], fastest["dtype"])
+        assert torch.get_num_threads() == threads  # the baseline then runs at that count
     finally:
         torch.set_num_threads(before)
 
@@ -156,7 +171,7 @@ def test_with_rounds_the_servers_run_at_once_and_take_turns_level_by_level(tmp_p
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--tiny-random", "--threads", "1", "--compile", "false",
-         "--no-baseline", "--peer", "eager", "--peer-concurrency", "4", "--rounds", "2",
+         "--no-baseline", "--peer", "eager", "--peer-dtypes", "float32", "--peer-concurrency", "4", "--rounds", "2",
          "--json", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -164,17 +179,17 @@ def test_with_rounds_the_servers_run_at_once_and_take_turns_level_by_level(tmp_p
     report = json.loads(out.read_text())
     per_round = 8 * 4  # at least eight requests per client in each round
     assert [level["concurrency"] for level in report["levels"]] == [1, 4]  # quick: 1 client alone, then turns
-    ours, (peer,) = report["levels"][1], report["peers"]["eager"]
+    ours, (peer,) = report["levels"][1], report["peers"]["eager float32"]
     for level in (ours, peer):  # both rounds' requests, every one completed
         assert level["concurrency"] == 4 and level["requests"] == level["completed"] == 2 * per_round
         assert level["output_tokens"] == 2 * per_round * report["settings"]["new_tokens"]
     assert 0 < ours["server_queue_mean_ms"] < ours["server_ttft_mean_ms"]  # its own span, peer turns aside
     rounds = report["peer_rounds"]
     assert rounds["rounds"] == 2 and rounds["side_by_side"] is True
-    ratios = rounds["ratios"]["eager"]["4"]
+    ratios = rounds["ratios"]["eager float32"]["4"]
     assert len(ratios) == 2 and all(_non_negative_number(r) and r > 0 for r in ratios)
     # The pooled ratio (both rounds' tokens over both rounds' walls) lies between the rounds' own.
-    pooled = report["summary"]["over_peer"]["eager"]["4"]
+    pooled = report["summary"]["over_peer"]["eager float32"]["4"]
     assert min(ratios) - 1e-3 <= pooled <= max(ratios) + 1e-3
-    assert report["peer_ready_s"]["eager"] > 0
+    assert report["peer_ready_s"]["eager float32"] > 0
     assert "(rounds: [" in completed.stdout
