@@ -1118,6 +1118,7 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {
             "platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "baseline_dtype": dtype_name(baseline_dtype),  # generate()'s, with "threads": the fastest probed
             "load_avg_before": load_before, "load_avg_after": load_after,
             "torch": torch.__version__, "cuda": torch.cuda.is_available(), "device": device,
         },

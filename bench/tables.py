@@ -46,12 +46,17 @@ def serve_table(run: dict) -> list[str]:
     lines += [_line("this server", str(row["concurrency"]), row) for row in run["levels"]]
     for variant, rows in run.get("peers", {}).items():
         lines += [_line(f"peer, {variant}", str(row["concurrency"]), row) for row in rows]
-    baseline = run.get("baseline")
+    baseline, probes = run.get("baseline"), run.get("baseline_thread_probes", [])
     if baseline:
         threads = run["machine"]["threads"]
-        lines.append(_line(f"generate(), {threads} thread{'s' if threads > 1 else ''}", "1 at a time", baseline))
-    for probe in run.get("baseline_thread_probes", []):
-        lines.append(_line(f"generate() probe, {probe['threads']} thread{'s' if probe['threads'] > 1 else ''}",
+        # Its dtype: recorded since 2026-12-04 (before, the fastest probe's; older runs probed float32 only).
+        fastest = max(probes, key=lambda probe: probe["output_tokens_per_s"] or 0.0) if probes else {}
+        dtype = run["machine"].get("baseline_dtype") or fastest.get("dtype")
+        lines.append(_line(f"generate(), {threads} thread{'s' if threads > 1 else ''}{f' {dtype}' if dtype else ''}",
+                           "1 at a time", baseline))
+    for probe in probes:
+        dtype = f" {probe['dtype']}" if "dtype" in probe else ""
+        lines.append(_line(f"generate() probe, {probe['threads']} thread{'s' if probe['threads'] > 1 else ''}{dtype}",
                            "1 at a time", probe))
     return lines
 

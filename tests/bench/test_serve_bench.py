@@ -120,7 +120,9 @@ def test_serve_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
                              capture_output=True, text=True, timeout=60, check=True).stdout
     rows = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| server")]
     assert [row.split("|")[1].strip() for row in rows[:3]] == ["this server", "this server", f"peer, eager {dtypes[0]}"]
-    assert any(row.startswith("| generate(), 1 thread | 1 at a time |") for row in rows)
+    # --threads fixes generate()'s threads too, so nothing is probed: it runs in the server's dtype.
+    assert report["machine"]["baseline_dtype"] == dtypes[0]
+    assert any(row.startswith(f"| generate(), 1 thread {dtypes[0]} | 1 at a time |") for row in rows)
 
     # No level at 16 clients in quick mode: the keys are there, the values are None.
     assert set(report["summary"]) == {"c16_over_generate", "ttft_p50_c16_over_c1", "server_ttft_mean_c16_over_c1",
