@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere
 
 from model import load_checkpoint  # noqa: E402
 from service.engine.kv import SlotBatch  # noqa: E402
+from service.settings import resolve_dtype  # noqa: E402
 
 CHECKPOINT = REPO_ROOT / "checkpoints" / "introllm-countdown-tiny"
 RUNNING_LENGTH = 40  # tokens each running row holds: a task prompt and part of its completion
@@ -95,7 +96,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_checkpoint(CHECKPOINT)
+    dtype = resolve_dtype("auto", torch.device("cpu"))  # the server's default here
+    loaded = load_checkpoint(CHECKPOINT, dtype=dtype)
+    print(f"dtype {str(dtype).removeprefix('torch.')}")
     slots = max(args.running) + max(args.newcomers)
     batch = SlotBatch(loaded.model, slots=slots, max_len=512, device=torch.device("cpu"), compile=True,
                       native=True)
