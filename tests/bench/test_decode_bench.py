@@ -109,3 +109,16 @@ def test_targets_table_marks_each_target_from_the_result_files(tmp_path):
     measured = {t: m for t, m, _, _ in targets.check(None, None, None, task)}
     assert measured["2. HTTP / peer tok/s, task, 16 clients"] == "1.714; single rounds 1.900 to 2.100 (2)"
     assert "single rounds" not in measured["2. HTTP / peer tok/s, task, 64 clients"]
+
+
+def test_target_1_compares_with_generate_at_its_faster_run():
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    import targets
+
+    # generate() ran at 500 tok/s before the servers and 250 after: at its best it is the 500.
+    run = {"levels": [{"concurrency": 1, "output_tokens_per_s": 900}, {"concurrency": 16, "output_tokens_per_s": 5000}],
+           "baseline_halves": [{"output_tokens_per_s": 500.0}, {"output_tokens_per_s": 250.0}],
+           "summary": {"c16_over_generate": 13.333}}
+    assert targets.over_fastest_generate(run) == 10.0
+    # A file without the halves keeps its own summary ratio.
+    assert targets.over_fastest_generate({**run, "baseline_halves": []}) == 13.333
