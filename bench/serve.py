@@ -25,13 +25,16 @@ What it does:
      task's held-out problems, each ending at EOS as a user's would. Each
      client streams `/v1/generate` and records time to first token (TTFT), the gaps
      between consecutive token events (inter-token latency, ITL) and
-     end-to-end latency (E2E);
+     end-to-end latency (E2E). The clients are `bench/loadgen.py`'s lean HTTP
+     client (`--client httpx` for httpx's, about four times the CPU per event);
   3. reads the server's peak resident memory (VmHWM in /proc/<pid>/status)
      after the sweep, then stops the server;
-  4. loads the same checkpoint in this process and runs `model.generate()`,
-     before the server starts and again after it stops (the machine's speed
-     drifts over minutes: bracketing the sweep keeps a drift from favouring
-     either side; the baseline row is both runs together, each also reported),
+  4. loads the same checkpoint in this process and runs `model.generate()` at
+     its fastest thread count and dtype (probed first: the server's dtype and
+     float32), before the server starts and again after it stops (the
+     machine's speed drifts over minutes: bracketing the sweep keeps a drift
+     from favouring either side; the baseline row is both runs together, each
+     also reported, and the ratio to it uses the faster run),
      (do_sample, top_k=0, temperature 1; with `fixed`, the same number of new
      tokens forced with min_new_tokens; with `task`, ending at EOS) one prompt
      at a time, with TTFT and ITL from a
@@ -45,7 +48,7 @@ What it does:
      introllm_prompt_tokens_total, which counts a request's prompt once
      whatever its n): the prefill saving. `--samples-only` skips the sweep;
   5. prints a table (request/s, output tokens/s, TTFT/ITL/E2E mean, p50, p99,
-     failures) and two ratios (output tok/s at 16 clients over generate();
+     failures) and two ratios (output tok/s at 16 clients over generate()'s faster run;
      p50 TTFT at 16 clients over 1 client), and writes it all as JSON with the
      machine (threads, load average before and after, torch version, device)
      and the model (parameter count; KV-cache bytes per sequence per token,
@@ -73,7 +76,8 @@ once) so they do not compete for cores, but the clients share the machine with
 the server. On a shared machine, compare numbers from the same run only.
 
 With `--peer`, the peer (`transformers serve --continuous-batching`, eager and/or
-compiled) runs on the same prompts: by default after this server's sweep, one
+compiled, each in the server's dtype and in float32 unless `--peer-dtypes` says
+otherwise; its fastest variant counts) runs on the same prompts: by default after this server's sweep, one
 server after another; with `--rounds R`, every server runs at once (an idle one
 takes next to no CPU) and each peer level is measured in R rounds in which the
 servers take turns, the order reversed every round, so that the machine's drift
@@ -858,8 +862,7 @@ def _print_table(rows: list[dict], header: str) -> None:
 
 def summary_ratios(levels: list[dict], baseline: dict | None, peers: dict[str, list[dict]] | None = None) -> dict:
     """The headline ratios: output tok/s at 16 clients over generate() (`baseline`: its faster run), p50 TTFT
-    at 16 clients over 1,
-    and per peer variant, output tok/s over the peer's at each concurrency both ran."""
+    at 16 clients over 1, and per peer variant, output tok/s over the peer's at each concurrency both ran."""
     by_concurrency = {row["concurrency"]: row for row in levels}
     c1, c16 = by_concurrency.get(1), by_concurrency.get(16)
     over_peer = {
