@@ -1,6 +1,8 @@
 """Scratch (from 2026-12-03-sampler-graph/scratch, rerun 2026-12-04 in bfloat16 with 64 slots, the defaults): the
 engine in process, N closed-loop clients (argv[1]), TTFT from submit to first Sampled event, and where the engine's
-time goes per call kind. Run from the repository root; output engine-ttft.txt (N = 1, then 16)."""
+time goes per call kind. Every request asks for 26 tokens; with argv[2] "varied", 12 to 40 tokens (as the task's
+answers differ), so that arrivals spread instead of coming together. Run from the repository root; outputs
+engine-ttft.txt and engine-ttft-varied.txt (N = 1, then 16)."""
 import collections, statistics, sys, threading, time
 import torch
 sys.path.insert(0, "/work/main")
@@ -37,10 +39,13 @@ class Client:
 def client(count):
     for i in range(count):
         c = Client(); start = time.perf_counter()
-        engine.submit(EngineRequest(prompt, ControllerSpec("learned"), DecodeParams(26, ignore_eos=True), seed=i,
+        engine.submit(EngineRequest(prompt, ControllerSpec("learned"), DecodeParams(length(i, c), ignore_eos=True), seed=i,
                                     deadline=time.monotonic() + 60, sink=c))
         c.done.wait(); ttfts.append((c.first - start) * 1000)
 clients = int(sys.argv[1]) if len(sys.argv) > 1 else 16
+VARIED = [12, 18, 22, 26, 30, 34, 40]
+def length(i, c):
+    return VARIED[(i * 7 + id(c)) % len(VARIED)] if sys.argv[2:] == ["varied"] else 26
 for phase in ("warm", "measure"):
     ttfts.clear(); spent.clear(); calls.clear()
     threads = [threading.Thread(target=client, args=(40 if phase == "measure" else 5,)) for _ in range(clients)]
