@@ -1,5 +1,5 @@
 import numpy as np, torch
-d = torch.load("/work/runs/two-draft/two_draft.pt", weights_only=False)
+d = torch.load("/work/runs/two-draft/two_draft.pt", weights_only=True)
 def fit(X, y, l2=1.0, iters=3000, lr=0.2):
     mu, sd = X.mean(0), X.std(0) + 1e-6
     Z = (X - mu) / sd; w = np.zeros(Z.shape[1]); b = 0.0
