@@ -248,6 +248,7 @@ class EngineProcess:
             log.warning("the engine process %d did not stop in %s s: killing it", self._process.pid, timeout)
             self._process.kill()
             self._process.join()
+        log.info("engine process %d stopped, exit code %s", self._process.pid, self._process.exitcode)
         self._reader.join(timeout)
         self._fail_all("the engine stopped")
         self._to_engine.close()

@@ -218,6 +218,7 @@ def test_sigterm_to_both_processes_lets_in_flight_requests_finish_then_exits_0(c
         assert payloads[-1]["usage"]["completion_tokens"] == LONG
         assert process.wait(timeout=60) == 0
         lines.wait_for("drain finished")
+        lines.wait_for(f"engine process {engine_pid} stopped, exit code 0")  # a clean end, no abort at teardown
 
 
 @contextlib.contextmanager
