@@ -393,52 +393,8 @@ def openai_completion_event(event: dict) -> StreamEvent:
     return StreamEvent(tokens=1 if choices[0].get("text") else 0, total=usage.get("completion_tokens"))
 
 
-async def _one_request(
-    client: httpx.AsyncClient, body: dict, path: str = "/v1/generate",
-    read_event: Callable[[dict], StreamEvent] = introllm_event,
-) -> RequestRecord:
-    start = time.perf_counter()
-    first: float | None = None
-    last: float | None = None
-    gaps: list[float] = []
-    tokens = 0
-    total: int | None = None
-    try:
-        async with client.stream("POST", path, json=body) as response:
-            if response.status_code != 200:
-                await response.aread()
-                return RequestRecord(ok=False, error=f"HTTP {response.status_code}: {response.text[:120]}")
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    # Read on to the end of the body, as an SDK does: leaving the stream before its last chunk
-                    # makes httpx close the connection, and every request would open a new one.
-                    continue
-                event = read_event(json.loads(data))
-                if event.error is not None:
-                    return RequestRecord(ok=False, tokens=tokens, error=event.error)
-                total = event.total if event.total is not None else total
-                if event.tokens:
-                    now = time.perf_counter()
-                    tokens += event.tokens
-                    if first is None:
-                        first = now
-                    else:
-                        gaps.append(now - last)
-                    last = now
-    except httpx.HTTPError as exc:
-        return RequestRecord(ok=False, tokens=tokens, error=f"{type(exc).__name__}: {exc}"[:120])
-    end = time.perf_counter()
-    return RequestRecord(
-        ok=True, tokens=tokens if total is None else total, ttft_s=None if first is None else first - start,
-        e2e_s=end - start, itl_s=gaps,
-    )
-
-
 class _Tally:
-    """One streamed request's token arrivals, fed by the lean client's event callback."""
+    """One streamed request's token arrivals, fed an event payload at a time by either client."""
 
     def __init__(self, read_event: Callable[[dict], StreamEvent]) -> None:
         self.read_event = read_event
@@ -465,26 +421,55 @@ class _Tally:
                 self.gaps.append(now - self.last)
             self.last = now
 
+    def record(self, start: float, end: float) -> RequestRecord:
+        """The request's record once its stream ended (a failed one if an event carried an error)."""
+        if self.error is not None:
+            return RequestRecord(ok=False, tokens=self.tokens, error=self.error)
+        return RequestRecord(
+            ok=True, tokens=self.tokens if self.total is None else self.total,
+            ttft_s=None if self.first is None else self.first - start, e2e_s=end - start, itl_s=self.gaps,
+        )
+
+    def failed(self, exc: BaseException) -> RequestRecord:
+        return RequestRecord(ok=False, tokens=self.tokens, error=f"{type(exc).__name__}: {exc}"[:120])
+
+
+async def _one_request(
+    client: httpx.AsyncClient, body: dict, path: str = "/v1/generate",
+    read_event: Callable[[dict], StreamEvent] = introllm_event,
+) -> RequestRecord:
+    """One streamed request on httpx; token times taken as each event's line is read."""
+    tally = _Tally(read_event)
+    start = time.perf_counter()
+    try:
+        async with client.stream("POST", path, json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return RequestRecord(ok=False, error=f"HTTP {response.status_code}: {response.text[:120]}")
+            async for line in response.aiter_lines():
+                # Read on to the end of the body (past [DONE] and an error), as an SDK does: leaving the stream
+                # before its last chunk makes httpx close the connection, and every request would open a new one.
+                if line.startswith("data:"):
+                    tally.on_event(line[5:].strip().encode(), time.perf_counter())
+    except httpx.HTTPError as exc:
+        return tally.failed(exc)
+    return tally.record(start, time.perf_counter())
+
 
 async def _one_request_lean(
     connection: Connection, body: dict, path: str, read_event: Callable[[dict], StreamEvent],
 ) -> RequestRecord:
-    """`_one_request` on the lean client: the same record, token times taken when their bytes arrived."""
+    """One streamed request on the lean client; token times taken when their bytes arrived."""
     tally = _Tally(read_event)
     start = time.perf_counter()
     try:
         status, text = await connection.post(path, json.dumps(body).encode(), tally.on_event, REQUEST_TIMEOUT_S)
     except (HttpError, OSError, TimeoutError) as exc:
-        return RequestRecord(ok=False, tokens=tally.tokens, error=f"{type(exc).__name__}: {exc}"[:120])
+        return tally.failed(exc)
     end = time.perf_counter()
     if status != 200:
         return RequestRecord(ok=False, error=f"HTTP {status}: {text.decode(errors='replace')[:120]}")
-    if tally.error is not None:
-        return RequestRecord(ok=False, tokens=tally.tokens, error=tally.error)
-    return RequestRecord(
-        ok=True, tokens=tally.tokens if tally.total is None else tally.total,
-        ttft_s=None if tally.first is None else tally.first - start, e2e_s=end - start, itl_s=tally.gaps,
-    )
+    return tally.record(start, end)
 
 
 async def run_level(
