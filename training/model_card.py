@@ -59,6 +59,21 @@ def _verdict(report: dict, prefix: str) -> str:
     return f"{row['diff']:+.3f} [{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}]" if row else "-"
 
 
+def head_objective(c: dict) -> str | None:
+    """How an off-policy head objective (`--tau-objective`) trains the head from the ladder's rows, in words;
+    None for the paper's on-policy objective."""
+    objective = {"best-rung": "to the best rung", "rung-value": "by the rungs' value"}.get(c.get("tau_objective"))
+    if objective and c.get("rung_mean_weight", 1.0) != 1.0:
+        objective += f", score {c['rung_mean_weight']:g} x mean + pass@{c.get('pass_k', '?')}"
+    if objective and c.get("rung_pass_with_draft"):
+        objective += ", the draft counted in each rung's pass@k"
+    return objective
+
+
+def _ladder_rows(c: dict) -> int:
+    return c.get("ladder_samples") or len([t for t in (c.get("tau_ladder") or "").split(",") if t.strip()])
+
+
 def trials_section(path: Path) -> list[str]:
     """A row per trial under eval/trials/<name>/ (a run's introllm.json, grpo_log.jsonl and eval/ report, copied
     there by the make target that produced it): what its head read and how it was trained, its learned point and
@@ -72,12 +87,8 @@ def trials_section(path: Path) -> list[str]:
         c = grpo.get("config", {})
         by_name = {r["name"]: r for r in report["results"]}
         inputs = ",".join(manifest["head"].get("inputs", ["hidden"]))
-        objective = {"best-rung": "to the best rung", "rung-value": "by the rungs' value"}.get(c.get("tau_objective"))
-        if objective and c.get("rung_mean_weight", 1.0) != 1.0:
-            objective += f", score {c['rung_mean_weight']:g} x mean + pass@{c.get('pass_k', '?')}"
-        if objective and c.get("rung_pass_with_draft"):
-            objective += ", the draft counted in each rung's pass@k"
-        ladder_rows = c.get("ladder_samples") or len([t for t in (c.get("tau_ladder") or "").split(",") if t.strip()])
+        objective = head_objective(c)
+        ladder_rows = _ladder_rows(c)
         on_top = sum(s.get("stage") == "grpo" for s in stages) > 1  # a head-only run on a finished joint run
         head = manifest["head"]
         rounds = report.get("config", {}).get("repeats", 1)  # independent rounds of k samples (eval --repeats)
@@ -307,11 +318,19 @@ def render(checkpoint: str | Path, command: str) -> str:
     grpo = next((s for s in reversed(training.get("stages", [])) if s.get("stage") == "grpo"), None)
     if grpo:
         c = grpo["config"]
+        lm_steps = "lm" in str(c["schedule"])  # a schedule of head phases only leaves the LM as it was
         lines += ["", f"GRPO recipe: rollout temperature `{c.get('rollout_temperature', 'learned')}`, schedule "
                   f"`{c['schedule']}`, LM advantage `{c.get('lm_advantage', 'mean')}`, head advantage "
                   f"`{c.get('tau_advantage', 'mean')}` (k = {c.get('pass_k', '-')}), {c['prompts_per_step']} prompts "
-                  f"x {c['group_size']} samples per step, LM lr {c['lm_lr']}, head lr {c['head_lr']}."]
-        if c.get("tau_ladder"):
+                  f"x {c['group_size']} samples per step, "
+                  + (f"LM lr {c['lm_lr']}, " if lm_steps else "the LM frozen, ") + f"head lr {c['head_lr']}."]
+        objective = head_objective(c)
+        if objective and c.get("tau_ladder"):
+            lines[-1] += (f" Head steps sample each problem at the temperature ladder `{c['tau_ladder']}` "
+                          f"({_ladder_rows(c)} rows a problem, each at its rung for the whole completion) and train "
+                          f"the head off-policy from them {objective}; the draft statistics' linear path learns at "
+                          f"{c.get('draft_lr_scale', 1)} x the head lr.")
+        elif c.get("tau_ladder"):
             lines[-1] += (f" Head steps also sample each group at the temperature ladder `{c['tau_ladder']}` (one row "
                           f"per rung, the rung for the whole completion; the head learns from them with "
                           f"`{c.get('ladder_weights', 'signed')}` advantage weights, from its own rows with the "

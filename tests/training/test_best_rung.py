@@ -26,6 +26,7 @@ from training.grpo import (
     set_phase,
     train_grpo,
 )
+from training.model_card import write_model_card
 from training.rollout import LadderTemperature, draft_completions, head_states, sample_completions
 from training.tasks.countdown import CountdownConfig, Problem, Verdict
 
@@ -280,6 +281,20 @@ def test_a_rung_value_run_logs_its_signal_and_records_the_objective(ladder, with
     assert manifest["training"]["stages"][-1]["config"]["tau_objective"] == "rung-value"
     assert manifest["training"]["stages"][-1]["config"]["rung_pass_with_draft"] is with_draft
     assert (manifest["head"]["tau_min"], manifest["head"]["tau_max"]) == (0.1, 1.0)
+
+
+def test_the_card_of_a_head_only_rung_value_run_says_the_lm_was_frozen_and_how_the_head_learned(
+        micro_checkpoint, tmp_path):
+    head = HeadPrior(inputs="hidden,tau_prev,draft", tau_min=0.1, tau_max=1.0, tau_init=0.55)
+    out = tmp_path / "run"
+    train_grpo(_micro(micro_checkpoint, out, tau_objective="rung-value", head=head, ladder_samples=6,
+                      schedule="tau:1", rung_mean_weight=2.0, rung_pass_with_draft=True), score=digit_fraction)
+    recipe = next(line for line in write_model_card(out, "make x").read_text().splitlines()
+                  if line.startswith("GRPO recipe:"))
+    assert "the LM frozen, head lr" in recipe and "LM lr" not in recipe
+    assert ("train the head off-policy from them by the rungs' value, score 2 x mean + pass@2, the draft counted in "
+            "each rung's pass@k" in recipe)
+    assert "(6 rows a problem" in recipe and "clipped ratio" not in recipe
 
 
 @pytest.mark.parametrize("overrides", [dict(tau_ladder="0.1,1.0"), dict(tau_ladder="0.1,0.5,1.0"),
