@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from tests.deploy.stack import (
     COMPOSE,
     DOCKERFILES,
     PROMETHEUS_CONF,
+    REPO,
     dashboard,
     dashboard_panels,
     dashboard_queries,
@@ -108,6 +110,17 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_exec_entrypoint
     assert any(line.startswith("HEALTHCHECK ") for line in lines)
     assert any("/health/live" in line for line in lines)
     assert lines[-1] == 'ENTRYPOINT ["introllm-serve"]'
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_every_bundled_checkpoint_is_in_the_image(dockerfile):
+    bundled = sorted(p.parent.name for p in (REPO / "checkpoints").glob("*/introllm.json"))
+    assert len(bundled) >= 2  # the default and the draft-reading one
+    lines = [line.strip() for line in dockerfile.read_text().splitlines()]
+    ignore = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
+    for name in bundled:
+        assert f"COPY checkpoints/{name} /models/{name}" in lines, name
+        assert f"!checkpoints/{name}/" in ignore, name
 
 
 def compose_config(*args: str) -> dict:
