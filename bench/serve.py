@@ -1065,10 +1065,12 @@ def main() -> None:
     peer_rows = {variant: [level.summary() for level in levels] for variant, levels in peers.items()}
     ratios = summary_ratios(rows, fastest_half, peer_rows)
     checkpoint_name = "tiny-random" if args.tiny_random else str(checkpoint)
+    # The server's own dtype when it reports one (a server at --url runs its settings, not this script's).
+    server_dtype = (info or {}).get("dtype") or str(dtype).removeprefix("torch.")
     header = (
         f"checkpoint={checkpoint_name}  workload={args.workload}  new_tokens={args.new_tokens}  "
         f"mode={args.temperature_mode}  "
-        f"device={device}  dtype={str(dtype).removeprefix('torch.')}  server overrides={overrides or 'none'}  "
+        f"device={device}  server dtype={server_dtype}  server overrides={overrides or 'none'}  "
         f"baseline threads={torch.get_num_threads()}  cpus={os.cpu_count()}  load={load_before} -> {load_after}  "
         f"torch={torch.__version__}"
     )

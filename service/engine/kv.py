@@ -17,12 +17,14 @@ order-preserving compaction: a copy of each moved row's real tokens, nothing
 else). `decode` feeds one token per row at each row's own position, writes the
 new keys and values in place and returns the next logits and hidden states.
 
-Why this design: the decode step has static shapes. Its tensors are views of
-buffers that never move, the batch is padded to a power of two and the
-attention width to a multiple of `WIDTH_STEP`, so `torch.compile` compiles the
-step once (shapes dynamic) and CUDA graphs on a GPU can capture each bucket; on a CPU, with `graphs`,
-the compiled step and prefill are saved and a later start loads them (graphs.py). Joins and leaves cost
-a copy of one row instead of re-padding the whole batch (ENGINE-NOTES measured
+Why this design: the decode step has a few shapes only. Its tensors are views
+of buffers that never move, the batch is padded to a power of two on a GPU (to
+at least 2 rows on a CPU, where one dynamic-shape graph serves every size) and
+the attention width to a multiple of `WIDTH_STEP`, so `torch.compile` compiles
+the step once (shapes dynamic) and CUDA graphs on a GPU can capture each
+bucket; on a CPU, with `graphs`, the compiled step and prefill are saved and a
+later start loads them (graphs.py). Joins and leaves cost a copy of one row
+instead of re-padding the whole batch (ENGINE-NOTES measured
 0.1 ms against 2 ms at batch 16), and nothing is concatenated per step. Each
 row attends only to its own positions through a 4D mask built from the
 positions, so a row's logits equal those of solo decoding.
@@ -127,14 +129,17 @@ def attention_width(tokens: int) -> int:
     return -(-tokens // WIDTH_STEP) * WIDTH_STEP
 
 
-def batch_bucket(size: int, slots: int) -> int:
-    """The padded batch size for `size` rows: the next power of two, at least MIN_BUCKET, at most
-    max(slots, MIN_BUCKET). Never 1: dynamo gives size 1 a graph of its own (it specializes sizes 0 and 1),
-    and one graph for every batch halves the tracing of every start (a lone row pads to 2, which costs
-    the tiny model about as much as 1: its matmuls read the weights once either way)."""
+def batch_bucket(size: int, slots: int, power_of_two: bool = True) -> int:
+    """The batch size a step runs for `size` rows, at least MIN_BUCKET, at most max(slots, MIN_BUCKET).
+    power_of_two (CUDA, where each bucket is a CUDA graph of its own): the next power of two. Otherwise
+    (CPU, where one dynamic-shape graph serves every size) the size itself: padding 20 rows to 32 cost
+    the bundled model a quarter of its throughput there (bench/results/2026-12-04-capacity/bucket_ab.py).
+    Never 1: dynamo gives size 1 a graph of its own (it specializes sizes 0 and 1), and one graph for
+    every batch halves the tracing of every start (a lone row pads to 2, which costs the tiny model about
+    as much as 1: its matmuls read the weights once either way)."""
     bucket = MIN_BUCKET
     while bucket < size:
-        bucket *= 2
+        bucket = bucket * 2 if power_of_two else size
     return min(bucket, max(slots, MIN_BUCKET))
 
 
@@ -301,6 +306,7 @@ class SlotBatch:
         self.capacity = attention_width(max_len) + 1
         self.device = device
         self.compile = compile
+        self.pads_to_power_of_two = device.type == "cuda"  # see `batch_bucket`
         self.native = _native_decoder(model, max_len, native)
         self._lengths: list[int] = []
         self._layers: list[_SlotLayer] = []
@@ -562,7 +568,7 @@ class SlotBatch:
         longest = max(self._lengths)
         if longest + 1 > self.max_len:
             raise RuntimeError("a row has reached the end of its slot")
-        bucket = batch_bucket(size, self.slots)
+        bucket = batch_bucket(size, self.slots, self.pads_to_power_of_two)
         positions = torch.tensor(self._lengths + [0] * (bucket - size), dtype=torch.long, device=self.device)
         write_index = self._slot_base[:bucket] + positions
         if bucket > size:
@@ -593,7 +599,7 @@ class SlotBatch:
         hidden (k, d), k <= slots) through the graph a step samples with (`_sample_after`), padded to a batch
         bucket as a step's rows are; then's results are cut back to k rows."""
         size = logits.shape[0]
-        bucket = batch_bucket(size, self.slots)
+        bucket = batch_bucket(size, self.slots, self.pads_to_power_of_two)
         padded = (_pad_rows(t, size, bucket) for t in (logits, hidden))
         args = tuple(_pad_rows(arg, size, bucket) for arg in args)
         return tuple(t[:size] for t in self._sample(then, *padded, args))

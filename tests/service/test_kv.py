@@ -245,6 +245,11 @@ def test_batches_are_padded_to_powers_of_two_within_the_slots():
     assert batch_bucket(1, 1) == 2  # never 1: a lone row pads to 2 (the store has a spare slot)
 
 
+def test_batches_on_a_cpu_run_at_their_own_size_from_two_rows():
+    assert [batch_bucket(n, 32, power_of_two=False) for n in (1, 2, 3, 5, 17, 26, 32)] == [2, 2, 3, 5, 17, 26, 32]
+    assert batch_bucket(1, 1, power_of_two=False) == 2
+
+
 # ---------------------------------------------------------------- prefilling newcomers together
 
 
@@ -275,9 +280,12 @@ def test_prompts_of_different_lengths_prefilled_together_match_each_prefilled_al
                 torch.testing.assert_close(together_layer.values[row, :, : len(prompt)], alone_layer.values[0])
 
 
-def test_sampling_rows_outside_the_batch_pads_them_to_a_bucket_and_returns_each_rows_own_result(checkpoint):
-    """`sample_then`, as the engine draws newcomers' first tokens: 3 rows run as a bucket of 4 (the padding a
-    copy of row 0) and come back as 3, each row's result what `then` gives it alone."""
+@pytest.mark.parametrize(("rows", "bucket"), [(1, 2), (3, 3)])
+def test_sampling_rows_outside_the_batch_runs_them_as_a_bucket_and_returns_each_rows_own_result(
+        checkpoint, rows, bucket):
+    """`sample_then`, as the engine draws newcomers' first tokens: on a CPU a lone row runs as a bucket of 2 (the
+    padding a copy of row 0) and 3 rows as 3; each comes back as its own rows, each row's result what `then`
+    gives it alone."""
     batch = SlotBatch(checkpoint.model, slots=8, max_len=64, device=torch.device("cpu"))
     seen = []
 
@@ -286,11 +294,11 @@ def test_sampling_rows_outside_the_batch_pads_them_to_a_bucket_and_returns_each_
         return logits.argmax(-1), hidden.sum(-1) * scale.squeeze(-1)
 
     generator = torch.Generator().manual_seed(0)
-    logits, hidden = torch.randn(3, 11, generator=generator), torch.randn(3, 5, generator=generator)
-    scale = torch.tensor([[1.0], [2.0], [3.0]])
+    logits, hidden = torch.randn(rows, 11, generator=generator), torch.randn(rows, 5, generator=generator)
+    scale = torch.arange(1.0, rows + 1).unsqueeze(-1)
     tokens, sums = batch.sample_then(then, logits, hidden, (scale,))
-    assert seen == [batch_bucket(3, 8)] == [4]
-    for row in range(3):
+    assert seen == [batch_bucket(rows, 8, batch.pads_to_power_of_two)] == [bucket]
+    for row in range(rows):
         alone = then(logits[row : row + 1], hidden[row : row + 1], scale[row : row + 1])
         assert tokens[row] == alone[0][0] and torch.allclose(sums[row], alone[1][0])
-    assert tokens.shape == sums.shape == (3,)
+    assert tokens.shape == sums.shape == (rows,)
