@@ -14,8 +14,10 @@ from service.messages import EngineRequest, DecodeParams, ControllerSpec, Ended
 from service.settings import DEFAULT_CHECKPOINT
 
 MODE = sys.argv[1]
+# Run against the code before or after the change (88cabca): each mode sets the bucket itself.
+_original = kv.batch_bucket
 if MODE == "mult8":
-    def bucket(size: int, slots: int) -> int:
+    def bucket(size: int, slots: int, *_) -> int:
         b = kv.MIN_BUCKET
         while b < size and b < 8:
             b *= 2
@@ -24,7 +26,14 @@ if MODE == "mult8":
         return min(b, max(slots, kv.MIN_BUCKET))
     kv.batch_bucket = bucket
 elif MODE == "exact":
-    kv.batch_bucket = lambda size, slots: min(max(size, kv.MIN_BUCKET), max(slots, kv.MIN_BUCKET))
+    kv.batch_bucket = lambda size, slots, *_: min(max(size, kv.MIN_BUCKET), max(slots, kv.MIN_BUCKET))
+else:  # pow2
+    def bucket(size: int, slots: int, *_) -> int:
+        b = kv.MIN_BUCKET
+        while b < size:
+            b *= 2
+        return min(b, max(slots, kv.MIN_BUCKET))
+    kv.batch_bucket = bucket
 torch.set_num_threads(1)
 loaded = load_checkpoint(DEFAULT_CHECKPOINT, torch.device("cpu"), torch.bfloat16)
 engine = Engine(loaded.model, loaded.head, eos_token_ids={loaded.tokenizer.eos_token_id}, max_running=64,
