@@ -318,7 +318,8 @@ def render(checkpoint: str | Path, command: str) -> str:
     grpo = next((s for s in reversed(training.get("stages", [])) if s.get("stage") == "grpo"), None)
     if grpo:
         c = grpo["config"]
-        lm_steps = "lm" in str(c["schedule"])  # a schedule of head phases only leaves the LM as it was
+        # Head phases only leave the LM as it was; a fixed rollout temperature makes every step an LM step.
+        lm_steps = "lm" in str(c["schedule"]) or c.get("rollout_temperature", "learned") != "learned"
         lines += ["", f"GRPO recipe: rollout temperature `{c.get('rollout_temperature', 'learned')}`, schedule "
                   f"`{c['schedule']}`, LM advantage `{c.get('lm_advantage', 'mean')}`, head advantage "
                   f"`{c.get('tau_advantage', 'mean')}` (k = {c.get('pass_k', '-')}), {c['prompts_per_step']} prompts "

@@ -45,7 +45,7 @@ def test_samples_after_a_wrong_draft_run_hotter_than_after_a_right_one(draft_ser
     _, heldout = split(DEFAULT_CONFIG, 0, PROBLEMS, read_manifest(DRAFT_CHECKPOINT).training["split_seed"])
     after_right, after_wrong = [], []
     with draft_server.client() as client:
-        for problem in heldout[:PROBLEMS]:
+        for problem in heldout:
             reply = client.post("/v1/generate", json={
                 "prompt": format_prompt(problem), "n": 2, "max_new_tokens": 64, "seed": 3,
                 "return_temperatures": True})
